@@ -1,0 +1,3 @@
+from pathvlm.cli import main
+
+raise SystemExit(main())

