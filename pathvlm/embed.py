@@ -1,0 +1,112 @@
+"""Batched image and text embedding with a DataLoader: the one place models meet pixels."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from pathvlm.errors import ImageError
+from pathvlm.images import DEFAULT_MAX_PIXELS, load_image
+
+
+class ImageFiles(Dataset):
+    """Image paths -> (index, tensor) ; unreadable files come back as (index, error message)."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], preprocess: Callable, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.paths = [str(p) for p in paths]
+        self.preprocess = preprocess
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.preprocess(load_image(self.paths[i], max_pixels=self.max_pixels)), None
+        except ImageError as e:
+            return i, None, str(e)
+
+
+def _collate(batch):
+    ok = [(i, t) for i, t, err in batch if err is None]
+    errors = [(i, err) for i, _, err in batch if err is not None]
+    idx = torch.tensor([i for i, _ in ok], dtype=torch.long)
+    pixels = torch.stack([t for _, t in ok]) if ok else None
+    return idx, pixels, errors
+
+
+@dataclass
+class EmbeddedBatch:
+    indices: list[int]
+    features: torch.Tensor  # [B, D], L2-normalised, float32 on CPU
+    errors: list[tuple[int, str]]
+
+
+def default_workers() -> int:
+    # Decoding runs beside the model; with 2 cores one worker overlaps I/O without starving torch.
+    return min(2, max(0, (os.cpu_count() or 1) - 1))
+
+
+def iter_image_embeddings(
+    model,
+    preprocess: Callable,
+    paths: Sequence[str | os.PathLike],
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    desc: str = "embedding images",
+) -> Iterator[EmbeddedBatch]:
+    """Yield normalised image embeddings batch by batch (errors reported, never raised)."""
+    num_workers = default_workers() if num_workers is None else num_workers
+    loader = DataLoader(
+        ImageFiles(paths, preprocess), batch_size=batch_size, num_workers=num_workers,
+        collate_fn=_collate, persistent_workers=False, prefetch_factor=4 if num_workers else None,
+    )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(paths), desc=desc, unit="img")
+    dtype = next(model.parameters()).dtype
+    with torch.inference_mode():
+        for idx, pixels, errors in loader:
+            feats = torch.empty(0)
+            if pixels is not None:
+                feats = model.encode_image(pixels.to(device=device, dtype=dtype))
+                feats = F.normalize(feats.float(), dim=-1).cpu()
+            if bar is not None:
+                bar.update(len(idx) + len(errors))
+            yield EmbeddedBatch(idx.tolist(), feats, errors)
+    if bar is not None:
+        bar.close()
+
+
+def embed_images(model, preprocess, paths, strict: bool = True, **kwargs) -> torch.Tensor:
+    """All embeddings as one [N, D] tensor; with ``strict`` the first unreadable file raises."""
+    out: dict[int, torch.Tensor] = {}
+    for batch in iter_image_embeddings(model, preprocess, paths, **kwargs):
+        if batch.errors and strict:
+            raise ImageError(batch.errors[0][1])
+        for i, f in zip(batch.indices, batch.features):
+            out[i] = f
+    if not out:
+        raise ImageError("no readable images")
+    return torch.stack([out[i] for i in sorted(out)])
+
+
+@torch.inference_mode()
+def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256, device="cpu") -> torch.Tensor:
+    """Normalised text embeddings [N, D], float32 on CPU."""
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        tokens = tokenizer(list(texts[start:start + batch_size])).to(device)
+        chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
+    return torch.cat(chunks)
+
+
