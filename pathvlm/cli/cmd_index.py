@@ -1,0 +1,47 @@
+from pathvlm.cli.common import add_model_arg
+
+
+def add_parser(sub):
+    p = sub.add_parser("index", help="build or inspect a retrieval index over a folder of images")
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    b = isub.add_parser("build", help="embed every image under FOLDER into an index (resumable)")
+    b.add_argument("folder", help="folder of images; metadata.jsonl/metadata.csv with file_name is attached")
+    b.add_argument("--out", required=True, help="index folder to write")
+    add_model_arg(b)
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 1 on 2 cores)")
+    b.add_argument("--ann-threshold", type=int, default=None,
+                   help="use an approximate (IVF) index from this many images on (default 50000)")
+    b.set_defaults(func=run_build)
+    i = isub.add_parser("info", help="print an index's model, size and settings")
+    i.add_argument("index")
+    i.set_defaults(func=run_info)
+
+
+def run_build(args):
+    from pathvlm.clip.factory import create_clip
+    from pathvlm.retrieval.ann import DEFAULT_ANN_THRESHOLD
+    from pathvlm.retrieval.index import GalleryIndex
+
+    model, preprocess, _ = create_clip(args.model, device=args.device)
+    idx = GalleryIndex.build(
+        args.folder, args.out, model, preprocess, source=args.model, batch_size=args.batch_size,
+        num_workers=args.workers, ann_threshold=args.ann_threshold or DEFAULT_ANN_THRESHOLD, device=args.device,
+    )
+    info = idx.info
+    print(f"indexed {info['count']} images into {args.out} ({info['ann']['kind']}, dim {info['dim']}, "
+          f"model {args.model} {info['model']['fingerprint']})")
+    for s in info["skipped"]:
+        print(f"skipped {s['path']}: {s['error']}")
+    return 0
+
+
+def run_info(args):
+    import json
+
+    from pathvlm.retrieval.index import GalleryIndex
+
+    info = dict(GalleryIndex.load(args.index).info)
+    info["skipped"] = len(info["skipped"])
+    print(json.dumps(info, indent=2))
+    return 0

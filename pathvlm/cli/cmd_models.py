@@ -1,0 +1,27 @@
+def add_parser(sub):
+    p = sub.add_parser("models", help="list bundled PathCLIP models and the source forms create_clip accepts")
+    p.add_argument("--all", action="store_true", help="also list open_clip architectures (use as ARCH:TAG)")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from pathvlm.clip.factory import list_models
+
+    print("Bundled models (offline):")
+    for name, desc in list_models().items():
+        print(f"  {name:<16} {desc}")
+    print(
+        "\nOther sources:\n"
+        "  hf-hub:org/repo      open_clip layout on the hub, e.g. hf-hub:wisdomik/QuiltNet-B-32\n"
+        "  hf:org/repo          transformers CLIPModel on the hub, e.g. hf:vinid/plip\n"
+        "  local-dir:/path      an open_clip or pathvlm folder (a plain folder path works too)\n"
+        "  /path/to/folder      also a transformers CLIPModel folder (config.json, model_type clip)\n"
+        "  ARCH:TAG             open_clip architecture with a pretrained tag, e.g. ViT-B-32:openai\n"
+        "Hub sources need the weights in the local Hugging Face cache when offline."
+    )
+    if args.all:
+        import open_clip
+
+        print("\nopen_clip architectures and tags:")
+        for arch, tag in open_clip.list_pretrained():
+            print(f"  {arch}:{tag}")

@@ -1,0 +1,38 @@
+from pathvlm.cli.common import add_model_arg
+
+
+def add_parser(sub):
+    p = sub.add_parser("search", help="search an index by text, or by an image for similar cases")
+    p.add_argument("index", help="an index folder from `pathvlm index build`")
+    p.add_argument("query", nargs="?", help="text query, e.g. 'tumour nest with mitoses'")
+    p.add_argument("--image", help="an image: find the most similar gallery images instead")
+    p.add_argument("-k", type=int, default=10, help="results to return (default 10)")
+    add_model_arg(p, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from pathvlm.cli.common import print_json, table
+    from pathvlm.clip.factory import create_clip
+    from pathvlm.errors import PathVLMError
+    from pathvlm.retrieval.index import GalleryIndex
+
+    if bool(args.query) == bool(args.image):
+        raise PathVLMError("give either a text query or --image (not both)")
+    idx = GalleryIndex.load(args.index)
+    source = args.model or idx.info["model"]["source"]
+    if not source:
+        raise PathVLMError("the index does not record its model source: pass --model")
+    model, preprocess, tokenizer = create_clip(source, device=args.device)
+    if args.image:
+        hits = idx.search_image(args.image, model, preprocess, k=args.k, device=args.device)
+    else:
+        hits = idx.search_text(args.query, model, tokenizer, k=args.k, device=args.device)
+    for h in hits:
+        h["file"] = str(idx.resolve(h))
+    if args.json:
+        print_json({"query": args.query, "image": args.image, "model": source, "hits": hits})
+        return 0
+    print(table([[h["rank"], f"{h['score']:.4f}", h["file"]] for h in hits], ["rank", "score", "path"]))
+    return 0

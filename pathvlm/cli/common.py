@@ -1,0 +1,28 @@
+"""Arguments and output helpers shared by several commands."""
+from __future__ import annotations
+
+import json
+import sys
+
+DEFAULT_MODEL = "pathclip-nano"
+
+
+def add_model_arg(p, default: str | None = DEFAULT_MODEL) -> None:
+    p.add_argument(
+        "--model", "-m", default=default,
+        help="model source: pathclip-nano, hf-hub:org/repo, hf:org/repo, local-dir:/path, a folder, or ARCH:TAG "
+             f"(default: {default or 'the model that built the index'})",
+    )
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*["-" * w for w in widths])] + [fmt.format(*r) for r in cells[1:]])
