@@ -56,17 +56,27 @@ def iter_image_embeddings(
     model,
     preprocess: Callable,
     paths: Sequence[str | os.PathLike],
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
     desc: str = "embedding images",
+    fast: bool = True,
+    precision: str = "fp32",
 ) -> Iterator[EmbeddedBatch]:
-    """Yield normalised image embeddings batch by batch (errors reported, never raised)."""
+    """Yield normalised image embeddings batch by batch (errors reported, never raised).
+
+    With ``fast`` the image tower runs through :class:`FastImageEncoder` (BatchNorm folded,
+    channels-last; checked equal to the original within float32 rounding).
+    """
+    from pathvlm.fast_encode import FastImageEncoder, default_batch_size
+
     num_workers = default_workers() if num_workers is None else num_workers
+    batch_size = batch_size or default_batch_size(device)
+    encoder = FastImageEncoder(model, precision=precision) if fast else model
     loader = DataLoader(
         ImageFiles(paths, preprocess), batch_size=batch_size, num_workers=num_workers,
-        collate_fn=_collate, persistent_workers=False, prefetch_factor=4 if num_workers else None,
+        collate_fn=_collate, persistent_workers=False, prefetch_factor=8 if num_workers else None,
     )
     bar = None
     if progress:
@@ -78,7 +88,7 @@ def iter_image_embeddings(
         for idx, pixels, errors in loader:
             feats = torch.empty(0)
             if pixels is not None:
-                feats = model.encode_image(pixels.to(device=device, dtype=dtype))
+                feats = encoder.encode_image(pixels.to(device=device, dtype=dtype))
                 feats = F.normalize(feats.float(), dim=-1).cpu()
             if bar is not None:
                 bar.update(len(idx) + len(errors))
@@ -105,8 +115,24 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256, d
     """Normalised text embeddings [N, D], float32 on CPU."""
     chunks = []
     for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(list(texts[start:start + batch_size])).to(device)
+        tokens = trim_padding(model, tokenizer(list(texts[start:start + batch_size]))).to(device)
         chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
     return torch.cat(chunks)
 
 
+
+
+def trim_padding(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Drop padding columns that no sequence in the batch uses.
+
+    Exact for text towers that mask padding (HF encoders with mean/CLS pooling): the result is
+    identical to the padded batch, at a fraction of the cost for short queries. Towers that
+    use absolute positions of padding (open_clip's built-in text transformer pools at argmax)
+    are left untouched.
+    """
+    text = getattr(model, "text", None)
+    pad = getattr(getattr(text, "config", None), "pad_token_id", None)
+    if pad is None or not hasattr(text, "pooler") or tokens.ndim != 2:
+        return tokens
+    used = (tokens != pad).any(0).nonzero()
+    return tokens[:, : int(used.max()) + 1] if used.numel() else tokens

@@ -140,3 +140,35 @@ def test_ivf_index_round_trip(tile_folder, tmp_path, tiny_clip):
     idx = build(tile_folder, tmp_path / "idx", tiny_clip, ann_threshold=2)
     assert idx.info["ann"]["kind"] == "ivf"
     assert GalleryIndex.load(tmp_path / "idx").faiss_index.nprobe == idx.info["ann"]["nprobe"]
+
+
+def test_fast_encoder_matches_the_model(tiny_clip):
+    import torch
+
+    from pathvlm.fast_encode import FastImageEncoder, fold_conv_bn
+
+    model, _, _ = tiny_clip
+    fast = FastImageEncoder(model)
+    assert fast.visual is not None  # the tiny timm EfficientNet has Conv+BN pairs to fold
+    assert fold_conv_bn(__import__("copy").deepcopy(model.visual).eval()) > 0
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(fast.encode_image(x), model.encode_image(x), atol=1e-5)
+
+
+def test_fold_conv_bn_by_hand():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    net[1].running_mean.uniform_(-1, 1)
+    net[1].running_var.uniform_(0.5, 2)
+    net[1].weight.data.uniform_(0.5, 2)
+    net[1].bias.data.uniform_(-1, 1)
+    x = torch.randn(2, 3, 8, 8)
+    ref = net(x)
+    from pathvlm.fast_encode import fold_conv_bn
+
+    assert fold_conv_bn(net) == 1 and isinstance(net[1], nn.Identity)
+    assert torch.allclose(net(x), ref, atol=1e-5)

@@ -93,3 +93,14 @@ def test_embed_texts_is_batched_consistently(tiny_clip):
     model, _, tok = tiny_clip
     texts = [f"text number {i}" for i in range(7)]
     assert torch.allclose(embed_texts(model, tok, texts, batch_size=3), embed_texts(model, tok, texts), atol=1e-6)
+
+
+def test_trimming_padding_is_exact_for_masked_text_towers(tiny_clip):
+    from pathvlm.embed import trim_padding
+
+    model, _, tok = tiny_clip
+    ids = tok(["short", "a somewhat longer query about tumour nests"])
+    trimmed = trim_padding(model, ids)
+    assert trimmed.shape[1] < ids.shape[1]
+    with torch.no_grad():
+        assert torch.allclose(model.encode_text(trimmed), model.encode_text(ids), atol=1e-5)

@@ -14,7 +14,7 @@ def add_parser(sub):
     add_model_arg(p)
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--single-prompt", action="store_true", help="no ensembling: one synonym, one template per class")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 8 on CPU, 128 on GPU)")
     p.add_argument("--json", action="store_true", help="print JSON (per-image probabilities for every class)")
     p.set_defaults(func=run)
 

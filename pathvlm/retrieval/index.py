@@ -64,12 +64,13 @@ class GalleryIndex:
         model,
         preprocess,
         source: str | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         part_size: int = 2048,
         num_workers: int | None = None,
         ann_threshold: int = DEFAULT_ANN_THRESHOLD,
         progress: bool = True,
         device="cpu",
+        precision: str = "fp32",
     ) -> "GalleryIndex":
         """Embed images (a folder or a list of files) into an index at ``out``; resumes a partial build."""
         out = Path(out)
@@ -84,14 +85,16 @@ class GalleryIndex:
         rel = [_relative(p, root) for p in paths]
         if state_file.exists():
             state = json.loads(state_file.read_text())
-            if (state.get("fingerprint"), state.get("items"), state.get("part_size")) != (fingerprint, rel, part_size):
+            if (state.get("fingerprint"), state.get("items"), state.get("part_size"), state.get("precision", "fp32")) != (
+                    fingerprint, rel, part_size, precision):
                 raise IndexError_(
                     f"{out}: holds an unfinished build with another model or other images; "
                     "delete the folder or choose another --out"
                 )
         else:
             parts.mkdir(parents=True, exist_ok=True)
-            _write_atomic(state_file, json.dumps({"fingerprint": fingerprint, "items": rel, "part_size": part_size}))
+            _write_atomic(state_file, json.dumps({"fingerprint": fingerprint, "items": rel, "part_size": part_size,
+                                                 "precision": precision}))
         done = sorted(parts.glob("part-*.npz"))
         start = len(done) * part_size
         bar_total = len(paths)
@@ -101,7 +104,7 @@ class GalleryIndex:
             chunk = paths[lo:lo + part_size]
             feats, ok, errors = [], [], []
             for batch in iter_image_embeddings(model, preprocess, chunk, batch_size=batch_size, num_workers=num_workers,
-                                               device=device, progress=progress,
+                                               device=device, progress=progress, precision=precision,
                                                desc=f"indexing {lo + 1}-{lo + len(chunk)} of {bar_total}"):
                 feats.append(batch.features.numpy())
                 ok += [lo + i for i in batch.indices]
@@ -109,10 +112,10 @@ class GalleryIndex:
             vec = np.concatenate([f for f in feats if f.size]) if any(f.size for f in feats) else np.zeros((0, 0), np.float32)
             _save_part(parts / f"part-{part_no:05d}.npz", vec, ok, errors)
         root_dir = str(root.resolve()) if root is not None and root.is_dir() else None
-        return cls._finalize(out, root_dir, rel, meta, fingerprint, model, source, ann_threshold)
+        return cls._finalize(out, root_dir, rel, meta, fingerprint, model, source, ann_threshold, precision)
 
     @classmethod
-    def _finalize(cls, out, root_dir, rel, meta, fingerprint, model, source, ann_threshold):
+    def _finalize(cls, out, root_dir, rel, meta, fingerprint, model, source, ann_threshold, precision):
         vecs, ids, errors = [], [], []
         for part in sorted((out / "parts").glob("part-*.npz")):
             with np.load(part, allow_pickle=False) as z:
@@ -130,7 +133,7 @@ class GalleryIndex:
             "model": {"source": source or getattr(model, "pathvlm_source", None),
                       "name": getattr(model, "pathvlm_name", None), "fingerprint": fingerprint},
             "root": root_dir,
-            "dim": int(emb.shape[1]), "count": len(items), "ann": asdict(ann),
+            "dim": int(emb.shape[1]), "count": len(items), "ann": asdict(ann), "image_precision": precision,
             "skipped": [{"path": rel[i], "error": m} for i, m in errors],
         }
         faiss = __import__("faiss")

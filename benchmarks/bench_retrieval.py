@@ -1,0 +1,176 @@
+"""Retrieval benchmarks, measured side by side in one run.
+
+1. Gallery indexing throughput: ``GalleryIndex.build`` (DataLoader, batches, folded BatchNorm,
+   channels-last, faiss) against a plain one-image-at-a-time open_clip loop on the same model and
+   images (open, convert, preprocess, ``encode_image(x[None])``, normalise). Target: >= 3x.
+2. Text-query latency over 10k and 1M synthetic clustered vectors (dim of the model): p50/p99 of
+   single queries through the index pathvlm builds at that size, recall@10 against exact search.
+   Target at 1M: p50 <= 20 ms with recall@10 >= 0.95.
+
+Usage: python benchmarks/bench_retrieval.py [--images DIR] [--n-images 192] [--threads 1 2] [--skip-1m]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pathvlm.clip.factory import create_clip
+from pathvlm.embed import embed_texts
+from pathvlm.images import list_images
+from pathvlm.retrieval.ann import build_faiss, recall_at_k
+from pathvlm.retrieval.index import GalleryIndex
+
+
+def plain_loop(model, preprocess, paths):
+    out = []
+    with torch.no_grad():
+        for p in paths:
+            x = preprocess(Image.open(p).convert("RGB")).unsqueeze(0)
+            out.append(F.normalize(model.encode_image(x), dim=-1))
+    return torch.cat(out)
+
+
+def ours(model, preprocess, folder, workers, batch_size, precision="fp32"):
+    with tempfile.TemporaryDirectory() as tmp:
+        idx = GalleryIndex.build(folder, Path(tmp) / "idx", model, preprocess, progress=False,
+                                 num_workers=workers, batch_size=batch_size, precision=precision)
+        return torch.from_numpy(idx.embeddings)
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - start, result
+
+
+def indexing(args, model, preprocess):
+    src = list_images(args.images)
+    paths = [src[i % len(src)] for i in range(args.n_images)]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for i, p in enumerate(paths):  # a gallery of exactly n images (sources repeat if fewer)
+            (folder / f"{i:05d}{p.suffix}").write_bytes(p.read_bytes())
+        files = list_images(folder)
+        print(f"\n## Indexing {len(files)} images from {args.images} with {args.model}")
+        print(f"image tower: {gflops(model):.2f} GFLOP per image; fp32 matmul peak here: "
+              + ", ".join(f"{t} thread(s) {matmul_gflops(t):.0f} GFLOP/s" for t in args.threads))
+        print("| torch threads | precision | plain loop img/s | pathvlm img/s (workers, batch) | ratio | "
+              "pathvlm GFLOP/s | max abs emb diff | min cosine to plain |")
+        print("|---|---|---|---|---|---|---|---|")
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            plain_loop(model, preprocess, files[:8])  # warm-up
+            plain_times, ref = [], None
+            for _ in range(args.repeats):
+                t, ref = timed(plain_loop, model, preprocess, files)
+                plain_times.append(t)
+            plain_rate = len(files) / statistics.median(plain_times)
+            for precision in ("fp32", "bf16"):
+                best = None
+                for w, b in [(w, b) for w in (0, 1) for b in (4, 8)]:
+                    times = [timed(ours, model, preprocess, folder, w, b, precision)[0] for _ in range(args.repeats)]
+                    rate = len(files) / statistics.median(times)
+                    if best is None or rate > best[0]:
+                        best = (rate, w, b)
+                emb = ours(model, preprocess, folder, best[1], best[2], precision)
+                diff = (emb - ref).abs().max().item()
+                cos = (emb * ref).sum(-1).min().item()
+                print(f"| {threads} | {precision} | {plain_rate:.1f} | {best[0]:.1f} ({best[1]}, {best[2]}) | "
+                      f"{best[0] / plain_rate:.2f}x | {best[0] * gflops(model):.0f} | {diff:.1e} | {cos:.5f} |")
+
+
+def gflops(model) -> float:
+    """FLOPs of one image through the image tower (2 per multiply-add), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = model.visual.preprocess_cfg["size"]
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.encode_image(torch.zeros(1, 3, *size))
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops(threads: int, n: int = 2048) -> float:
+    """The physical ceiling for comparison: dense fp32 matmul throughput (median of 5)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = [timed(torch.matmul, a, b)[0] for _ in range(5)]
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def clustered(n, d, centres, rng, spread=0.35):
+    x = centres[rng.integers(0, len(centres), n)] + spread * rng.standard_normal((n, d), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def query_latency(args, model, tokenizer):
+    import faiss
+
+    d = int(embed_texts(model, tokenizer, ["x"]).shape[1])
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((2000, d), dtype=np.float32) / np.sqrt(d)
+    sizes = [10_000] + ([] if args.skip_1m else [1_000_000])
+    text_ms = []
+    for q in ["tumour nest with mitoses"] * 5 + [f"query {i}" for i in range(50)]:
+        s = time.perf_counter()
+        embed_texts(model, tokenizer, [q])
+        text_ms.append((time.perf_counter() - s) * 1e3)
+    print(f"\n## Text-query latency, dim {d}, synthetic clustered vectors (2000 clusters)")
+    print(f"text encoding with {args.model}: p50 {np.percentile(text_ms[5:], 50):.1f} ms")
+    print("| vectors | index | torch/faiss threads | build s | search p50 ms | search p99 ms | p50 incl. text ms | recall@10 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        x = np.concatenate([clustered(min(n, 200_000), d, centres, rng) for _ in range(max(1, n // 200_000))])[:n]
+        queries = clustered(500, d, centres, np.random.default_rng(1))
+        for threads in args.threads:
+            faiss.omp_set_num_threads(threads)
+            torch.set_num_threads(threads)
+            start = time.perf_counter()
+            index, info = build_faiss(x)
+            build_s = time.perf_counter() - start
+            exact = faiss.IndexFlatIP(d)
+            exact.add(x)
+            _, truth = exact.search(queries, 10)
+            lat, found = [], []
+            for q in queries:
+                s = time.perf_counter()
+                _, ids = index.search(q[None], 10)
+                lat.append((time.perf_counter() - s) * 1e3)
+                found.append(ids[0])
+            p50 = np.percentile(lat, 50)
+            kind = info.kind + (f" nlist {info.nlist} nprobe {info.nprobe}" if info.kind == "ivf" else "")
+            print(f"| {n:,} | {kind} | {threads} | {build_s:.1f} | {p50:.2f} | {np.percentile(lat, 99):.2f} | "
+                  f"{p50 + np.percentile(text_ms[5:], 50):.1f} | {recall_at_k(np.array(found), truth):.3f} |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="pathclip-nano")
+    ap.add_argument("--images", help="folder of images (default: the bundled demo gallery, built if needed)")
+    ap.add_argument("--n-images", type=int, default=192)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=3, help="runs per configuration; the median is reported")
+    ap.add_argument("--skip-1m", action="store_true", help="only the 10k-vector latency (the 1M build takes minutes)")
+    args = ap.parse_args()
+    if not args.images:
+        from pathvlm.gallery import build_gallery, default_gallery_dir
+
+        args.images = default_gallery_dir()
+        if not (args.images / "metadata.jsonl").exists():
+            build_gallery(args.images)
+    model, preprocess, tokenizer = create_clip(args.model)
+    indexing(args, model, preprocess)
+    query_latency(args, model, tokenizer)
+
+
+if __name__ == "__main__":
+    main()
