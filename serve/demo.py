@@ -11,6 +11,7 @@ from pathlib import Path
 from pathvlm.cli.common import table
 from pathvlm.clip.factory import create_clip
 from pathvlm.clip.folder import model_fingerprint
+from pathvlm.clip.registry import NAMED_MODELS
 from pathvlm.errors import PathVLMError
 from pathvlm.gallery import build_gallery, default_gallery_dir
 from pathvlm.paths import home
@@ -51,6 +52,10 @@ def run_demo(source: str = "pathclip-nano", gallery=None, index=None, device="cp
     model, preprocess, tokenizer = create_clip(source, device=device)
     idx = ensure_index(folder, index, model, preprocess, source, device)
     print(f"\nmodel {source} (fingerprint {idx.fingerprint}); gallery {folder} with {idx.info['count']} tiles")
+    spec = NAMED_MODELS.get(source)
+    if spec is not None and not spec.trained:
+        print(f"note: {source}'s projections are not trained yet, so zero-shot and text search below are at chance "
+              "level;\n      image-to-image search (pathvlm search INDEX --image TILE) already uses the pretrained trunk.")
 
     meta = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines() if line]
     first_per_source = {}

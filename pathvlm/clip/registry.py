@@ -31,6 +31,7 @@ class NamedModel:
     preprocess_cfg: dict = field(default_factory=dict)
     init_seed: int = 0  # seed for the parameters the pretrained parts do not cover (projections)
     description: str = ""
+    trained: bool = False  # projections trained on image-text pairs (False: fresh, zero-shot at chance)
 
     def model_cfg(self) -> dict:
         cfg = json.loads((CONFIG_DIR / self.config_file).read_text())
