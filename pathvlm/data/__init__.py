@@ -1,0 +1,1 @@
+"""Data recipes: public pathology image-text sources into clean, deduplicated, leakage-free sets."""

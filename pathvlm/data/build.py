@@ -1,0 +1,328 @@
+"""Run a recipe end to end: read sources, curate, split, audit, build each stage's set, write a data card.
+
+Every stage is named and logs counts in and out. Malformed rows (bad json line, missing or
+unreadable image, empty caption) are counted by reason and skipped. The build writes into
+``OUT.partial`` and renames it at the end, so an interrupted build leaves no half-written output
+and a rerun produces byte-identical files (checksums.json).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+from PIL import Image
+
+from pathvlm.data import dedup, text_clean
+from pathvlm.data.builders import BUILDERS
+from pathvlm.data.config import RecipeConfig
+from pathvlm.data.knowledge import KnowledgeBase
+from pathvlm.data.sources import Malformed, get_adapter
+from pathvlm.data.splits import assign_splits, audit_leakage, require_no_leakage
+from pathvlm.errors import ImageError, PathVLMError
+from pathvlm.images import load_image
+
+
+class StageLog:
+    def __init__(self):
+        self.stages: list[dict] = []
+
+    def add(self, name: str, n_in: int, n_out: int, **details):
+        self.stages.append({"stage": name, "in": n_in, "out": n_out, **details})
+
+
+def _progress(it, total=None, desc="", enabled=True):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, total=total, desc=desc, unit="row")
+
+
+def read_sources(recipe: RecipeConfig, malformed: Counter, malformed_examples: list, progress: bool):
+    rows = []
+    per_source = {}
+    for src in recipe.sources:
+        info = get_adapter(src.adapter)
+        n = 0
+        for item in _progress(info.read(src.root, **src.options) if src.root is not None else info.read(**src.options),
+                              desc=f"reading {src.name}", enabled=progress):
+            if src.limit is not None and n >= src.limit:
+                break
+            if isinstance(item, Malformed):
+                malformed[f"{src.name}: {item.reason}"] += 1
+                if len(malformed_examples) < 20:
+                    malformed_examples.append({"source": src.name, "reason": item.reason, "where": item.where})
+                continue
+            n += 1
+            label = src.label_map.get(item.label, item.label) if item.label else ""
+            rows.append({
+                "id": hashlib.sha1(f"{src.name}/{item.key}".encode()).hexdigest()[:16], "key": item.key,
+                "source": src.name, "licence": src.licence or info.licence, "group": f"{src.name}/{item.group}",
+                "text": item.text or "", "image_path": item.image_path, "image": item.image_bytes, "task": item.task,
+                "question": item.question, "options": list(item.options), "answer": item.answer, "label": label,
+                "rationale": item.rationale, "source_split": item.source_split, "meta": item.meta,
+            })
+        per_source[src.name] = {"adapter": src.adapter, "root": src.root, "licence": src.licence or info.licence,
+                                "records": n, "homepage": info.homepage}
+    return rows, per_source
+
+
+def _encode(img: Image.Image, raw: bytes | None, max_side: int) -> bytes:
+    if raw is not None and img.format in ("JPEG", "PNG") and max(img.size) <= max_side and img.mode == "RGB":
+        return raw  # keep the original bytes: exact, and no re-encoding loss
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    if max(rgb.size) > max_side:
+        rgb = rgb.copy()
+        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    rgb.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def load_images(rows, recipe, malformed, examples, log: StageLog, progress: bool):
+    out, cache = [], {}
+    for r in _progress(rows, total=len(rows), desc="loading images", enabled=progress):
+        path = r["image_path"]
+        if r["image"] is None and not path:
+            if recipe.require_images:
+                malformed[f"{r['source']}: missing image"] += 1
+                continue
+            out.append({**r, "image_sha256": "", "dhash": None})
+            continue
+        key = path or hashlib.sha256(r["image"]).hexdigest()
+        if key not in cache:
+            try:
+                raw = r["image"] if r["image"] is not None else Path(path).read_bytes()
+                img = load_image(raw, max_pixels=recipe.curation.max_pixels)
+                with Image.open(io.BytesIO(raw)) as probe:
+                    fmt = probe.format
+                img.format = fmt
+                data = _encode(img, raw, recipe.curation.max_image_side)
+                cache[key] = (data, hashlib.sha256(data).hexdigest(), dedup.dhash(img))
+            except (OSError, ImageError) as e:
+                reason = "missing image" if isinstance(e, FileNotFoundError) else "unreadable image"
+                cache[key] = (None, reason, str(e))
+        data, digest, extra = cache[key]
+        if data is None:
+            if recipe.require_images:
+                malformed[f"{r['source']}: {digest}"] += 1
+                if len(examples) < 20:
+                    examples.append({"source": r["source"], "reason": digest, "where": str(extra)[:200]})
+                continue
+            out.append({**r, "image": None, "image_sha256": "", "dhash": None})
+            continue
+        out.append({**r, "image": data, "image_sha256": digest, "dhash": extra})
+    log.add("load_images", len(rows), len(out), distinct_images=sum(1 for v in cache.values() if v[0] is not None))
+    return out
+
+
+def curate_text(rows, recipe, malformed, log: StageLog, card: dict):
+    c = recipe.curation
+    model_filter = None
+    if c.visual_filter == "model":
+        from pathvlm.clip.factory import create_clip
+
+        model, _, tok = create_clip(c.model_source)
+        model_filter = text_clean.ModelSentenceFilter(model, tok)
+    elif c.visual_filter not in ("none", "rule"):
+        raise PathVLMError(f"visual_filter must be none, rule or model, not {c.visual_filter!r}")
+    kept_s = removed_s = changed = 0
+    examples = {"kept": [], "removed": []}
+    out = []
+    n_in = len(rows)
+    after_clean = after_visual = after_lang = 0
+    for r in rows:
+        if r["task"] != "caption":
+            out.append(r)
+            continue
+        text = r["text"]
+        if c.clean_captions:
+            cleaned = text_clean.clean_caption(text)
+            changed += cleaned != text.strip()
+            text = cleaned
+        if not text:
+            malformed[f"{r['source']}: empty caption"] += 1
+            continue
+        after_clean += 1
+        if c.visual_filter != "none":
+            res = text_clean.visual_sentences(text, rule=model_filter or text_clean.is_visual_sentence)
+            kept_s += len(res.kept)
+            removed_s += len(res.removed)
+            if res.removed and len(examples["removed"]) < 8 and all(e["caption"] != text[:300] for e in examples["removed"]):
+                examples["removed"].append({"caption": text[:300], "removed": res.removed[:3]})
+            if res.kept and len(examples["kept"]) < 8 and all(e["caption"] != text[:300] for e in examples["kept"]):
+                examples["kept"].append({"caption": text[:300], "kept": res.kept[:3]})
+            text = res.text
+            if not text:
+                continue
+        after_visual += 1
+        if c.english_only and not text_clean.looks_english(text):
+            continue
+        after_lang += 1
+        if not c.min_words <= text_clean.word_count(text) <= c.max_words:
+            continue
+        out.append({**r, "text": text})
+    n_caps = sum(1 for r in rows if r["task"] == "caption")
+    log.add("clean_captions", n_caps, after_clean, changed=changed)
+    log.add(f"visual_filter ({c.visual_filter})", after_clean, after_visual, sentences_kept=kept_s, sentences_removed=removed_s)
+    log.add("language_filter", after_visual, after_lang)
+    log.add("length_filter", after_lang, sum(1 for r in out if r["task"] == "caption"),
+            min_words=c.min_words, max_words=c.max_words)
+    card["visual_filter"] = {"mode": c.visual_filter, "sentences_kept": kept_s, "sentences_removed": removed_s,
+                             "examples": examples}
+    return out
+
+
+def deduplicate(rows, recipe, log: StageLog, card: dict):
+    c = recipe.curation
+    n_in = len(rows)
+    # exact duplicates: same image bytes and same text / question
+    seen, out, exact = set(), [], 0
+    for r in rows:
+        key = (r["image_sha256"], dedup.normalise_text(r["text"]), r["question"], r["answer"], r["label"], r["task"])
+        if c.drop_exact_duplicates and key in seen:
+            exact += 1
+            continue
+        seen.add(key)
+        out.append(r)
+    # near-duplicate images (dHash): one cluster -> one group, so they land in the same split
+    img_ids = sorted({r["image_sha256"] for r in out if r["image_sha256"]})
+    hashes = {r["image_sha256"]: r["dhash"] for r in out if r["image_sha256"]}
+    pairs = dedup.near_duplicate_pairs([hashes[h] for h in img_ids], c.image_near_duplicate_bits)
+    clusters = dedup.duplicate_clusters(len(img_ids), pairs)
+    root_of = {h: img_ids[clusters[i]] for i, h in enumerate(img_ids)}
+    groups_by_root = defaultdict(set)
+    for r in out:
+        if r["image_sha256"]:
+            groups_by_root[root_of[r["image_sha256"]]].add(r["group"])
+    merge = {}
+    for root, groups in groups_by_root.items():
+        if len(groups) > 1:
+            target = min(groups)
+            for g in groups:
+                merge[g] = target
+    # merging can chain (a group in two clusters): resolve to a fixed point
+    def final(g):
+        while g in merge and merge[g] != g:
+            g = merge[g]
+        return g
+
+    for r in out:
+        r["group"] = final(r["group"])
+    near_dropped = 0
+    if c.drop_near_duplicate_images:
+        kept_roots, filtered = {}, []
+        for r in out:
+            root = root_of.get(r["image_sha256"])
+            if root is not None and root != r["image_sha256"] and root in hashes:
+                near_dropped += 1
+                continue
+            filtered.append(r)
+        out = filtered
+    # near-duplicate captions (SimHash), reported
+    caps = [r for r in out if r["task"] == "caption" and r["text"]]
+    text_pairs = dedup.near_duplicate_pairs([dedup.simhash(r["text"]) for r in caps], c.text_near_duplicate_bits)
+    log.add("deduplicate", n_in, len(out), exact_duplicates=exact, near_duplicate_image_pairs=len(pairs),
+            groups_merged=len([g for g in merge if merge[g] != g]), near_duplicates_dropped=near_dropped,
+            near_duplicate_caption_pairs=len(text_pairs))
+    card["duplicates"] = {"exact_rows": exact, "near_duplicate_image_pairs": len(pairs),
+                          "groups_merged_by_image_similarity": len([g for g in merge if merge[g] != g]),
+                          "near_duplicate_images_dropped": near_dropped, "near_duplicate_caption_pairs": len(text_pairs),
+                          "caption_pair_examples": [[caps[i]["text"][:120], caps[j]["text"][:120]] for i, j in text_pairs[:3]]}
+    return out, hashes
+
+
+def split_rows(rows, recipe, log: StageLog, card: dict):
+    s = recipe.splits
+    if s.use_source_splits:
+        for r in rows:
+            r["split"] = {"validation": "val", "dev": "val"}.get(r["source_split"], r["source_split"]) or "train"
+    else:
+        assignment = assign_splits([r["group"] for r in rows], s.ratios, seed=s.seed)
+        for r in rows:
+            r["split"] = assignment[r["group"]]
+    sizes = Counter(r["split"] for r in rows)
+    groups = {k: len({r["group"] for r in rows if r["split"] == k}) for k in sizes}
+    log.add("group_split", len(rows), len(rows), rows=dict(sorted(sizes.items())), groups=dict(sorted(groups.items())))
+    # audit: groups, exact images, near-duplicate images across splits
+    img_ids = sorted({r["image_sha256"] for r in rows if r["image_sha256"]})
+    first_row = {}
+    for i, r in enumerate(rows):
+        first_row.setdefault(r["image_sha256"], i)
+    pairs = dedup.near_duplicate_pairs([r["dhash"] for r in (rows[first_row[h]] for h in img_ids)],
+                                       recipe.curation.image_near_duplicate_bits)
+    row_pairs = [(first_row[img_ids[i]], first_row[img_ids[j]]) for i, j in pairs]
+    report = audit_leakage(rows, row_pairs)
+    card["leakage_audit"] = report.summary()
+    card["splits"] = {"rows": dict(sorted(sizes.items())), "groups": dict(sorted(groups.items()))}
+    if s.on_leak == "fail":
+        require_no_leakage(report)
+    return rows
+
+
+def build_recipe(recipe: RecipeConfig, out: str | Path, progress: bool = True, recipe_path: str | None = None) -> dict:
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    log, malformed, malformed_examples = StageLog(), Counter(), []
+    card: dict = {"recipe": recipe.name, "description": recipe.description, "recipe_file": recipe_path,
+                  "config": asdict(recipe)}
+    rows, per_source = read_sources(recipe, malformed, malformed_examples, progress)
+    card["sources"] = per_source
+    log.add("read_sources", sum(v["records"] for v in per_source.values()) + sum(malformed.values()), len(rows))
+    if not rows:
+        raise PathVLMError("the recipe's sources gave no usable rows: " + json.dumps(dict(malformed)))
+    rows = load_images(rows, recipe, malformed, malformed_examples, log, progress)
+    rows = curate_text(rows, recipe, malformed, log, card)
+    rows, _ = deduplicate(rows, recipe, log, card)
+    rows.sort(key=lambda r: (r["source"], r["id"]))
+    rows = split_rows(rows, recipe, log, card)
+    kb = KnowledgeBase.load(recipe.knowledge)
+    outputs = {}
+    from pathvlm.data.writer import checksums, write_parquet, write_webdataset
+
+    for name in recipe.builders:
+        built = list(BUILDERS[name](rows, kb, recipe.seed, **(
+            {"captions_per_image": recipe.captions_per_image} if name == "clip" else {})))
+        by_split = defaultdict(list)
+        for b in built:
+            by_split[b["split"]].append(b)
+        outputs[name] = {}
+        for split in sorted(by_split):
+            write_parquet(by_split[split], partial / name, split)
+            if recipe.webdataset:
+                write_webdataset(by_split[split], partial / name / "webdataset", split)
+            outputs[name][split] = len(by_split[split])
+        log.add(f"build_{name}", len(rows), len(built))
+        card.setdefault("examples", {})[name] = [_example(b) for b in built[: recipe.examples_in_card]]
+    card["outputs"] = outputs
+    card["stages"] = log.stages
+    card["malformed"] = {"counts": dict(sorted(malformed.items())), "examples": malformed_examples}
+    from pathvlm.data.card import write_card
+
+    write_card(card, partial)
+    sums = checksums(partial)
+    (partial / "checksums.json").write_text(json.dumps(sums, indent=2, sort_keys=True))
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    card["checksums"] = sums
+    return card
+
+
+def _example(row: dict) -> dict:
+    ex = {}
+    for k, v in row.items():
+        if k == "image":
+            ex[k] = None if v is None else f"<{len(v)} bytes>"
+        elif k == "images":
+            ex[k] = [f"<{len(b)} bytes>" for b in v]
+        else:
+            ex[k] = v
+    return ex
