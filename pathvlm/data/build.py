@@ -13,6 +13,7 @@ import json
 import shutil
 from collections import Counter, defaultdict
 from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -72,16 +73,36 @@ def read_sources(recipe: RecipeConfig, malformed: Counter, malformed_examples: l
     return rows, per_source
 
 
-def _encode(img: Image.Image, raw: bytes | None, max_side: int) -> bytes:
-    if raw is not None and img.format in ("JPEG", "PNG") and max(img.size) <= max_side and img.mode == "RGB":
-        return raw  # keep the original bytes: exact, and no re-encoding loss
-    rgb = img if img.mode == "RGB" else img.convert("RGB")
+def encode_image(raw: bytes, max_side: int, max_pixels: int | None = None) -> tuple[bytes, Image.Image]:
+    """The bytes stored for an image: the original when it is an RGB JPEG/PNG within ``max_side``
+    (exact, no re-encoding loss), otherwise RGB PNG downscaled to ``max_side``. Deterministic."""
+    img = load_image(raw, max_pixels=max_pixels)
+    with Image.open(io.BytesIO(raw)) as probe:
+        fmt, mode = probe.format, probe.mode
+    if fmt in ("JPEG", "PNG") and mode == "RGB" and max(img.size) <= max_side:
+        return raw, img
+    rgb = img
     if max(rgb.size) > max_side:
         rgb = rgb.copy()
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     rgb.save(buf, format="PNG")
-    return buf.getvalue()
+    return buf.getvalue(), rgb
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image kept by reference until it is written, so memory holds metadata, not pixels.
+    Only images that exist nowhere on disk (cut from a wheel's image) keep their bytes."""
+
+    sha256: str
+    path: str | None = None
+    data: bytes | None = None
+    max_side: int = 1024
+
+    def read(self) -> bytes:
+        raw = self.data if self.data is not None else Path(self.path).read_bytes()
+        return encode_image(raw, self.max_side, max_pixels=None)[0]
 
 
 def load_images(rows, recipe, malformed, examples, log: StageLog, progress: bool):
@@ -98,12 +119,11 @@ def load_images(rows, recipe, malformed, examples, log: StageLog, progress: bool
         if key not in cache:
             try:
                 raw = r["image"] if r["image"] is not None else Path(path).read_bytes()
-                img = load_image(raw, max_pixels=recipe.curation.max_pixels)
-                with Image.open(io.BytesIO(raw)) as probe:
-                    fmt = probe.format
-                img.format = fmt
-                data = _encode(img, raw, recipe.curation.max_image_side)
-                cache[key] = (data, hashlib.sha256(data).hexdigest(), dedup.dhash(img))
+                data, img = encode_image(raw, recipe.curation.max_image_side, recipe.curation.max_pixels)
+                digest = hashlib.sha256(data).hexdigest()
+                ref = ImageRef(digest, path=path if r["image"] is None else None,
+                               data=raw if r["image"] is not None else None, max_side=recipe.curation.max_image_side)
+                cache[key] = (ref, digest, dedup.dhash(img))
             except (OSError, ImageError) as e:
                 reason = "missing image" if isinstance(e, FileNotFoundError) else "unreadable image"
                 cache[key] = (None, reason, str(e))
@@ -320,9 +340,9 @@ def _example(row: dict) -> dict:
     ex = {}
     for k, v in row.items():
         if k == "image":
-            ex[k] = None if v is None else f"<{len(v)} bytes>"
+            ex[k] = None if v is None else f"<image {v.sha256[:12]}>"
         elif k == "images":
-            ex[k] = [f"<{len(b)} bytes>" for b in v]
+            ex[k] = [f"<image {b.sha256[:12]}>" for b in v]
         else:
             ex[k] = v
     return ex

@@ -19,14 +19,16 @@ def _dataset_dir(folder: Path, dataset: str | None) -> Path:
     raise PathVLMError(f"{folder}: no built dataset found (expected clip/, align/, sft/ or grpo/ with parquet shards)")
 
 
-def load_split(folder: str | Path, dataset: str | None = None, split: str = "train"):
+def load_split(folder: str | Path, dataset: str | None = None, split: str = "train", streaming: bool = False):
+    """A built split as a ``datasets.Dataset`` (or an ``IterableDataset`` with ``streaming``, for
+    sets larger than memory)."""
     from datasets import load_dataset
 
     d = _dataset_dir(Path(folder), dataset)
     files = sorted(str(p) for p in d.glob(f"{split}-*.parquet"))
     if not files:
         raise PathVLMError(f"{d}: no '{split}' shards (have: {sorted({p.name.split('-')[0] for p in d.glob('*.parquet')})})")
-    return load_dataset("parquet", data_files={split: files}, split=split)
+    return load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming)
 
 
 def _text_of(row: dict) -> str:

@@ -30,8 +30,13 @@ def _features(rows: list[dict]):
     return Features(feats)
 
 
-def _image_dict(b):
-    return None if b is None else {"bytes": b, "path": None}
+def _bytes(ref) -> bytes | None:
+    """Image references (pathvlm.data.build.ImageRef) are read only now, one shard at a time."""
+    return None if ref is None else ref if isinstance(ref, bytes) else ref.read()
+
+
+def _image_dict(ref):
+    return None if ref is None else {"bytes": _bytes(ref), "path": None}
 
 
 def write_parquet(rows: list[dict], folder: Path, split: str) -> list[Path]:
@@ -44,19 +49,18 @@ def write_parquet(rows: list[dict], folder: Path, split: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     if not rows:
         return []
-    prepared = []
-    for r in rows:
-        r = dict(r)
-        if "image" in r:
-            r["image"] = _image_dict(r["image"])
-        if "images" in r:
-            r["images"] = [_image_dict(b) for b in r["images"]]
-        prepared.append(r)
-    features = _features(prepared)
-    n = (len(prepared) + ROWS_PER_SHARD - 1) // ROWS_PER_SHARD
+    features = _features(rows)
+    n = (len(rows) + ROWS_PER_SHARD - 1) // ROWS_PER_SHARD
     paths = []
     for i in range(n):
-        chunk = prepared[i * ROWS_PER_SHARD:(i + 1) * ROWS_PER_SHARD]
+        chunk = []
+        for r in rows[i * ROWS_PER_SHARD:(i + 1) * ROWS_PER_SHARD]:
+            r = dict(r)
+            if "image" in r:
+                r["image"] = _image_dict(r["image"])
+            if "images" in r:
+                r["images"] = [_image_dict(b) for b in r["images"]]
+            chunk.append(r)
         path = folder / f"{split}-{i:05d}-of-{n:05d}.parquet"
         Dataset.from_list(chunk, features=features).to_parquet(str(path))
         paths.append(path)
@@ -72,7 +76,7 @@ def write_webdataset(rows: list[dict], folder: Path, split: str) -> list[Path]:
         with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
             for r in rows[i:i + ROWS_PER_SHARD]:
                 key = r["id"].replace(".", "_")
-                img = r.get("image") if "image" in r else (r.get("images") or [None])[0]
+                img = _bytes(r.get("image") if "image" in r else (r.get("images") or [None])[0])
                 meta = {k: v for k, v in r.items() if k not in ("image", "images")}
                 files = [(f"{key}.json", json.dumps(meta, sort_keys=True).encode())]
                 if img is not None:

@@ -1,0 +1,185 @@
+"""Recipes end to end on fixtures: malformed rows, dedup, splits and audit, outputs, reruns."""
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pathvlm.cli import main
+from pathvlm.data import writer
+from pathvlm.data.build import build_recipe
+from pathvlm.data.config import load_recipe
+from pathvlm.data.splits import LeakageError
+from pathvlm.errors import PathVLMError
+
+
+def textured(seed, size=96):
+    rng = np.random.default_rng(seed)
+    base = np.kron(rng.random((6, 6, 3)), np.ones((size // 6, size // 6, 1))) * 200 + 30
+    return Image.fromarray(base.astype(np.uint8))
+
+
+@pytest.fixture()
+def recipe_dir(tmp_path):
+    tiles = tmp_path / "tiles"
+    rows = ["path,label,group,sha256"]
+    n = 0
+    for g in range(10):
+        label = "colon_aca" if g % 2 else "colon_n"
+        (tiles / label).mkdir(parents=True, exist_ok=True)
+        for k in range(2):
+            name = f"{label}/t{n}.png"
+            textured(n).save(tiles / name)
+            rows.append(f"{name},{label},grp{g},")
+            n += 1
+    # planted problems
+    rows.append("colon_n/missing.png,colon_n,grp0,")  # missing file
+    (tiles / "colon_n" / "broken.png").write_text("not an image")
+    rows.append("colon_n/broken.png,colon_n,grp0,")  # unreadable
+    (tiles / "colon_n" / "copy.png").write_bytes((tiles / "colon_n" / "t0.png").read_bytes())
+    rows.append("colon_n/copy.png,colon_n,grp0,")  # exact duplicate of t0 (same label)
+    textured(5).resize((90, 90)).resize((96, 96)).save(tiles / "colon_n" / "near.png")
+    rows.append("colon_n/near.png,colon_n,grp8,")  # near-duplicate of t5 (group grp2) from another group
+    (tiles / "manifest.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "recipe.yaml").write_text("""
+name: fixture
+seed: 0
+sources:
+  - name: tiles
+    adapter: imagefolder
+    root: ${RECIPE_DIR}/tiles
+    licence: test
+    options: {manifest: manifest.csv}
+    label_map: {colon_aca: colon adenocarcinoma, colon_n: benign colonic tissue}
+splits:
+  ratios: {train: 0.6, val: 0.2, test: 0.2}
+builders: [clip, align, sft, grpo]
+""")
+    return tmp_path
+
+
+def test_build_counts_skips_and_deduplicates(recipe_dir):
+    recipe = load_recipe(recipe_dir / "recipe.yaml")
+    card = build_recipe(recipe, recipe_dir / "out", progress=False)
+    assert card["malformed"]["counts"] == {"tiles: missing image": 1, "tiles: unreadable image": 1}
+    assert card["duplicates"]["exact_rows"] == 1
+    assert card["duplicates"]["near_duplicate_image_pairs"] >= 1
+    assert card["duplicates"]["groups_merged_by_image_similarity"] >= 1
+    assert card["leakage_audit"]["ok"] and card["leakage_audit"]["shared_groups"] == 0
+    assert sum(card["splits"]["rows"].values()) == 21  # 20 tiles + the near-duplicate
+    for f in ("data_card.md", "data_card.json", "checksums.json"):
+        assert (recipe_dir / "out" / f).exists()
+    md = (recipe_dir / "out" / "data_card.md").read_text()
+    assert "**PASS**" in md and "tiles: unreadable image: 1" in md
+
+
+def test_outputs_are_hf_datasets_in_the_right_formats(recipe_dir):
+    from pathvlm.data.inspect import load_split
+
+    build_recipe(load_recipe(recipe_dir / "recipe.yaml"), recipe_dir / "out", progress=False)
+    sft = load_split(recipe_dir / "out", "sft", "train")
+    assert set(sft.unique("task")) == {"yes_no", "mcq", "open", "report"}
+    pattern = re.compile(r"^<think>.+</think><answer>.+</answer>$", re.S)
+    for row in sft:
+        assert row["messages"][0]["role"] == "user" and row["messages"][0]["content"][0]["type"] == "image"
+        assert pattern.match(row["messages"][1]["content"][0]["text"])
+        assert row["images"][0].size == (96, 96)
+    grpo = load_split(recipe_dir / "out", "grpo", "train")
+    for row in grpo:
+        if row["answer_type"] == "option_letter":
+            assert row["options"]["ABCD".index(row["answer"])] == row["label"]
+        elif row["answer_type"] == "yes_no":
+            asked = re.match(r"Is this (.+)\? Answer", row["prompt"][0]["content"][1]["text"]).group(1)
+            assert row["answer"] == ("yes" if asked == row["label"] else "no")
+    clip = load_split(recipe_dir / "out", "clip", "train")
+    assert all(r["text"] and r["image"] is not None for r in clip)
+    streamed = list(load_split(recipe_dir / "out", "clip", "train", streaming=True))
+    assert [r["id"] for r in streamed] == clip["id"]
+    # every row of one group is in one split
+    seen = {}
+    for split in ("train", "val", "test"):
+        for g in load_split(recipe_dir / "out", "clip", split)["group"]:
+            assert seen.setdefault(g, split) == split
+
+
+def test_rerun_and_interrupted_rerun_are_identical(recipe_dir, monkeypatch):
+    recipe = load_recipe(recipe_dir / "recipe.yaml")
+    first = build_recipe(recipe, recipe_dir / "a", progress=False)["checksums"]
+    assert build_recipe(recipe, recipe_dir / "a", progress=False)["checksums"] == first
+    real = writer.write_parquet
+    calls = {"n": 0}
+
+    def crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "write_parquet", crash)
+    with pytest.raises(KeyboardInterrupt):
+        build_recipe(recipe, recipe_dir / "b", progress=False)
+    assert not (recipe_dir / "b").exists()  # nothing half-written where a result is expected
+    monkeypatch.setattr(writer, "write_parquet", real)
+    assert build_recipe(recipe, recipe_dir / "b", progress=False)["checksums"] == first
+
+
+def test_planted_leak_fails_the_build(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        textured(1).save(tmp_path / "images" / split / f"{split}_0001.jpg")  # the same image in both splits
+        (tmp_path / f"pvqa_{split}.json").write_text(json.dumps([
+            {"img_id": f"{split}_0001", "labelf": {"pvqa": [{"yes": 1}]}, "sentf": {"pvqa": [f"Is it {split}?"]}}]))
+    (tmp_path / "r.yaml").write_text("""
+name: leak
+sources:
+  - {name: tr, adapter: pathvqa, root: "${RECIPE_DIR}", options: {split: train}}
+  - {name: va, adapter: pathvqa, root: "${RECIPE_DIR}", options: {split: val}}
+splits: {use_source_splits: true}
+builders: [sft]
+""")
+    with pytest.raises(LeakageError, match="1 shared images"):
+        build_recipe(load_recipe(tmp_path / "r.yaml"), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipe_errors(tmp_path):
+    (tmp_path / "r.yaml").write_text("name: x\nsources:\n  - {name: a, adapter: arch, root: \"${NOPE}\"}\n")
+    with pytest.raises(PathVLMError, match=r"\$\{NOPE\} but it is not set"):
+        load_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("name: x\nsources: []\ncuration: {bogus: 1}\n")
+    with pytest.raises(PathVLMError, match="unknown field"):
+        load_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("name: x\nsources: []\nbuilders: [nope]\n")
+    with pytest.raises(PathVLMError, match="unknown builder"):
+        load_recipe(tmp_path / "r.yaml")
+    with pytest.raises(PathVLMError, match="recipe not found"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_cli_build_show_and_plot(recipe_dir, capsys):
+    assert main(["data", "build", str(recipe_dir / "recipe.yaml"), "--out", str(recipe_dir / "o")]) == 0
+    assert "Leakage audit" in capsys.readouterr().out
+    assert main(["data", "show", str(recipe_dir / "o"), "--dataset", "sft", "-n", "2",
+                 "--plot", str(recipe_dir / "s.png")]) == 0
+    out = capsys.readouterr().out
+    assert "<think>" in out and (recipe_dir / "s.png").stat().st_size > 1000
+    assert main(["data", "sources"]) == 0 and "pathvqa" in capsys.readouterr().out
+
+
+@pytest.mark.shared
+def test_nano_recipe_on_shared_lc25000(tmp_path, capsys):
+    assert main(["data", "build", "data_recipes/nano.yaml", "--out", str(tmp_path / "nano")]) == 0
+    card = json.loads((tmp_path / "nano" / "data_card.json").read_text())
+    assert card["leakage_audit"]["ok"] and card["leakage_audit"]["shared_groups"] == 0
+    assert card["sources"]["lc25000_colon"]["records"] == 2000
+    assert set(card["outputs"]) == {"clip", "align", "sft", "grpo"}
+
+
+@pytest.mark.shared
+def test_text_recipe_reports_the_visual_filter(tmp_path):
+    assert main(["data", "build", "data_recipes/text_arch_pathgen.yaml", "--out", str(tmp_path / "t")]) == 0
+    card = json.loads((tmp_path / "t" / "data_card.json").read_text())
+    vf = card["visual_filter"]
+    assert vf["sentences_kept"] > 10000 and vf["sentences_removed"] > 1000 and vf["examples"]["removed"]
+    assert "Visual-sentence filter" in (tmp_path / "t" / "data_card.md").read_text()

@@ -1,0 +1,141 @@
+import io
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pathvlm.data import dedup, text_clean
+from pathvlm.data.splits import LeakageError, assign_splits, audit_leakage, require_no_leakage
+from pathvlm.data.stain import MacenkoNormalizer, ReinhardNormalizer, macenko_stain_matrix, stain_jitter
+
+
+@pytest.mark.parametrize("raw,clean", [
+    (" A, Spindle cells in fascicles (B), with vacuoles.", "Spindle cells in fascicles, with vacuoles."),
+    ("(A) Low power. B, the glands are fused [12].", "Low power. The glands are fused."),
+    ("A and B, Glands (Fig. 3) see http://x.org/y", "Glands see"),
+    ("A tumour with glands.", "A tumour with glands."),
+    ("  many   spaces  here ", "Many spaces here"),
+])
+def test_clean_caption(raw, clean):
+    assert text_clean.clean_caption(raw) == clean
+
+
+def test_visual_sentence_filter():
+    res = text_clean.visual_sentences(
+        "Sheets of atypical cells with hyperchromatic nuclei. The patient was a 45-year-old woman. "
+        "She was treated with chemotherapy and is alive 2 years later. Synovial chondromatosis. See")
+    assert res.kept == ["Sheets of atypical cells with hyperchromatic nuclei.", "Synovial chondromatosis."]
+    assert len(res.removed) == 3
+
+
+def test_language_and_length():
+    assert text_clean.looks_english("The glands are lined by atypical cells with mitoses.")
+    assert not text_clean.looks_english("Die Drüsen sind von atypischen Zellen ausgekleidet und zeigen Mitosen.")
+    assert not text_clean.looks_english("腺体由异型细胞排列")
+    assert text_clean.word_count("a b  c") == 3
+
+
+def _jpeg(img, q=85):
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=q)
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+def test_dhash_finds_near_duplicates_not_different_images():
+    rng = np.random.default_rng(0)
+    base = Image.fromarray((np.kron(rng.random((8, 8)), np.ones((32, 32))) * 255).astype(np.uint8)).convert("RGB")
+    variants = [base.resize((200, 200)), _jpeg(base, 60), base.point(lambda v: min(255, v + 6))]
+    other = Image.fromarray((np.kron(rng.random((8, 8)), np.ones((32, 32))) * 255).astype(np.uint8)).convert("RGB")
+    h = dedup.dhash(base)
+    assert all(dedup.hamming(h, dedup.dhash(v)) <= 4 for v in variants)
+    assert dedup.hamming(h, dedup.dhash(other)) > 12
+
+
+def test_banded_near_duplicate_search_equals_brute_force():
+    rng = random.Random(0)
+    hashes = [rng.getrandbits(64) for _ in range(300)]
+    for i in range(0, 60, 3):  # plant near-duplicates
+        hashes[i + 1] = hashes[i] ^ (1 << rng.randrange(64)) ^ (1 << rng.randrange(64))
+    brute = sorted((i, j) for i in range(300) for j in range(i + 1, 300) if dedup.hamming(hashes[i], hashes[j]) <= 4)
+    assert dedup.near_duplicate_pairs(hashes, 4) == brute and len(brute) >= 20
+    clusters = dedup.duplicate_clusters(300, brute)
+    assert clusters[1] == 0 and clusters[2] == 2
+
+
+def test_simhash_similar_captions_are_close():
+    a = dedup.simhash("Sheets of atypical cells with large hyperchromatic nuclei and frequent mitoses in the stroma")
+    b = dedup.simhash("Sheets of atypical cells with large hyperchromatic nuclei and frequent mitoses in stroma")
+    c = dedup.simhash("Benign colonic mucosa with regular crypts lined by goblet cells and no atypia at all")
+    assert dedup.hamming(a, b) < dedup.hamming(a, c)
+
+
+def test_group_splits_keep_groups_whole_and_are_order_free():
+    groups = [f"g{i % 97}" for i in range(2000)]
+    a = assign_splits(groups, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=3)
+    b = assign_splits(list(reversed(groups)), {"train": 0.8, "val": 0.1, "test": 0.1}, seed=3)
+    assert a == b
+    sizes = {s: sum(1 for g in groups if a[g] == s) for s in ("train", "val", "test")}
+    assert abs(sizes["train"] - 1600) < 60 and sizes["val"] > 100 and sizes["test"] > 100
+    rows = [{"id": str(i), "group": g, "split": a[g]} for i, g in enumerate(groups)]
+    assert audit_leakage(rows).ok
+
+
+def test_audit_fails_on_planted_leaks():
+    rows = [{"id": "1", "group": "slide-1", "split": "train", "image_sha256": "x"},
+            {"id": "2", "group": "slide-1", "split": "test", "image_sha256": "y"},
+            {"id": "3", "group": "slide-2", "split": "train", "image_sha256": "z"},
+            {"id": "4", "group": "slide-3", "split": "val", "image_sha256": "z"}]
+    report = audit_leakage(rows, near_pairs=[(2, 3)])
+    assert report.shared_groups == {"slide-1": ["test", "train"]}
+    assert report.shared_images == [("z", ["train", "val"])] and report.near_duplicate_pairs == [("3", "4")]
+    with pytest.raises(LeakageError, match="1 shared groups"):
+        require_no_leakage(report)
+
+
+RUIFROK_H = np.array([0.65, 0.70, 0.29])
+RUIFROK_E = np.array([0.07, 0.99, 0.11])
+
+
+def synthetic_he(seed=0, scale_h=1.0, size=64):
+    rng = np.random.default_rng(seed)
+    ch = rng.gamma(2.0, 0.35, (size, size)) * scale_h
+    ce = rng.gamma(2.0, 0.25, (size, size))
+    od = ch[..., None] * RUIFROK_H / np.linalg.norm(RUIFROK_H) + ce[..., None] * RUIFROK_E / np.linalg.norm(RUIFROK_E)
+    return np.clip(240 * np.exp(-od), 0, 255).astype(np.uint8)
+
+
+def test_macenko_recovers_stain_vectors():
+    stains = macenko_stain_matrix(synthetic_he())
+    assert stains[0] @ (RUIFROK_H / np.linalg.norm(RUIFROK_H)) > 0.97
+    assert stains[1] @ (RUIFROK_E / np.linalg.norm(RUIFROK_E)) > 0.97
+
+
+def test_macenko_and_reinhard_normalise_towards_the_target():
+    target, source = synthetic_he(0), synthetic_he(1, scale_h=2.0)
+    m = MacenkoNormalizer().fit(target)
+    assert np.abs(m.transform(target).astype(float) - target).mean() < 3
+    assert abs(m.transform(source).mean() - target.mean()) < abs(source.mean() - target.mean())
+    r = ReinhardNormalizer().fit(target)
+    from skimage.color import rgb2lab
+
+    out = rgb2lab(r.transform(source)).reshape(-1, 3)
+    assert np.allclose(out.mean(0), rgb2lab(target).reshape(-1, 3).mean(0), atol=1.5)
+
+
+def test_stain_jitter_is_seeded_and_bounded():
+    img = synthetic_he()
+    a, b = stain_jitter(img, np.random.default_rng(1)), stain_jitter(img, np.random.default_rng(1))
+    assert np.array_equal(a, b) and a.shape == img.shape
+    assert 0 < np.abs(a.astype(int) - img).mean() < 30
+
+
+def test_model_sentence_filter_scores_against_prototypes(tiny_clip):
+    model, _, tok = tiny_clip
+    keep_all = text_clean.ModelSentenceFilter(model, tok, margin=-10.0)
+    keep_none = text_clean.ModelSentenceFilter(model, tok, margin=10.0)
+    s = "Sheets of atypical cells."
+    assert keep_all(s) is True and keep_none(s) is False
+    default = text_clean.ModelSentenceFilter(model, tok)
+    e = default._embed([s])[0]
+    assert default(s) == (float(e @ default.visual) - float(e @ default.clinical) > 0)
