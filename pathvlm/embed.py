@@ -18,7 +18,7 @@ class ImageFiles(Dataset):
     """Image paths -> (index, tensor) ; unreadable files come back as (index, error message)."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], preprocess: Callable, max_pixels: int | None = DEFAULT_MAX_PIXELS):
-        self.paths = [str(p) for p in paths]
+        self.paths = [p if isinstance(p, (bytes, bytearray)) else str(p) for p in paths]  # files or raw bytes
         self.preprocess = preprocess
         self.max_pixels = max_pixels
 

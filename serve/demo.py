@@ -54,8 +54,8 @@ def run_demo(source: str = "pathclip-nano", gallery=None, index=None, device="cp
     print(f"\nmodel {source} (fingerprint {idx.fingerprint}); gallery {folder} with {idx.info['count']} tiles")
     spec = NAMED_MODELS.get(source)
     if spec is not None and not spec.trained:
-        print(f"note: {source}'s projections are not trained yet, so zero-shot and text search below are at chance "
-              "level;\n      image-to-image search (pathvlm search INDEX --image TILE) already uses the pretrained trunk.")
+        print(f"note: {source}'s projections are not trained, so zero-shot and text search below are at chance "
+              "level;\n      image-to-image search (pathvlm search INDEX --image TILE) uses the pretrained trunk.")
 
     meta = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines() if line]
     first_per_source = {}

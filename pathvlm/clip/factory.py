@@ -108,6 +108,11 @@ def _create_named(spec):
         from pathvlm.clip.tower_weights import load_trunk_weights
 
         load_trunk_weights(model.visual.trunk, resolve_pip_path(spec.image_weights), spec.image_weights_format)
+    if spec.trained:
+        from pathvlm.clip.registry import WEIGHTS_DIR
+        from pathvlm.clip.tower_weights import load_trained_weights
+
+        load_trained_weights(model, WEIGHTS_DIR / spec.trained_weights)
     return model, tokenizer
 
 

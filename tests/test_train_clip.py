@@ -1,0 +1,158 @@
+"""PathCLIP training on a tiny model: what trains, what stays locked, exact resume, safe checkpoints."""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_data_build import recipe_dir  # noqa: F401  (fixture: a small labelled image folder + recipe)
+from train.clip import checkpoint as ckpt
+from train.clip.config import ClipTrainConfig, load_config
+from train.clip.trainer import train_clip
+
+pytest.importorskip("accelerate")
+
+
+@pytest.fixture()
+def built_data(recipe_dir):  # noqa: F811
+    from pathvlm.data.build import build_recipe
+    from pathvlm.data.config import load_recipe
+
+    recipe = load_recipe(recipe_dir / "recipe.yaml")
+    recipe.splits.ratios = {"train": 0.7, "test": 0.3}
+    build_recipe(recipe, recipe_dir / "data", progress=False)
+    return recipe_dir / "data"
+
+
+def config(tmp_path, model_dir, data, **kw):
+    base = dict(model=str(model_dir), data=str(data), output_dir=str(tmp_path / "run"), epochs=1, batch_size=4,
+                warmup_steps=1, lr=1e-2, lr_tower=1e-2, num_workers=0, eval_task="lc25000_colon", seed=0)
+    base.update(kw)
+    return ClipTrainConfig(**base)
+
+
+def weights(folder):
+    return load_file(str(folder / "open_clip_model.safetensors"))
+
+
+def test_one_step_changes_trainable_weights_only(tmp_path, tiny_clip_dir, built_data):
+    before = weights(tiny_clip_dir)
+    result = train_clip(config(tmp_path, tiny_clip_dir, built_data, max_steps=1))
+    after = weights(tmp_path / "run" / "final")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("visual.trunk.") for k in changed)
+    assert any(k.startswith("visual.head.") for k in changed) and "text.proj.weight" in changed
+    assert not any(k.startswith("text.transformer.") for k in changed)  # locked text tower untouched
+    assert result["history"][0]["step"] == 1
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    assert list((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_locked_image_tower_keeps_trunk(tmp_path, tiny_clip_dir, built_data):
+    before = weights(tiny_clip_dir)
+    train_clip(config(tmp_path, tiny_clip_dir, built_data, max_steps=1, lock_image=True))
+    after = weights(tmp_path / "run" / "final")
+    for k in before:
+        if k.startswith("visual.trunk."):
+            assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(before["visual.head.proj.weight"], after["visual.head.proj.weight"])
+
+
+def test_crash_and_resume_gives_the_same_weights(tmp_path, tiny_clip_dir, built_data):
+    common = dict(epochs=2, save_every_steps=2)
+    train_clip(config(tmp_path / "a", tiny_clip_dir, built_data, **common))
+    cfg_b = config(tmp_path / "b", tiny_clip_dir, built_data, **common)
+    with pytest.raises(KeyboardInterrupt):
+        train_clip(cfg_b, crash_at_step=5)  # mid-epoch 2 (3 batches per epoch), after the save at step 4
+    done = ckpt.complete_checkpoints(tmp_path / "b" / "run" / "checkpoints")
+    assert [p.name for p in done][-1] == "step-000004"
+    train_clip(cfg_b)  # resumes from step 4
+    a, b = weights(tmp_path / "a" / "run" / "final"), weights(tmp_path / "b" / "run" / "final")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    hist_a = json.loads((tmp_path / "a" / "run" / "history.json").read_text())["history"]
+    hist_b = json.loads((tmp_path / "b" / "run" / "history.json").read_text())["history"]
+    assert hist_a[-1] == hist_b[-1]
+
+
+def test_interrupted_save_is_never_resumed_from(tmp_path, tiny_clip_dir, built_data):
+    cfg = config(tmp_path, tiny_clip_dir, built_data, epochs=1)
+    train_clip(cfg)
+    root = tmp_path / "run" / "checkpoints"
+    good = ckpt.latest_checkpoint(root)
+    # a save that died half-way: a temporary folder, and a final-looking folder without the marker
+    shutil.copytree(good, root / ".tmp-step-000999")
+    shutil.copytree(good, root / "step-000998")
+    (root / "step-000998" / ckpt.MARKER).unlink()
+    (root / "step-000998" / "model" / "open_clip_model.safetensors").write_bytes(b"truncated")
+    assert ckpt.latest_checkpoint(root) == good
+    cfg.epochs = 2
+    train_clip(cfg)  # resumes from the good checkpoint and finishes epoch 2
+    assert ckpt.latest_checkpoint(root).name > good.name
+
+
+def test_lora_text_trains_adapters_and_exports_merged(tmp_path, tiny_clip_dir, built_data):
+    from pathvlm.clip.factory import create_clip
+
+    before = weights(tiny_clip_dir)
+    train_clip(config(tmp_path, tiny_clip_dir, built_data, max_steps=2, lock_text=False, lora_text=True,
+                      cache_text_features=False))
+    after = weights(tmp_path / "run" / "final")
+    assert before.keys() == after.keys()  # merged: no adapter tensors left in the export
+    changed = [k for k in before if k.startswith("text.transformer.") and not torch.equal(before[k], after[k])]
+    assert changed and all(("query" in k or "value" in k) and k.endswith("weight") for k in changed)
+    create_clip(str(tmp_path / "run" / "final"))
+
+
+def test_siglip_loss_runs(tmp_path, tiny_clip_dir, built_data):
+    from pathvlm.clip.factory import create_clip
+
+    train_clip(config(tmp_path, tiny_clip_dir, built_data, max_steps=1, loss="siglip"))
+    model, _, _ = create_clip(str(tmp_path / "run" / "final"))
+    assert model.logit_bias is not None
+
+
+def test_config_errors(tmp_path):
+    from pathvlm.errors import PathVLMError
+
+    (tmp_path / "c.yaml").write_text("epochs: 1\nbogus: 2\n")
+    with pytest.raises(PathVLMError, match="unknown field"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text("loss: triplet\n")
+    with pytest.raises(PathVLMError, match="clip or siglip"):
+        load_config(tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml", {"loss": "siglip"}).loss == "siglip"
+
+
+def test_shipped_recipe_parses():
+    cfg = load_config("train/recipes/clip/pathclip_nano.yaml")
+    assert cfg.model == "pathclip-nano" and cfg.lock_text and cfg.eval_unseen_sources == ["histolytics_hgsc"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_matches_the_launch_line(tmp_path, tiny_clip_dir, built_data):
+    """The documented accelerate launch line, with two CPU processes (gloo): the distributed path
+    (sharded batches, gathered contrastive loss, synced gradients) runs and saves a loadable model."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pathvlm.clip.factory import create_clip
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(dict(model=str(tiny_clip_dir), data=str(built_data), output_dir=str(tmp_path / "run"),
+                                       epochs=1, batch_size=2, warmup_steps=1, eval_task="lc25000_colon")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                "train/recipes/accelerate_configs/cpu_ddp.yaml", "--main_process_port", "29577"]
+    proc = subprocess.run(launcher + ["-m", "pathvlm", "train", "clip", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model, _, _ = create_clip(str(tmp_path / "run" / "final"))
+    before = load_file(str(tiny_clip_dir / "open_clip_model.safetensors"))
+    after = model.state_dict()
+    assert not torch.equal(before["text.proj.weight"], after["text.proj.weight"])

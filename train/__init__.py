@@ -1,0 +1,1 @@
+"""Training apps: PathCLIP continued pretraining (``pathvlm train clip``); the reasoner stages follow."""

@@ -1,0 +1,61 @@
+"""``pathvlm train clip`` configuration: a dataclass with help text, filled from a YAML recipe."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from pathvlm.errors import PathVLMError
+
+
+@dataclass
+class ClipTrainConfig:
+    model: str = field(default="pathclip-nano", metadata={"help": "any source create_clip loads"})
+    data: str = field(default="runs/data/nano", metadata={"help": "a built recipe folder with clip/ parquet shards"})
+    output_dir: str = field(default="runs/clip/pathclip-nano")
+    exclude_sources: list = field(default_factory=list, metadata={"help": "sources left out of training "
+                                                                  "(kept for the unseen-class evaluation)"})
+    loss: str = field(default="clip", metadata={"help": "clip (open_clip ClipLoss) or siglip"})
+    lock_text: bool = field(default=True, metadata={"help": "freeze the text transformer (its projection trains)"})
+    lock_text_unlocked_layers: int = 0
+    lock_image: bool = False
+    lock_image_unlocked_groups: int = 0
+    lora_image: bool = False
+    lora_text: bool = False
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    epochs: int = 3
+    batch_size: int = 32
+    grad_accum_steps: int = 1
+    lr: float = 5e-4
+    lr_tower: float = 5e-5  # pretrained (unlocked) tower weights move slower than fresh projections
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPUs that have it), no, bf16, fp16"})
+    seed: int = 0
+    num_workers: int = 0
+    save_every_steps: int = 0  # 0: at the end of each epoch only
+    keep_checkpoints: int = 2
+    eval_task: str = "lc25000_colon"  # zero-shot prompt set for the held-out split
+    eval_split: str = "test"
+    eval_unseen_sources: list = field(default_factory=list)  # e.g. the histolytics tiles
+    eval_unseen_task: str | None = None
+    cache_text_features: bool = True  # exact when the text transformer is locked
+    max_steps: int = 0  # stop early (tests, smoke runs)
+    log_every_steps: int = 10
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ClipTrainConfig:
+    p = Path(path)
+    if not p.exists():
+        raise PathVLMError(f"config not found: {p}")
+    data = yaml.safe_load(p.read_text()) or {}
+    data.update(overrides or {})
+    known = {f.name: f for f in fields(ClipTrainConfig)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise PathVLMError(f"{p}: unknown field(s) {', '.join(sorted(unknown))}")
+    if data.get("loss", "clip") not in ("clip", "siglip"):
+        raise PathVLMError(f"{p}: loss must be clip or siglip")
+    return ClipTrainConfig(**data)
