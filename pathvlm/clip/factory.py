@@ -104,6 +104,12 @@ def _create_named(spec):
         spec.model_cfg(), spec.preprocess_cfg, seed=spec.init_seed, name=spec.name,
         text_pretrained=True,
     )
+    if spec.text_proj_init == "orthogonal":
+        proj = model.text.proj
+        with torch.no_grad():
+            torch.nn.init.orthogonal_(proj.weight, generator=torch.Generator().manual_seed(spec.init_seed))
+            if getattr(proj, "bias", None) is not None:
+                proj.bias.zero_()
     if spec.image_weights:
         from pathvlm.clip.tower_weights import load_trunk_weights
 

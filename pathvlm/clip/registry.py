@@ -33,6 +33,7 @@ class NamedModel:
     init_seed: int = 0  # seed for the parameters the pretrained parts do not cover (projections)
     description: str = ""
     trained_weights: str | None = None  # safetensors in pathvlm/clip/weights/ overriding the towers' weights
+    text_proj_init: str = "default"  # "orthogonal": a seeded orthogonal map that keeps the text tower's geometry
 
     @property
     def trained(self) -> bool:
@@ -50,6 +51,10 @@ _NANO = dict(
     # EfficientNet-Lite was trained on inputs scaled to [-1, 1] (TF's 127/128 normalisation).
     preprocess_cfg={"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
                     "resize_mode": "shortest"},
+    # MiniLM's 384-d sentence space mapped to 256-d by a seeded orthogonal projection: inner products of
+    # the text embeddings are kept (up to the dropped directions), so the locked text side keeps its
+    # general vocabulary and only the image side learns (LiT).
+    text_proj_init="orthogonal",
 )
 
 NAMED_MODELS: dict[str, NamedModel] = {

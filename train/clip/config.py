@@ -19,6 +19,8 @@ class ClipTrainConfig:
     loss: str = field(default="clip", metadata={"help": "clip (open_clip ClipLoss) or siglip"})
     lock_text: bool = field(default=True, metadata={"help": "freeze the text transformer (its projection trains)"})
     lock_text_unlocked_layers: int = 0
+    lock_text_projection: bool = field(default=False, metadata={"help": "LiT: also freeze the text projection, "
+                                                                "so the text space stays the text tower's own"})
     lock_image: bool = False
     lock_image_unlocked_groups: int = 0
     lora_image: bool = False
@@ -41,6 +43,7 @@ class ClipTrainConfig:
     eval_split: str = "test"
     eval_unseen_sources: list = field(default_factory=list)  # e.g. the histolytics tiles
     eval_unseen_task: str | None = None
+    eval_extra_tasks: list = field(default_factory=list)  # more prompt sets on the held-out split
     cache_text_features: bool = True  # exact when the text transformer is locked
     max_steps: int = 0  # stop early (tests, smoke runs)
     log_every_steps: int = 10

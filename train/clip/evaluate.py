@@ -51,12 +51,16 @@ def retrieval(model, tokenizer, preprocess, rows, device="cpu") -> dict:
     return out
 
 
-def evaluate(model, tokenizer, preprocess, heldout, task, unseen=None, unseen_task=None, device="cpu") -> dict:
+def evaluate(model, tokenizer, preprocess, heldout, task, unseen=None, unseen_task=None, device="cpu",
+             extra_tasks=()) -> dict:
     was_training = model.training
     model.eval()
     metrics = {}
     for k, v in zero_shot(model, tokenizer, preprocess, heldout, task, device).items():
         metrics[f"zeroshot/{k}"] = v
+    for extra in extra_tasks:
+        for k, v in zero_shot(model, tokenizer, preprocess, heldout, extra, device).items():
+            metrics[f"zeroshot[{extra}]/{k}"] = v
     for k, v in retrieval(model, tokenizer, preprocess, heldout, device).items():
         metrics[f"retrieval/{k}"] = v
     if unseen and unseen_task:

@@ -32,6 +32,9 @@ from train.clip.evaluate import evaluate
 def lock_towers(model, cfg: ClipTrainConfig) -> None:
     if cfg.lock_text:
         model.lock_text_tower(unlocked_layers=cfg.lock_text_unlocked_layers, freeze_layer_norm=True)
+    if cfg.lock_text_projection and hasattr(model, "text") and hasattr(model.text, "proj"):
+        for p in model.text.proj.parameters():
+            p.requires_grad = False
     if cfg.lock_image:
         # requires_grad only: open_clip's freeze_bn_stats swaps in FrozenBatchNorm2d, whose state dict
         # lacks num_batches_tracked, so the export would no longer load; frozen BatchNorms are kept
@@ -199,7 +202,7 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
                ClipLoss(local_loss=world > 1, gather_with_grad=world > 1, rank=accelerator.process_index,
                         world_size=world))
 
-    state = {"epoch": 0, "batch": 0, "step": 0, "history": [], "losses": []}
+    state = {"epoch": 0, "batch": 0, "step": 0, "history": [], "losses": [], "step_seconds": []}
     last = ckpt.latest_checkpoint(out / "checkpoints")
     if last is not None:
         state = ckpt.load_checkpoint(last, optimizer)
@@ -253,6 +256,7 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
         bar = tqdm(range(state["batch"], len(mine)), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not accelerator.is_main_process)
         for b in bar:
+            t_step = time.perf_counter()
             items = [dataset[i] for i in mine[b]]
             pixels = torch.stack([x for x, _ in items]).to(device)
             if channels_last:
@@ -271,6 +275,7 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
                     raw.logit_scale.clamp_(0, math.log(100))
             state["step"] += 1
             state["batch"] = b + 1
+            state.setdefault("step_seconds", []).append(time.perf_counter() - t_step)
             state["losses"].append([state["step"], float(loss.detach())])
             bar.set_postfix(loss=f"{state['losses'][-1][1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if writer is not None:
@@ -282,7 +287,8 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
                 break
             if cfg.save_every_steps and state["step"] % cfg.save_every_steps == 0 and state["batch"] < len(mine):
                 save(state)
-        metrics = evaluate(raw, tokenizer, preprocess, heldout, cfg.eval_task, unseen, cfg.eval_unseen_task, device) \
+        metrics = evaluate(raw, tokenizer, preprocess, heldout, cfg.eval_task, unseen, cfg.eval_unseen_task, device,
+                           cfg.eval_extra_tasks) \
             if accelerator.is_main_process else {}
         state["history"].append({"epoch": epoch + 1, "step": state["step"], **metrics})
         if writer is not None:
@@ -299,11 +305,13 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
         final = out / "final"
         export(final)
         (out / "history.json").write_text(json.dumps({"history": state["history"], "losses": state["losses"],
+                                                       "step_seconds": state.get("step_seconds", []),
                                                        "seconds": elapsed}, indent=1))
         plot_curves(state, out / "curves.png")
     if writer is not None:
         writer.close()
-    return {"history": state["history"], "final": str(out / "final"), "seconds": elapsed}
+    return {"history": state["history"], "final": str(out / "final"), "seconds": elapsed,
+            "step_seconds": state.get("step_seconds", [])}
 
 
 def _tensorboard(folder: Path):
@@ -319,6 +327,7 @@ def plot_curves(state: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     if state["losses"]:
@@ -332,12 +341,15 @@ def plot_curves(state: dict, path: Path) -> None:
         axes[0].set_title("training loss")
         axes[0].legend()
     hist = state["history"]
-    for key in ("zeroshot/balanced_accuracy", "retrieval/t2i_R@5", "retrieval/t2i_class_P@5",
-                "unseen_zeroshot/balanced_accuracy"):
+    keys = ["zeroshot/balanced_accuracy", "retrieval/t2i_R@5", "retrieval/t2i_class_P@5",
+            "unseen_zeroshot/balanced_accuracy"] + sorted({k for h in hist for k in h if k.startswith("zeroshot[")
+                                                           and k.endswith("/balanced_accuracy")})
+    for key in keys:
         pts = [(h["epoch"], h[key]) for h in hist if key in h]
         if pts:
             axes[1].plot(*zip(*pts), marker="o", label=key)
     axes[1].set_xlabel("epoch")
+    axes[1].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[1].set_ylim(0, 1)
     axes[1].set_title("held-out evaluation")
     axes[1].legend(fontsize=7)
