@@ -1,0 +1,1 @@
+"""Evaluation building blocks shared by the eval harness (``evals/``) and training-time evaluation."""
