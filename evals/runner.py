@@ -1,0 +1,234 @@
+"""``pathvlm eval``: run pinned tasks on a model; write results.json, report.md and plots.
+
+Every result records the model fingerprint, the data hash, the seed and the settings; the same
+command twice gives identical numbers on the CPU (tested).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from evals.data import load_split
+from evals.tasks import Task, data_hash, load_task
+from pathvlm.clip.factory import create_clip
+from pathvlm.clip.folder import model_fingerprint
+from pathvlm.embed import embed_images, embed_texts
+from pathvlm.errors import PathVLMError
+from pathvlm.evals import calibration, probe
+from pathvlm.metrics import accuracy, balanced_accuracy, class_precision_at_k, recall_at_k, weighted_f1
+from pathvlm.zeroshot import ZeroShotClassifier, load_prompt_set
+
+
+def _classification_metrics(truth, pred, conf=None) -> dict:
+    out = {"accuracy": accuracy(truth, pred), "balanced_accuracy": balanced_accuracy(truth, pred),
+           "weighted_f1": weighted_f1(truth, pred), "n": len(truth)}
+    if conf is not None:
+        correct = [t == p for t, p in zip(truth, pred)]
+        out["ece"] = calibration.expected_calibration_error(conf, correct)
+        out["selective_accuracy@80%"] = calibration.selective_accuracy(conf, correct, 0.8)
+    return out
+
+
+def run_zeroshot(task: Task, model, tok, preprocess, items, plots: Path) -> dict:
+    ps = load_prompt_set(task.prompts)
+    items = [it for it in items if it["label"] in ps.classes]
+    if not items:
+        raise PathVLMError(f"task {task.name}: no samples with a label among {list(ps.classes)}")
+    feats = embed_images(model, preprocess, [it["image"] for it in items], num_workers=0)
+    truth = [it["label"] for it in items]
+    out = {}
+    for mode in (["ensemble", "single_prompt"] if task.compare_single_prompt else ["ensemble"]):
+        clf = ZeroShotClassifier(model, tok, ps, ensemble=mode == "ensemble")
+        probs = clf.probabilities(feats).numpy()
+        pred = [clf.class_names[i] for i in probs.argmax(1)]
+        out[mode] = _classification_metrics(truth, pred, probs.max(1))
+        if mode == "ensemble":
+            out["confusion"] = {"classes": clf.class_names,
+                                "matrix": [[sum(1 for t, p in zip(truth, pred) if t == a and p == b) for b in clf.class_names]
+                                           for a in clf.class_names]}
+            out["reliability"] = calibration.reliability_bins(probs.max(1), [t == p for t, p in zip(truth, pred)])
+            _plot_confusion(out["confusion"], plots / f"{task.name}_confusion.png", task.name)
+            _plot_reliability(out["reliability"], plots / f"{task.name}_reliability.png", task.name)
+    # paraphrase sensitivity: each template alone
+    per_template = []
+    for t in ps.templates:
+        single = type(ps)(ps.name, ps.classes, [t])
+        clf = ZeroShotClassifier(model, tok, single)
+        pred = [clf.class_names[i] for i in clf.probabilities(feats).argmax(-1).tolist()]
+        per_template.append(balanced_accuracy(truth, pred))
+    out["per_template_balanced_accuracy"] = {"mean": float(np.mean(per_template)), "std": float(np.std(per_template)),
+                                             "min": float(np.min(per_template)), "max": float(np.max(per_template))}
+    return out
+
+
+def run_probe(task: Task, model, tok, preprocess, items, plots: Path) -> dict:
+    train = load_split(task.dataset, task.train_split)
+    xtr = embed_images(model, preprocess, [it["image"] for it in train], num_workers=0).numpy()
+    xte = embed_images(model, preprocess, [it["image"] for it in items], num_workers=0).numpy()
+    ytr, yte = [it["label"] for it in train], [it["label"] for it in items]
+    if task.kind == "linear_probe":
+        classes, predict = probe.fit_linear_probe(xtr, ytr, seed=task.seed)
+        proba = predict(xte)
+        pred = [classes[i] for i in proba.argmax(1)]
+        return {"train_n": len(train), **_classification_metrics(yte, pred, proba.max(1))}
+    out = {}
+    for k in task.shots:
+        scores = []
+        for s in task.seeds:
+            idx = probe.few_shot_indices(ytr, k, s)
+            classes, predict = probe.fit_linear_probe(xtr[idx], [ytr[i] for i in idx], seed=s)
+            pred = [classes[i] for i in predict(xte).argmax(1)]
+            scores.append(balanced_accuracy(yte, pred))
+        out[f"{k}-shot"] = {"balanced_accuracy_mean": float(np.mean(scores)), "std": float(np.std(scores)),
+                            "seeds": task.seeds}
+    return out
+
+
+def run_retrieval(task: Task, model, tok, preprocess, items, plots: Path) -> dict:
+    items = [it for it in items if it["text"]]
+    img = embed_images(model, preprocess, [it["image"] for it in items], num_workers=0).numpy()
+    txt = embed_texts(model, tok, [it["text"] for it in items]).numpy()
+    sim = txt @ img.T
+    out = {f"t2i_R@{k}": recall_at_k(sim, k) for k in (1, 5, 10)}
+    out.update({f"i2t_R@{k}": recall_at_k(sim.T, k) for k in (1, 5, 10)})
+    labels = [it["label"] for it in items]
+    if all(labels):
+        out["t2i_class_P@5"] = class_precision_at_k(sim, labels, labels, 5)
+        out["image_class_P@5"] = class_precision_at_k(np.where(np.eye(len(img)) > 0, -np.inf, img @ img.T),
+                                                      labels, labels, 5)
+    out["n"] = len(items)
+    return out
+
+
+def run_stain_robustness(task: Task, model, tok, preprocess, items, plots: Path) -> dict:
+    """Embeddings and zero-shot predictions under HED stain jitter (Tellez et al. 2018)."""
+    import io
+
+    from PIL import Image
+
+    from pathvlm.data.stain import stain_jitter
+    from pathvlm.images import load_image
+
+    rng = np.random.default_rng(task.seed)
+    sigma = float(task.settings.get("sigma", 0.05))
+    jittered = []
+    for it in items:
+        arr = stain_jitter(np.asarray(load_image(it["image"])), rng, sigma=sigma, bias=sigma)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        jittered.append(buf.getvalue())
+    a = embed_images(model, preprocess, [it["image"] for it in items], num_workers=0)
+    b = embed_images(model, preprocess, jittered, num_workers=0)
+    out = {"mean_cosine_original_vs_jittered": float((a * b).sum(-1).mean()), "sigma": sigma, "n": len(items)}
+    labels = [it["label"] for it in items]
+    x = np.concatenate([a.numpy(), b.numpy()])
+    out["robustness_index"] = probe.robustness_index(x, labels + labels, ["original"] * len(items) + ["jittered"] * len(items),
+                                                     k=int(task.settings.get("k", 10)))
+    if task.prompts:
+        ps = load_prompt_set(task.prompts)
+        clf = ZeroShotClassifier(model, tok, ps)
+        pa, pb = clf.probabilities(a).argmax(-1), clf.probabilities(b).argmax(-1)
+        out["zeroshot_prediction_agreement"] = float((pa == pb).float().mean())
+    return out
+
+
+RUNNERS = {"zeroshot": run_zeroshot, "linear_probe": run_probe, "few_shot": run_probe,
+           "retrieval": run_retrieval, "stain_robustness": run_stain_robustness}
+
+
+def run_eval(model_source: str, task_names: list[str], out: str | Path, split: str = "test") -> dict:
+    out = Path(out)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    model, preprocess, tok = create_clip(model_source)
+    fingerprint = model_fingerprint(model)
+    results = {"model": model_source, "fingerprint": fingerprint, "tasks": {}}
+    timing = {}
+    for name in task_names:
+        task = load_task(name)
+        items = load_split(task.dataset, task.dataset.get("split", split))
+        dh = data_hash(items)
+        if task.expected_data_sha256 and dh != task.expected_data_sha256:
+            raise PathVLMError(f"task {task.name}: the data differs from the pinned data "
+                               f"(hash {dh[:12]} != {task.expected_data_sha256[:12]}); results would not be comparable")
+        start = time.perf_counter()
+        metrics = RUNNERS[task.kind](task, model, tok, preprocess, items, out / "plots")
+        results["tasks"][task.name] = {"kind": task.kind, "data_sha256": dh, "seed": task.seed, "prompts": task.prompts,
+                                       "n_samples": len(items), "metrics": metrics}
+        timing[task.name] = round(time.perf_counter() - start, 2)
+    (out / "results.json").write_text(json.dumps({k: v for k, v in results.items()}, indent=1, sort_keys=True,
+                                                 default=_round))
+    (out / "report.md").write_text(render_report(results))
+    (out / "timing.json").write_text(json.dumps(timing, indent=1))  # apart: the results must repeat exactly
+    return results
+
+
+def _round(x):
+    return float(x)
+
+
+def render_report(results: dict) -> str:
+    L = [f"# Evaluation of `{results['model']}`", "", f"Model fingerprint `{results['fingerprint']}`.", ""]
+    for name, r in results["tasks"].items():
+        L += [f"## {name} ({r['kind']})", "", f"{r['n_samples']} samples, data sha256 `{r['data_sha256'][:16]}`, "
+              f"seed {r['seed']}, prompts `{r['prompts']}`.", ""]
+        m = r["metrics"]
+        flat = {}
+        for k, v in m.items():
+            if isinstance(v, dict) and k not in ("confusion",):
+                for kk, vv in v.items():
+                    if not isinstance(vv, (dict, list)):
+                        flat[f"{k} / {kk}"] = vv
+            elif not isinstance(v, (dict, list)):
+                flat[k] = v
+        L += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                                                      for k, v in flat.items()]
+        if "confusion" in m:
+            L += ["", f"![confusion](plots/{name}_confusion.png) ![reliability](plots/{name}_reliability.png)"]
+        L.append("")
+    return "\n".join(L)
+
+
+def _plot_confusion(conf: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(conf["matrix"])
+    fig, ax = plt.subplots(figsize=(1.2 * len(m) + 2, 1.2 * len(m) + 1.5))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(m)), conf["classes"], rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(m)), conf["classes"], fontsize=8)
+    for i in range(len(m)):
+        for j in range(len(m)):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=9)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_reliability(bins: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    xs = [b["confidence"] for b in bins if b["count"]]
+    ys = [b["accuracy"] for b in bins if b["count"]]
+    ax.bar([(b["lo"] + b["hi"]) / 2 for b in bins if b["count"]], ys, width=0.09, alpha=0.6, label="accuracy")
+    ax.plot(xs, ys, "o-", label="per bin")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability: {title}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,71 @@
+"""Task registry: one YAML per task in ``evals/tasks/`` (or any path).
+
+A task names its kind (zeroshot, linear_probe, few_shot, retrieval, stain_robustness), its data
+(a split of a built recipe, or an adapter over a local copy of a public dataset), its prompt set and
+its settings. The images it uses are hashed, and a task can pin the expected hash: a run on other
+data is refused instead of silently producing incomparable numbers.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pathvlm.errors import PathVLMError
+
+TASK_DIR = Path(__file__).parent / "tasks"
+KINDS = ("zeroshot", "linear_probe", "few_shot", "retrieval", "stain_robustness")
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str
+    dataset: dict
+    description: str = ""
+    source: str = ""
+    prompts: str | None = None
+    compare_single_prompt: bool = True
+    train_split: str = "train"  # for probes
+    shots: list = field(default_factory=lambda: [1, 4, 16])
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    expected_data_sha256: str | None = None
+    seed: int = 0
+    settings: dict = field(default_factory=dict)
+
+
+def list_tasks() -> list[str]:
+    return sorted(p.stem for p in TASK_DIR.glob("*.yaml"))
+
+
+def load_task(name_or_path: str) -> Task:
+    p = Path(name_or_path)
+    if not (p.suffix in (".yaml", ".yml") and p.exists()):
+        p = TASK_DIR / f"{name_or_path}.yaml"
+    if not p.exists():
+        raise PathVLMError(f"unknown eval task '{name_or_path}': choose from {', '.join(list_tasks())} or give a YAML file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise PathVLMError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise PathVLMError(f"{p}: not a task")
+    try:
+        task = Task(**data)
+    except TypeError as e:
+        raise PathVLMError(f"{p}: {e}") from None
+    if task.kind not in KINDS:
+        raise PathVLMError(f"{p}: kind must be one of {KINDS}")
+    return task
+
+
+def data_hash(items: list[dict]) -> str:
+    """Hash of the evaluated samples: ids, labels and image bytes, in order."""
+    h = hashlib.sha256()
+    for it in items:
+        h.update(str(it["id"]).encode())
+        h.update(str(it.get("label", "")).encode())
+        h.update(hashlib.sha256(it["image"]).digest() if it.get("image") else b"-")
+    return h.hexdigest()
