@@ -78,7 +78,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
-    print(f"| torch threads | open_clip_train samples/s | pathvlm train clip samples/s | ratio |")
+    print("| torch threads | open_clip_train samples/s | pathvlm train clip samples/s | ratio |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

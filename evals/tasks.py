@@ -11,9 +11,8 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from pathvlm.errors import PathVLMError
+from pathvlm.yaml_io import read_yaml_mapping
 
 TASK_DIR = Path(__file__).parent / "tasks"
 KINDS = ("zeroshot", "linear_probe", "few_shot", "retrieval", "stain_robustness")
@@ -46,12 +45,7 @@ def load_task(name_or_path: str) -> Task:
         p = TASK_DIR / f"{name_or_path}.yaml"
     if not p.exists():
         raise PathVLMError(f"unknown eval task '{name_or_path}': choose from {', '.join(list_tasks())} or give a YAML file")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise PathVLMError(f"{p}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise PathVLMError(f"{p}: not a task")
+    data = read_yaml_mapping(p, "task")
     try:
         task = Task(**data)
     except TypeError as e:

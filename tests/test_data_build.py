@@ -2,61 +2,15 @@
 import json
 import re
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from pathvlm.cli import main
 from pathvlm.data import writer
 from pathvlm.data.build import build_recipe
 from pathvlm.data.config import load_recipe
 from pathvlm.data.splits import LeakageError
+from conftest import textured
 from pathvlm.errors import PathVLMError
-
-
-def textured(seed, size=96):
-    rng = np.random.default_rng(seed)
-    base = np.kron(rng.random((6, 6, 3)), np.ones((size // 6, size // 6, 1))) * 200 + 30
-    return Image.fromarray(base.astype(np.uint8))
-
-
-@pytest.fixture()
-def recipe_dir(tmp_path):
-    tiles = tmp_path / "tiles"
-    rows = ["path,label,group,sha256"]
-    n = 0
-    for g in range(10):
-        label = "colon_aca" if g % 2 else "colon_n"
-        (tiles / label).mkdir(parents=True, exist_ok=True)
-        for k in range(2):
-            name = f"{label}/t{n}.png"
-            textured(n).save(tiles / name)
-            rows.append(f"{name},{label},grp{g},")
-            n += 1
-    # planted problems
-    rows.append("colon_n/missing.png,colon_n,grp0,")  # missing file
-    (tiles / "colon_n" / "broken.png").write_text("not an image")
-    rows.append("colon_n/broken.png,colon_n,grp0,")  # unreadable
-    (tiles / "colon_n" / "copy.png").write_bytes((tiles / "colon_n" / "t0.png").read_bytes())
-    rows.append("colon_n/copy.png,colon_n,grp0,")  # exact duplicate of t0 (same label)
-    textured(5).resize((90, 90)).resize((96, 96)).save(tiles / "colon_n" / "near.png")
-    rows.append("colon_n/near.png,colon_n,grp8,")  # near-duplicate of t5 (group grp2) from another group
-    (tiles / "manifest.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "recipe.yaml").write_text("""
-name: fixture
-seed: 0
-sources:
-  - name: tiles
-    adapter: imagefolder
-    root: ${RECIPE_DIR}/tiles
-    licence: test
-    options: {manifest: manifest.csv}
-    label_map: {colon_aca: colon adenocarcinoma, colon_n: benign colonic tissue}
-splits:
-  ratios: {train: 0.6, val: 0.2, test: 0.2}
-builders: [clip, align, sft, grpo]
-""")
-    return tmp_path
 
 
 def test_build_counts_skips_and_deduplicates(recipe_dir):

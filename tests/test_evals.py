@@ -10,7 +10,6 @@ from evals.runner import run_eval
 from evals.tasks import list_tasks, load_task
 from pathvlm.cli import main
 from pathvlm.errors import PathVLMError
-from test_data_build import recipe_dir  # noqa: F401
 
 
 def test_shipped_tasks_load():
@@ -23,7 +22,7 @@ def test_shipped_tasks_load():
 
 
 @pytest.fixture()
-def fixture_tasks(recipe_dir, tmp_path):  # noqa: F811
+def fixture_tasks(recipe_dir, tmp_path):
     from pathvlm.data.build import build_recipe
     from pathvlm.data.config import load_recipe
 
@@ -44,7 +43,7 @@ def fixture_tasks(recipe_dir, tmp_path):  # noqa: F811
 
 def test_every_kind_runs_writes_a_report_and_repeats_exactly(tiny_clip_dir, fixture_tasks, tmp_path):
     a = run_eval(str(tiny_clip_dir), fixture_tasks, tmp_path / "a")
-    b = run_eval(str(tiny_clip_dir), fixture_tasks, tmp_path / "b")
+    run_eval(str(tiny_clip_dir), fixture_tasks, tmp_path / "b")
     assert (tmp_path / "a" / "results.json").read_text() == (tmp_path / "b" / "results.json").read_text()
     tasks = a["tasks"]
     assert set(tasks) == {"zs", "lp", "fs", "rt", "st"}

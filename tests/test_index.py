@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 
-from conftest import he_like_tile
 from pathvlm.clip.factory import create_clip
 from pathvlm.errors import ImageError, IndexError_, PathVLMError
 from pathvlm.retrieval import index as index_mod

@@ -6,7 +6,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_data_build import recipe_dir  # noqa: F401  (fixture: a small labelled image folder + recipe)
 from train.clip import checkpoint as ckpt
 from train.clip.config import ClipTrainConfig, load_config
 from train.clip.trainer import train_clip
@@ -15,7 +14,7 @@ pytest.importorskip("accelerate")
 
 
 @pytest.fixture()
-def built_data(recipe_dir):  # noqa: F811
+def built_data(recipe_dir):
     from pathvlm.data.build import build_recipe
     from pathvlm.data.config import load_recipe
 

@@ -25,7 +25,7 @@ def run(args):
     if not names:
         raise PathVLMError("no tasks given")
     out = args.out or f"runs/eval/{args.model.replace('/', '_').replace(':', '_')}"
-    results = run_eval(args.model, names, out)
+    run_eval(args.model, names, out)
     print((__import__("pathlib").Path(out) / "report.md").read_text())
     print(f"wrote {out}/results.json and {out}/report.md")
     return 0

@@ -40,8 +40,6 @@ def list_models() -> dict[str, str]:
 
 def create_clip(source: str = "pathclip-nano", device: str | torch.device = "cpu", precision: str = "fp32"):
     """Build a PathCLIP model from ``source``; returns ``(model, preprocess, tokenizer)`` in eval mode."""
-    import open_clip
-
     if not isinstance(source, str) or not source.strip():
         raise SourceError("empty model source; try 'pathclip-nano' (see `pathvlm models`)")
     source = source.strip()

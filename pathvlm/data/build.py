@@ -154,7 +154,6 @@ def curate_text(rows, recipe, malformed, log: StageLog, card: dict):
     kept_s = removed_s = changed = 0
     examples = {"kept": [], "removed": []}
     out = []
-    n_in = len(rows)
     after_clean = after_visual = after_lang = 0
     for r in rows:
         if r["task"] != "caption":
@@ -236,7 +235,7 @@ def deduplicate(rows, recipe, log: StageLog, card: dict):
         r["group"] = final(r["group"])
     near_dropped = 0
     if c.drop_near_duplicate_images:
-        kept_roots, filtered = {}, []
+        filtered = []
         for r in out:
             root = root_of.get(r["image_sha256"])
             if root is not None and root != r["image_sha256"] and root in hashes:

@@ -32,7 +32,7 @@ def render_markdown(card: dict) -> str:
     for ex in vf.get("examples", {}).get("removed", [])[:5]:
         L.append(f"- removed from \"{ex['caption'][:160]}\": " + " / ".join(f"\"{s}\"" for s in ex["removed"]))
     for ex in vf.get("examples", {}).get("kept", [])[:3]:
-        L.append(f"- kept: " + " / ".join(f"\"{s}\"" for s in ex["kept"]))
+        L.append("- kept: " + " / ".join(f"\"{s}\"" for s in ex["kept"]))
     d = card.get("duplicates", {})
     L += ["", "## Duplicates", ""] + [f"- {k}: {v}" for k, v in d.items() if k != "caption_pair_examples"]
     L += ["", "## Splits", "", "| split | rows | groups |", "|---|---|---|"]

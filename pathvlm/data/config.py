@@ -6,8 +6,6 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 from pathvlm.errors import PathVLMError
 
 
@@ -89,14 +87,11 @@ def load_recipe(path: str | Path, variables: dict | None = None) -> RecipeConfig
     """Read a YAML recipe; ``${SHARED}`` defaults to ../shared/data when present, ``${RECIPE_DIR}`` to its folder."""
     from pathvlm.paths import shared_data
 
+    from pathvlm.yaml_io import read_yaml_mapping
+
     p = Path(path)
-    if not p.exists():
-        raise PathVLMError(f"recipe not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise PathVLMError(f"{p}: not valid YAML ({e})") from None
-    if not isinstance(data, dict) or "name" not in data or "sources" not in data:
+    data = read_yaml_mapping(p, "recipe")
+    if "name" not in data or "sources" not in data:
         raise PathVLMError(f"{p}: a recipe needs at least 'name' and 'sources'")
     shared = shared_data()
     variables = {"RECIPE_DIR": str(p.parent.resolve()), **({"SHARED": str(shared)} if shared else {}), **(variables or {})}

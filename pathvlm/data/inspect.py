@@ -1,7 +1,6 @@
 """``pathvlm data show``: print rows of a built dataset and plot its images with their text."""
 from __future__ import annotations
 
-import io
 import json
 import textwrap
 from pathlib import Path

@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from pathvlm.clip.folder import model_fingerprint
 from pathvlm.embed import embed_images, embed_texts, iter_image_embeddings
 from pathvlm.errors import IndexError_, PathVLMError
 from pathvlm.images import list_images
-from pathvlm.retrieval.ann import DEFAULT_ANN_THRESHOLD, AnnInfo, build_faiss
+from pathvlm.retrieval.ann import DEFAULT_ANN_THRESHOLD, build_faiss
 
 FORMAT = "pathvlm-index"
 VERSION = 1

@@ -4,9 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 from pathvlm.errors import PathVLMError
+from pathvlm.yaml_io import read_yaml_mapping
 
 
 @dataclass
@@ -51,9 +50,7 @@ class ClipTrainConfig:
 
 def load_config(path: str | Path, overrides: dict | None = None) -> ClipTrainConfig:
     p = Path(path)
-    if not p.exists():
-        raise PathVLMError(f"config not found: {p}")
-    data = yaml.safe_load(p.read_text()) or {}
+    data = read_yaml_mapping(p, "config")
     data.update(overrides or {})
     known = {f.name: f for f in fields(ClipTrainConfig)}
     unknown = set(data) - set(known)
