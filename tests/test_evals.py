@@ -15,7 +15,8 @@ from pathvlm.errors import PathVLMError
 def test_shipped_tasks_load():
     names = list_tasks()
     assert {"lc25000_colon_zeroshot", "hgsc_tissue_zeroshot", "lc25000_colon_linear_probe", "lc25000_colon_few_shot",
-            "lc25000_colon_retrieval", "lc25000_colon_stain_robustness", "crc100k_zeroshot", "bach_zeroshot"} <= set(names)
+            "lc25000_colon_retrieval", "lc25000_colon_stain_robustness", "crc100k_zeroshot", "bach_zeroshot",
+            "lc25000_lung_zeroshot"} <= set(names)
     for n in names:
         t = load_task(n)
         assert t.description and t.source
@@ -98,3 +99,16 @@ def test_cli_lists_and_runs(tiny_clip_dir, fixture_tasks, tmp_path, capsys):
 def test_bundled_model_on_lc25000_tasks(tmp_path):
     res = run_eval("pathclip-nano", ["lc25000_colon_zeroshot"], tmp_path / "out")
     assert res["tasks"]["lc25000_colon_zeroshot"]["metrics"]["ensemble"]["balanced_accuracy"] > 0.9
+
+
+def test_lc25000_lung_task_on_a_fixture_in_the_published_layout(tiny_clip_dir, tmp_path, monkeypatch):
+    root = tmp_path / "lc" / "lung_colon_image_set" / "lung_image_sets"
+    rng = np.random.default_rng(1)
+    for label in ("lung_aca", "lung_scc", "lung_n"):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / label / f"{label}{i}.jpeg")
+    monkeypatch.setenv("LC25000", str(tmp_path / "lc"))
+    res = run_eval(str(tiny_clip_dir), ["lc25000_lung_zeroshot"], tmp_path / "out")
+    assert res["tasks"]["lc25000_lung_zeroshot"]["n_samples"] == 6
+    assert len(res["tasks"]["lc25000_lung_zeroshot"]["metrics"]["confusion"]["classes"]) == 3
