@@ -1,0 +1,111 @@
+"""GRPO reward functions: plain ``f(completions, **kwargs) -> list[float]``, chosen by name.
+
+``completions`` are strings or TRL conversational completions (lists of messages); the keyword
+arguments are the dataset columns the ``grpo`` builder writes (``answer``, ``answer_type``,
+``options``, ``label``...), one value per completion, as trl's GRPOTrainer passes them.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from pathvlm.evals.answers import answer_span, extract_option_letter, extract_yes_no, normalise_answer
+
+REWARDS: dict[str, Callable] = {}
+FORMAT = re.compile(r"^\s*<think>(.+?)</think>\s*<answer>(.+?)</answer>\s*$", re.S)
+
+
+def reward(name: str):
+    def register(fn):
+        REWARDS[name] = fn
+        return fn
+
+    return register
+
+
+def get_reward(name: str) -> Callable:
+    if name not in REWARDS:
+        raise KeyError(f"unknown reward '{name}': choose from {', '.join(sorted(REWARDS))}")
+    return REWARDS[name]
+
+
+def _text(completion) -> str:
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
+        parts = []
+        for m in completion:
+            c = m.get("content", "")
+            parts.append(c if isinstance(c, str) else " ".join(x.get("text") or "" for x in c))
+        return "\n".join(parts)
+    return str(completion)
+
+
+def _per_item(value, n):
+    return value if isinstance(value, (list, tuple)) else [value] * n
+
+
+@reward("accuracy")
+def accuracy_reward(completions, answer, answer_type="class", options=None, **kwargs) -> list[float]:
+    """1 for a correct final answer, else 0: option letters, yes/no, or class names (normalised)."""
+    n = len(completions)
+    answers, types = _per_item(answer, n), _per_item(answer_type, n)
+    # options is itself a list: per completion when it is a list of lists, else the same for all
+    per_item = isinstance(options, (list, tuple)) and options and isinstance(options[0], (list, tuple, type(None)))
+    opts = list(options) if per_item else [options] * n
+    out = []
+    for c, a, t, o in zip(completions, answers, types, opts):
+        text = _text(c)
+        if t == "option_letter":
+            got = extract_option_letter(text, list(o) if o else None)
+            out.append(float(got is not None and got == str(a).strip().upper()))
+        elif t == "yes_no":
+            out.append(float(extract_yes_no(text) == str(a).strip().lower()))
+        else:
+            out.append(float(normalise_answer(answer_span(text)) == normalise_answer(str(a))))
+    return out
+
+
+@reward("format")
+def format_reward(completions, **kwargs) -> list[float]:
+    """1 when the completion is exactly <think>...</think><answer>...</answer> with both parts non-empty."""
+    return [float(bool(FORMAT.match(_text(c))) and all(g.strip() for g in FORMAT.match(_text(c)).groups()))
+            if FORMAT.match(_text(c)) else 0.0 for c in completions]
+
+
+@reward("length")
+def length_reward(completions, max_words: int = 200, min_think_words: int = 5, **kwargs) -> list[float]:
+    """Penalise rambling and empty reasoning: 1 inside [min_think_words, max_words], falling linearly to 0
+    at twice the maximum, and 0 for reasoning shorter than the minimum."""
+    out = []
+    for c in completions:
+        text = _text(c)
+        think = re.search(r"<think>(.*?)</think>", text, re.S)
+        n_think = len(think.group(1).split()) if think else 0
+        n = len(text.split())
+        if n_think < min_think_words:
+            out.append(0.0)
+        elif n <= max_words:
+            out.append(1.0)
+        else:
+            out.append(max(0.0, 1.0 - (n - max_words) / max_words))
+    return out
+
+
+class ImageAgreementReward:
+    """Does the answer agree with the image? PathCLIP's cosine between the image and the answer text,
+    mapped from [-1, 1] to [0, 1]. Built once with a model; called like the other rewards with an
+    ``image`` column (bytes or PIL images)."""
+
+    def __init__(self, model, preprocess, tokenizer):
+        self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
+        self.__name__ = "image_agreement"
+
+    def __call__(self, completions, image, **kwargs) -> list[float]:
+        from pathvlm.embed import embed_images, embed_texts
+
+        images = _per_item(image, len(completions))
+        answers = [answer_span(_text(c)) or " " for c in completions]
+        img = embed_images(self.model, self.preprocess, images, num_workers=0)
+        txt = embed_texts(self.model, self.tokenizer, answers)
+        return [float((1 + s) / 2) for s in (img * txt).sum(-1).tolist()]
