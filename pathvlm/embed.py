@@ -72,6 +72,9 @@ def iter_image_embeddings(
 
     num_workers = default_workers() if num_workers is None else num_workers
     batch_size = batch_size or default_batch_size(device)
+    # Folding copies the tower and checks it with a forward pass: worth it for a gallery, not for
+    # the single image of a query, which goes through the model as it is.
+    fast = fast and (len(paths) > batch_size or precision != "fp32")
     encoder = FastImageEncoder(model, precision=precision) if fast else model
     loader = DataLoader(
         ImageFiles(paths, preprocess), batch_size=batch_size, num_workers=num_workers,

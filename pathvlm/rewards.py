@@ -69,8 +69,8 @@ def accuracy_reward(completions, answer, answer_type="class", options=None, **kw
 @reward("format")
 def format_reward(completions, **kwargs) -> list[float]:
     """1 when the completion is exactly <think>...</think><answer>...</answer> with both parts non-empty."""
-    return [float(bool(FORMAT.match(_text(c))) and all(g.strip() for g in FORMAT.match(_text(c)).groups()))
-            if FORMAT.match(_text(c)) else 0.0 for c in completions]
+    matches = [FORMAT.match(_text(c)) for c in completions]
+    return [float(m is not None and all(g.strip() for g in m.groups())) for m in matches]
 
 
 @reward("length")

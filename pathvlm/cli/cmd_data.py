@@ -50,8 +50,7 @@ def run_show(args):
 
 
 def run_sources(args):
-    from pathvlm.data.sources import ADAPTERS, get_adapter
+    from pathvlm.data.sources import list_adapters
 
-    get_adapter("arch")  # registers all
-    for name, info in sorted(ADAPTERS.items()):
+    for name, info in sorted(list_adapters().items()):
         print(f"  {name:<18} {info.description}\n  {'':<18} licence: {info.licence}")

@@ -219,26 +219,21 @@ def deduplicate(rows, recipe, log: StageLog, card: dict):
     for r in out:
         if r["image_sha256"]:
             groups_by_root[root_of[r["image_sha256"]]].add(r["group"])
-    merge = {}
-    for root, groups in groups_by_root.items():
-        if len(groups) > 1:
-            target = min(groups)
-            for g in groups:
-                merge[g] = target
-    # merging can chain (a group in two clusters): resolve to a fixed point
-    def final(g):
-        while g in merge and merge[g] != g:
-            g = merge[g]
-        return g
-
+    # one image cluster can join several groups and one group several clusters: union-find over
+    # groups (dedup.duplicate_clusters) merges them transitively, each into its smallest name
+    group_names = sorted({r["group"] for r in out})
+    gidx = {g: i for i, g in enumerate(group_names)}
+    links = [(gidx[min(gs)], gidx[g]) for gs in groups_by_root.values() for g in gs if len(gs) > 1 and g != min(gs)]
+    group_root = dedup.duplicate_clusters(len(group_names), links)
+    merge = {g: group_names[group_root[i]] for i, g in enumerate(group_names) if group_root[i] != i}
     for r in out:
-        r["group"] = final(r["group"])
+        r["group"] = merge.get(r["group"], r["group"])
     near_dropped = 0
     if c.drop_near_duplicate_images:
         filtered = []
         for r in out:
             root = root_of.get(r["image_sha256"])
-            if root is not None and root != r["image_sha256"] and root in hashes:
+            if root is not None and root != r["image_sha256"]:
                 near_dropped += 1
                 continue
             filtered.append(r)
@@ -247,10 +242,10 @@ def deduplicate(rows, recipe, log: StageLog, card: dict):
     caps = [r for r in out if r["task"] == "caption" and r["text"]]
     text_pairs = dedup.near_duplicate_pairs([dedup.simhash(r["text"]) for r in caps], c.text_near_duplicate_bits)
     log.add("deduplicate", n_in, len(out), exact_duplicates=exact, near_duplicate_image_pairs=len(pairs),
-            groups_merged=len([g for g in merge if merge[g] != g]), near_duplicates_dropped=near_dropped,
+            groups_merged=len(merge), near_duplicates_dropped=near_dropped,
             near_duplicate_caption_pairs=len(text_pairs))
     card["duplicates"] = {"exact_rows": exact, "near_duplicate_image_pairs": len(pairs),
-                          "groups_merged_by_image_similarity": len([g for g in merge if merge[g] != g]),
+                          "groups_merged_by_image_similarity": len(merge),
                           "near_duplicate_images_dropped": near_dropped, "near_duplicate_caption_pairs": len(text_pairs),
                           "caption_pair_examples": [[caps[i]["text"][:120], caps[j]["text"][:120]] for i, j in text_pairs[:3]]}
     return out, hashes

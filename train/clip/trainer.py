@@ -205,15 +205,11 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
     state = {"epoch": 0, "batch": 0, "step": 0, "history": [], "losses": [], "step_seconds": []}
     last = ckpt.latest_checkpoint(out / "checkpoints")
     if last is not None:
+        from safetensors.torch import load_file
+
         state = ckpt.load_checkpoint(last, optimizer)
-        if uses_lora:
-            from safetensors.torch import load_file
-
-            raw.load_state_dict(load_file(str(last / "training_model.safetensors")))
-        else:
-            from safetensors.torch import load_file
-
-            raw.load_state_dict(load_file(str(last / "model" / "open_clip_model.safetensors")))
+        weights = last / ("training_model.safetensors" if uses_lora else "model/open_clip_model.safetensors")
+        raw.load_state_dict(load_file(str(weights)))
         scheduler.last_epoch = state["step"] // cfg.grad_accum_steps - 1
         scheduler.step()
         accelerator.print(f"resumed from {last} (epoch {state['epoch']}, batch {state['batch']})")

@@ -52,10 +52,16 @@ def adapter(name: str, licence: str, description: str, homepage: str = ""):
     return register
 
 
+def list_adapters() -> dict[str, AdapterInfo]:
+    """All adapters, registered by importing their modules."""
+    from pathvlm.data.sources import captions, classification, vqa  # noqa: F401
+
+    return ADAPTERS
+
+
 def get_adapter(name: str) -> AdapterInfo:
-    from pathvlm.data.sources import captions, classification, vqa  # noqa: F401  (registers adapters)
     from pathvlm.errors import PathVLMError
 
-    if name not in ADAPTERS:
+    if name not in list_adapters():
         raise PathVLMError(f"unknown source adapter '{name}': choose one of {', '.join(sorted(ADAPTERS))}")
     return ADAPTERS[name]
