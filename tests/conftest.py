@@ -238,3 +238,46 @@ splits:
 builders: [clip, align, sft, grpo]
 """)
     return tmp_path
+
+
+TINY_CHAT_CORPUS = [
+    "Is this benign colonic tissue? Answer yes or no.", "<think>Glands are regular.</think><answer>yes</answer>",
+    "Which diagnosis best fits this H&E image?\nA. benign colonic tissue\nB. colon adenocarcinoma",
+    "Describe the histological features of this image.", "cannot determine", "Specimen Findings Impression",
+    "tumour stroma lymphocytes nuclei glands mucosa adenocarcinoma carcinoma",
+]
+
+
+def tiny_chat_tokenizer():
+    """A real byte-level BPE tokenizer trained on a few sentences, with ChatML and <image> special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, show_progress=False,
+                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TINY_CHAT_CORPUS * 3, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def tiny_reasoner_dir(tmp_path_factory, tiny_clip) -> Path:
+    """A tiny PathVLM (tiny PathCLIP tower + 2-layer Llama + BPE tokenizer) saved with save_pretrained,
+    processor included: ``pathvlm.chat.load_reasoner(str(tiny_reasoner_dir))`` loads it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pathvlm.vlm.build import assemble
+
+    tok = tiny_chat_tokenizer()
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok) + 1, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                      max_position_embeddings=512, tie_word_embeddings=True))
+    model, processor = assemble(tiny_clip[0], lm, tok, seed=0)
+    out = tmp_path_factory.mktemp("reasoner") / "tiny-pathvlm"
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

