@@ -17,6 +17,8 @@ _EXPORTS = {
     "load_prompt_set": "pathvlm.zeroshot",
     "GalleryIndex": "pathvlm.retrieval.index",
     "PathVLMError": "pathvlm.errors",
+    "chat": "pathvlm.chat",
+    "load_reasoner": "pathvlm.chat",
 }
 
 

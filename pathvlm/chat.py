@@ -1,0 +1,299 @@
+"""Chat with a PathVLM reasoner: ``pathvlm.chat(images, messages, stream=True)``.
+
+>>> import pathvlm
+>>> for piece in pathvlm.chat(["tile.png"], [{"role": "user", "content": "Is this benign? Answer yes or no."}], stream=True):
+...     print(piece, end="")
+
+``load_reasoner(source)`` gives a :class:`Reasoner` (cached per source and device) with ``chat``
+(token streaming through the KV cache, max new tokens, temperature/top-p, seed), ``report`` (a
+structured report from a fixed template) and ``count_prompt_tokens``. Requests are validated
+before any compute: an image question without an image, an image that is not an image, too many
+images, an empty message, unknown roles and prompts over the token limit raise
+:class:`ChatRequestError` with a message naming the problem.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import types
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from pathvlm.errors import ImageError, PathVLMError
+from pathvlm.images import DEFAULT_MAX_BYTES, load_image
+
+ROLES = ("system", "user", "assistant")
+CANNOT_DETERMINE = "cannot determine"
+THINK_RE = re.compile(r"<think>(.*?)(?:</think>|$)", re.S)
+ANSWER_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
+
+REPORT_DESCRIBE = "Describe the histological features of this image."
+REPORT_DIAGNOSE = ("What is the most likely diagnosis for this H&E image? Think step by step inside "
+                   "<think></think>, then give the final answer inside <answer></answer>.")
+
+
+class ChatRequestError(PathVLMError):
+    """A chat request that cannot be answered as given (the message says why)."""
+
+
+@dataclass(frozen=True)
+class ChatLimits:
+    max_prompt_tokens: int = 1024
+    max_new_tokens: int = 512
+    max_images: int = 4
+    max_image_pixels: int = 25_000_000  # about 5000 x 5000: patches, not whole slides
+    max_image_bytes: int = 32 * 1024 * 1024
+    max_message_chars: int = 8000
+
+
+@dataclass
+class ChatResult:
+    text: str
+    thinking: str | None
+    answer: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" or "length"
+    extras: dict = field(default_factory=dict)
+
+
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """``<think>..</think><answer>..</answer>`` -> (thinking, answer); plain text is all answer."""
+    think = THINK_RE.search(text)
+    answer = ANSWER_RE.search(text)
+    thinking = think.group(1).strip() if think else None
+    if answer:
+        return thinking, answer.group(1).strip()
+    rest = THINK_RE.sub("", text).strip() if think else text.strip()
+    return thinking, rest
+
+
+def _image(source, limits: ChatLimits, index: int):
+    if source is None:
+        raise ChatRequestError(f"image {index + 1} is empty")
+    if isinstance(source, str) and source.startswith(("http://", "https://")):
+        raise ChatRequestError(f"image {index + 1} is a remote URL; pathvlm never fetches URLs: send the image data")
+    if not isinstance(source, (str, bytes, bytearray)) and not hasattr(source, "convert") and not hasattr(source, "__fspath__"):
+        raise ChatRequestError(f"image {index + 1} has type {type(source).__name__}; give a PIL image, a path or bytes")
+    try:
+        return load_image(source, max_pixels=limits.max_image_pixels, max_bytes=min(limits.max_image_bytes, DEFAULT_MAX_BYTES))
+    except ImageError as e:
+        raise ChatRequestError(f"image {index + 1}: {e}") from None
+
+
+def normalise_messages(messages, n_images: int, limits: ChatLimits) -> list[dict]:
+    """Validate OpenAI-style messages; return them with list content and image parts placed."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ChatRequestError("no messages: send at least one user message")
+    out, image_parts = [], 0
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or "role" not in msg:
+            raise ChatRequestError(f"message {i + 1} is not a {{'role': ..., 'content': ...}} object")
+        role = msg["role"]
+        if role not in ROLES:
+            raise ChatRequestError(f"message {i + 1} has role {role!r}; roles are {', '.join(ROLES)}")
+        content = msg.get("content")
+        if isinstance(content, str):
+            parts = [{"type": "text", "text": content}]
+        elif isinstance(content, (list, tuple)):
+            parts = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text":
+                    parts.append({"type": "text", "text": str(part.get("text") or "")})
+                elif kind in ("image", "image_url"):
+                    if role != "user":
+                        raise ChatRequestError(f"message {i + 1}: only user messages may carry images")
+                    parts.append({"type": "image"})
+                    image_parts += 1
+                else:
+                    raise ChatRequestError(f"message {i + 1} has a content part of type {kind!r}; use 'text' or 'image'")
+        else:
+            raise ChatRequestError(f"message {i + 1} has no text content")
+        text = "".join(p["text"] for p in parts if p["type"] == "text")
+        if len(text) > limits.max_message_chars:
+            raise ChatRequestError(f"message {i + 1} has {len(text)} characters; the limit is {limits.max_message_chars}")
+        out.append({"role": role, "content": parts})
+    last = out[-1]
+    if last["role"] != "user":
+        raise ChatRequestError("the last message must be the user's question")
+    if not "".join(p.get("text", "") for p in last["content"] if p["type"] == "text").strip():
+        raise ChatRequestError("empty message: ask a question about the image")
+    if image_parts == 0 and n_images:  # plain-text content: the images go before the first user text
+        first_user = next(m for m in out if m["role"] == "user")
+        first_user["content"][:0] = [{"type": "image"} for _ in range(n_images)]
+        image_parts = n_images
+    if image_parts != n_images:
+        raise ChatRequestError(f"the messages place {image_parts} image(s) but {n_images} were given")
+    if n_images == 0:
+        raise ChatRequestError("no image: PathVLM answers questions about an H&E image; attach one")
+    if n_images > limits.max_images:
+        raise ChatRequestError(f"{n_images} images; the limit is {limits.max_images} per request")
+    return out
+
+
+class Reasoner:
+    """A loaded PathVLM and its processor; thread-safe (one generation at a time)."""
+
+    def __init__(self, model, processor, name: str = "", limits: ChatLimits | None = None):
+        self.model, self.processor, self.name = model, processor, name
+        self.limits = limits or ChatLimits()
+        self._lock = threading.Lock()
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    # -- building inputs
+    def _prepare(self, images, messages):
+        images = list(images or [])
+        imgs = [_image(im, self.limits, i) for i, im in enumerate(images)]
+        msgs = normalise_messages(messages, len(imgs), self.limits)
+        text = self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        n_tokens = self._count(text, len(imgs))
+        if n_tokens > self.limits.max_prompt_tokens:
+            raise ChatRequestError(f"the prompt has {n_tokens} tokens; the limit is {self.limits.max_prompt_tokens}: "
+                                   "shorten the conversation")
+        inputs = self.processor(images=imgs, text=text, return_tensors="pt")
+        return inputs.to(self.device), n_tokens
+
+    def _count(self, text: str, n_images: int) -> int:
+        ids = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return len(ids) + n_images * (self.processor.image_seq_length - 1)
+
+    def count_prompt_tokens(self, messages, n_images: int = 1) -> int:
+        msgs = normalise_messages(messages, n_images, self.limits)
+        return self._count(self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False), n_images)
+
+    def _gen_kwargs(self, max_new_tokens, temperature, top_p):
+        if max_new_tokens is None:
+            max_new_tokens = self.limits.max_new_tokens
+        if not 1 <= int(max_new_tokens) <= self.limits.max_new_tokens:
+            raise ChatRequestError(f"max_new_tokens must be between 1 and {self.limits.max_new_tokens}")
+        if temperature is None or temperature < 0 or not (0 < top_p <= 1):
+            raise ChatRequestError("temperature must be >= 0 and top_p in (0, 1]")
+        kw = {"max_new_tokens": int(max_new_tokens), "use_cache": True}
+        if temperature > 0:
+            kw.update(do_sample=True, temperature=float(temperature), top_p=float(top_p))
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+    # -- chat
+    def chat(self, images, messages, stream: bool = False, max_new_tokens: int | None = 256,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
+        """Answer the last user message about ``images``; a :class:`ChatResult`, or text pieces with ``stream``."""
+        inputs, n_prompt = self._prepare(images, messages)
+        kw = self._gen_kwargs(max_new_tokens, temperature, top_p)
+        if stream:
+            return self._stream(inputs, kw, seed)
+        import torch
+
+        with self._lock, torch.inference_mode():
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(**inputs, **kw)
+        new = out[0, inputs["input_ids"].shape[1]:]
+        return self._result(new, n_prompt, kw["max_new_tokens"])
+
+    def _result(self, new_ids, n_prompt: int, max_new: int) -> ChatResult:
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        stopped = len(new_ids) > 0 and int(new_ids[-1]) in eos
+        text = self.processor.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+        thinking, answer = split_reasoning(text)
+        return ChatResult(text=text, thinking=thinking, answer=answer, prompt_tokens=n_prompt,
+                          completion_tokens=int(len(new_ids)),
+                          finish_reason="stop" if stopped or len(new_ids) < max_new else "length")
+
+    def _stream(self, inputs, kw, seed) -> Iterator[str]:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                         timeout=600)
+        errors = []
+
+        def work():
+            try:
+                with torch.inference_mode():
+                    if seed is not None:
+                        torch.manual_seed(seed)
+                    self.model.generate(**inputs, **kw, streamer=streamer)
+            except Exception as e:  # surfaced to the reader below, never lost in the thread
+                errors.append(e)
+                streamer.on_finalized_text("", stream_end=True)
+
+        def pieces():
+            with self._lock:
+                thread = threading.Thread(target=work, daemon=True)
+                thread.start()
+                for piece in streamer:
+                    if piece:
+                        yield piece
+                thread.join()
+            if errors:
+                raise PathVLMError(f"generation failed: {type(errors[0]).__name__}: {errors[0]}")
+
+        return pieces()
+
+    # -- report
+    def report(self, image, max_new_tokens: int = 160, specimen: str = "H&E-stained tissue patch") -> ChatResult:
+        """A structured report (Specimen / Microscopic findings / Impression) for one patch, as markdown."""
+        im = _image(image, self.limits, 0)
+        findings = self.chat([im], [{"role": "user", "content": REPORT_DESCRIBE}], max_new_tokens=max_new_tokens)
+        diagnosis = self.chat([im], [{"role": "user", "content": REPORT_DIAGNOSE}], max_new_tokens=max_new_tokens)
+        impression = diagnosis.answer or CANNOT_DETERMINE
+        text = "\n".join([
+            "# Pathology report (research use only)", "",
+            "## Specimen", f"{specimen}, {im.width} x {im.height} px.", "",
+            "## Microscopic findings", findings.answer or findings.text or CANNOT_DETERMINE, "",
+            "## Impression", impression, "",
+            "## Reasoning", diagnosis.thinking or "(none given)", "",
+            "## Notes", f"Generated by {self.name or 'PathVLM'} from this image alone; not a diagnosis. "
+                        "Findings must be confirmed by a pathologist.", ""])
+        return ChatResult(text=text, thinking=diagnosis.thinking, answer=impression,
+                          prompt_tokens=findings.prompt_tokens + diagnosis.prompt_tokens,
+                          completion_tokens=findings.completion_tokens + diagnosis.completion_tokens,
+                          finish_reason=diagnosis.finish_reason,
+                          extras={"findings": findings.answer, "impression": impression})
+
+
+_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_reasoner(source: str = "pathvlm-nano", device: str = "cpu", limits: ChatLimits | None = None) -> Reasoner:
+    """A :class:`Reasoner` for a bundled name or a save_pretrained folder (cached per source and device)."""
+    from pathvlm.vlm.build import load_vlm
+
+    key = (source, str(device))
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            model, processor = load_vlm(source, device=device)
+            _CACHE[key] = Reasoner(model, processor, name=source)
+        reasoner = _CACHE[key]
+    if limits is not None:
+        reasoner = Reasoner(reasoner.model, reasoner.processor, reasoner.name, limits)
+        reasoner._lock = _CACHE[key]._lock
+    return reasoner
+
+
+def chat(images, messages, stream: bool = False, model: str = "pathvlm-nano", device: str = "cpu", **kwargs):
+    """One call: load (cached) ``model`` and answer; see :meth:`Reasoner.chat`."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if images is not None and not isinstance(images, (list, tuple)):
+        images = [images]
+    return load_reasoner(model, device).chat(images, messages, stream=stream, **kwargs)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``pathvlm.chat(...)`` call :func:`chat` while ``from pathvlm.chat import ...`` keeps working."""
+
+    def __call__(self, *args, **kwargs):
+        return chat(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
