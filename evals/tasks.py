@@ -1,6 +1,7 @@
 """Task registry: one YAML per task in ``evals/tasks/`` (or any path).
 
-A task names its kind (zeroshot, linear_probe, few_shot, retrieval, stain_robustness), its data
+A task names its kind (zeroshot, linear_probe, few_shot, retrieval, stain_robustness with a PathCLIP;
+vqa_closed, vqa_open, vqa, mcq, closed_qa, caption, report with the reasoner), its data
 (a split of a built recipe, or an adapter over a local copy of a public dataset), its prompt set and
 its settings. The images it uses are hashed, and a task can pin the expected hash: a run on other
 data is refused instead of silently producing incomparable numbers.
@@ -15,7 +16,10 @@ from pathvlm.errors import PathVLMError
 from pathvlm.yaml_io import read_yaml_mapping
 
 TASK_DIR = Path(__file__).parent / "tasks"
-KINDS = ("zeroshot", "linear_probe", "few_shot", "retrieval", "stain_robustness")
+EMBEDDING_KINDS = ("zeroshot", "linear_probe", "few_shot", "retrieval", "stain_robustness")
+# kinds that run the reasoner (evals/generative.py); caption and report also load clip_model
+GENERATIVE_KINDS = ("vqa_closed", "vqa_open", "vqa", "mcq", "closed_qa", "caption", "report")
+KINDS = EMBEDDING_KINDS + GENERATIVE_KINDS
 
 
 @dataclass
@@ -33,6 +37,12 @@ class Task:
     expected_data_sha256: str | None = None
     seed: int = 0
     settings: dict = field(default_factory=dict)
+    decoding: dict = field(default_factory=dict)  # reasoner kinds: max_new_tokens, temperature, top_p, seed
+    clip_model: str = "pathclip-nano"  # caption/report: the PathCLIP that scores consistency
+
+    @property
+    def generative(self) -> bool:
+        return self.kind in GENERATIVE_KINDS
 
 
 def list_tasks() -> list[str]:
@@ -62,4 +72,6 @@ def data_hash(items: list[dict]) -> str:
         h.update(str(it["id"]).encode())
         h.update(str(it.get("label", "")).encode())
         h.update(hashlib.sha256(it["image"]).digest() if it.get("image") else b"-")
+        if it.get("question") or it.get("answer"):  # question-answer items: the text is part of the data
+            h.update(f"{it.get('question', '')}\x00{it.get('answer', '')}\x00{it.get('options', '')}".encode())
     return h.hexdigest()

@@ -54,7 +54,7 @@ def adapter(name: str, licence: str, description: str, homepage: str = ""):
 
 def list_adapters() -> dict[str, AdapterInfo]:
     """All adapters, registered by importing their modules."""
-    from pathvlm.data.sources import captions, classification, vqa  # noqa: F401
+    from pathvlm.data.sources import captions, classification, fields, vqa  # noqa: F401
 
     return ADAPTERS
 

@@ -1,0 +1,161 @@
+"""Task kinds that run the reasoner (``pathvlm.chat.Reasoner``): closed and open VQA, multiple choice,
+closed questions of a built recipe, captions and reports, with the image-dependence controls.
+
+Every call is greedy with the task's pinned decoding settings (``decoding:`` in the YAML: max_new_tokens,
+temperature, top_p, seed), which the results record. The prompt a question is asked with is either the
+built recipe's own prompt (``prompt_from_data``, the format the model was trained on) or the question
+plus the task's pinned ``instruction`` and option format.
+"""
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import numpy as np
+
+from pathvlm.errors import PathVLMError
+from pathvlm.evals import generation as g
+
+GENERATIVE_KINDS = ("vqa_closed", "vqa_open", "vqa", "mcq", "closed_qa", "caption", "report")
+DEFAULT_DECODING = {"max_new_tokens": 128, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+ANSWER_TYPE_OF_TASK = {"vqa_closed": "yes_no", "vqa_open": "open", "mcq": "option_letter"}
+
+
+def decoding(task) -> dict:
+    return {**DEFAULT_DECODING, **(task.decoding or {})}
+
+
+def question_text(item: dict, task) -> str:
+    """The text the model is asked: the recipe's prompt as built, or the question with the task's pinned
+    instruction (and the options as ``(A) ...`` lines, PathMMU's format)."""
+    if item.get("prompt_from_data"):
+        return item["question"]
+    s = task.settings
+    q = item["question"].strip()
+    if item["answer_type"] == "option_letter":
+        fmt = s.get("option_format", "({letter}) {option}")
+        q += "\n" + "\n".join(fmt.format(letter=string.ascii_uppercase[i], option=o) for i, o in enumerate(item["options"]))
+        q += "\n" + s.get("mcq_instruction", "Answer with the option's letter from the given choices directly.")
+    elif item["answer_type"] == "yes_no":
+        q += "\n" + s.get("yes_no_instruction", "Answer yes or no.")
+    elif item["answer_type"] == "open" and s.get("open_instruction"):
+        q += "\n" + s["open_instruction"]
+    if s.get("suffix"):
+        q += "\n" + s["suffix"]
+    return q
+
+
+def qa_items(task, items: list[dict]) -> list[dict]:
+    """Give every item an ``answer_type``; keep those the kind scores."""
+    out = []
+    for it in items:
+        it = dict(it)
+        if not it.get("answer_type"):
+            it["answer_type"] = ANSWER_TYPE_OF_TASK.get(it.get("task", ""), "caption" if it.get("text") else "")
+        if task.kind in ("caption", "report"):
+            if not it.get("answer"):
+                it["answer"] = it.get("text", "")
+            if not it.get("question"):
+                it["question"] = task.settings.get("prompt", "Describe the histological features of this image.")
+                it["answer_type"] = task.kind
+        out.append(it)
+    keep = {"vqa_closed": ("yes_no",), "vqa_open": ("open",), "vqa": ("yes_no", "open"), "mcq": ("option_letter",),
+            "closed_qa": g.CLOSED_TYPES, "caption": ("caption",), "report": ("report",)}[task.kind]
+    out = [it for it in out if it["answer_type"] in keep and it.get("answer")]
+    if not out:
+        raise PathVLMError(f"task {task.name}: no samples of the kind {task.kind} (answer types {keep})")
+    return out
+
+
+def _ask(reasoner, images: list, questions: list[str], dec: dict) -> list[str]:
+    texts = []
+    for image, q in zip(images, questions):
+        res = reasoner.chat([image], [{"role": "user", "content": q}], stream=False,
+                            max_new_tokens=int(dec["max_new_tokens"]), temperature=float(dec["temperature"]),
+                            top_p=float(dec["top_p"]), seed=dec.get("seed"))
+        texts.append(res.text)
+    return texts
+
+
+def _pil(data: bytes):
+    from pathvlm.images import load_image
+
+    return load_image(data)
+
+
+def run_generative(task, reasoner, items: list[dict], plots: Path, clip_loader=None) -> dict:
+    """Ask every question (one image each), score by kind; closed kinds also run the controls."""
+    dec = decoding(task)
+    items = qa_items(task, items)
+    images = [_pil(it["image"]) for it in items]
+    questions = [question_text(it, task) for it in items]
+    texts = _ask(reasoner, images, questions, dec)
+    out: dict = {"decoding": dec, "n": len(items)}
+    if any(it.get("image_standin") for it in items):
+        out["images"] = "blank stand-ins: the corpus's images are not here, so this measures answers from the text alone"
+    examples = []
+    for it, q, t in list(zip(items, questions, texts))[: int(task.settings.get("examples", 5))]:
+        examples.append({"id": it["id"], "question": q, "reference": it["answer"], "completion": t})
+    out["examples"] = examples
+    if task.kind in ("caption", "report"):
+        out.update(g.caption_metrics(texts, [it["answer"] for it in items]))
+        out.update(_consistency(task, [it["image"] for it in items], texts, [it["answer"] for it in items], clip_loader))
+        return out
+    closed = [i for i, it in enumerate(items) if it["answer_type"] in g.CLOSED_TYPES]
+    opened = [i for i, it in enumerate(items) if it["answer_type"] == "open"]
+    if opened:
+        out["open"] = g.open_metrics([texts[i] for i in opened], [items[i]["answer"] for i in opened])
+    if closed:
+        extracted = [g.extract_answer(texts[i], items[i]["answer_type"], items[i]["options"]) for i in closed]
+        out["closed"] = g.closed_metrics(extracted, [items[i]["answer"] for i in closed],
+                                         [items[i]["answer_type"] for i in closed])
+        out["closed"]["answer_entropy_bits"] = g.answer_entropy(extracted)
+        controls = task.settings.get("controls", list(g.CONTROLS))
+        if controls:
+            out["controls"] = _controls(task, reasoner, [items[i] for i in closed], [images[i] for i in closed],
+                                        [questions[i] for i in closed], extracted, dec, controls)
+    return out
+
+
+def _controls(task, reasoner, items, images, questions, extracted, dec, controls) -> dict:
+    """Re-ask each closed question with a white image, seeded noise and another sample's image; how
+    often the answer changes, and how spread the answers are (entropy, modal share). A model that
+    ignores the image keeps its answers (change rate 0) whatever it is shown."""
+    n = min(len(items), int(task.settings.get("controls_max_samples", len(items))))
+    items, images, questions, base = items[:n], images[:n], questions[:n], extracted[:n]
+    out = {"n": n, "original": {"answer_entropy_bits": g.answer_entropy(base), "modal_share": g.modal_share(base)}}
+    perm = g.shuffled_indices(n, task.seed)
+    for kind in controls:
+        if kind == "blank":
+            shown = [g.blank_image(im.size) for im in images]
+        elif kind == "noise":
+            shown = [g.noise_image(task.seed * 100003 + k, im.size) for k, im in enumerate(images)]
+        elif kind == "shuffled":
+            shown = [images[perm[k]] for k in range(n)]
+        else:
+            raise PathVLMError(f"task {task.name}: unknown control {kind!r}; choose from {g.CONTROLS}")
+        texts = _ask(reasoner, shown, questions, dec)
+        ans = [g.extract_answer(t, it["answer_type"], it["options"]) for t, it in zip(texts, items)]
+        acc = g.closed_metrics(ans, [it["answer"] for it in items], [it["answer_type"] for it in items])["accuracy"]
+        out[kind] = {"answer_change_rate": g.change_rate(base, ans), "accuracy": acc,
+                     "answer_entropy_bits": g.answer_entropy(ans), "modal_share": g.modal_share(ans),
+                     "unreadable_rate": float(np.mean([a is None for a in ans]))}
+    return out
+
+
+def _consistency(task, images, texts, references, clip_loader) -> dict:
+    """PathCLIP consistency of the generated texts with their images, beside the same score for the
+    reference texts (what a faithful description reaches) and for references paired with the wrong image."""
+    if clip_loader is None:
+        return {}
+    from pathvlm.embed import embed_images, embed_texts
+    from pathvlm.evals.answers import answer_span
+
+    model, preprocess, tok, name = clip_loader(task.clip_model)
+    img = embed_images(model, preprocess, images, num_workers=0).numpy()
+    gen = embed_texts(model, tok, [answer_span(t) or "." for t in texts]).numpy()
+    ref = embed_texts(model, tok, references).numpy()
+    perm = g.shuffled_indices(len(images), task.seed)
+    return {"clip_model": name, "clip_consistency": g.clip_consistency(gen, img),
+            "clip_consistency_reference": g.clip_consistency(ref, img),
+            "clip_consistency_reference_wrong_image": g.clip_consistency(ref, img[perm])}
