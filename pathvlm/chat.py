@@ -197,6 +197,48 @@ class Reasoner:
         new = out[0, inputs["input_ids"].shape[1]:]
         return self._result(new, n_prompt, kw["max_new_tokens"])
 
+    def chat_batch(self, images: list, conversations: list, max_new_tokens: int | None = 256,
+                   temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                   batch_size: int = 16, progress: bool = False) -> list[ChatResult]:
+        """Answer many single-image requests, ``batch_size`` at a time (left padding; greedy output equals
+        :meth:`chat`'s up to padding numerics). ``images[i]`` goes with ``conversations[i]``."""
+        import torch
+
+        if len(images) != len(conversations):
+            raise ChatRequestError(f"{len(images)} images for {len(conversations)} conversations")
+        kw = self._gen_kwargs(max_new_tokens, temperature, top_p)
+        tok = self.processor.tokenizer
+        results: list[ChatResult] = []
+        starts = range(0, len(images), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="generating", unit="batch")
+        for s in starts:
+            imgs, texts, counts = [], [], []
+            for j in range(s, min(s + batch_size, len(images))):
+                img = _image(images[j], self.limits, 0)
+                msgs = normalise_messages(conversations[j], 1, self.limits)
+                text = self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+                counts.append(self._count(text, 1))
+                if counts[-1] > self.limits.max_prompt_tokens:
+                    raise ChatRequestError(f"request {j + 1}: the prompt has {counts[-1]} tokens; the limit is "
+                                           f"{self.limits.max_prompt_tokens}")
+                imgs.append(img)
+                texts.append(text)
+            inputs = self.processor(images=imgs, text=texts, return_tensors="pt", padding=True,
+                                    padding_side="left").to(self.device)
+            with self._lock, torch.inference_mode():
+                if seed is not None:
+                    torch.manual_seed(seed + s)
+                out = self.model.generate(**inputs, **kw)
+            for row, n in zip(out[:, inputs["input_ids"].shape[1]:], counts):
+                if tok.pad_token_id is not None:  # drop the padding after an early stop
+                    keep = (row != tok.pad_token_id).nonzero()
+                    row = row[: int(keep[-1]) + 1] if len(keep) else row[:0]
+                results.append(self._result(row, n, kw["max_new_tokens"]))
+        return results
+
     def _result(self, new_ids, n_prompt: int, max_new: int) -> ChatResult:
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, (list, tuple)) else [eos])

@@ -98,3 +98,14 @@ def test_messages_and_reasoning_parsing():
     assert split_reasoning("<think>glands</think><answer> B </answer>") == ("glands", "B")
     assert split_reasoning("<think>unfinished") == ("unfinished", "")
     assert split_reasoning("plain yes") == (None, "plain yes")
+
+
+def test_batched_greedy_matches_single(reasoner):
+    from conftest import he_like_tile
+
+    tiles = [he_like_tile(i, size=40 + 8 * i) for i in range(3)]
+    convs = [Q, [{"role": "user", "content": "Describe the histological features of this image."}], Q]
+    batch = reasoner.chat_batch(tiles, convs, max_new_tokens=8, batch_size=2)
+    single = [reasoner.chat([t], c, max_new_tokens=8) for t, c in zip(tiles, convs)]
+    assert [b.text for b in batch] == [s.text for s in single]
+    assert [b.prompt_tokens for b in batch] == [s.prompt_tokens for s in single]
