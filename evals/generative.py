@@ -17,7 +17,7 @@ from pathvlm.errors import PathVLMError
 from pathvlm.evals import generation as g
 
 GENERATIVE_KINDS = ("vqa_closed", "vqa_open", "vqa", "mcq", "closed_qa", "caption", "report")
-DEFAULT_DECODING = {"max_new_tokens": 128, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+DEFAULT_DECODING = {"max_new_tokens": 128, "temperature": 0.0, "top_p": 1.0, "seed": 0, "batch_size": 16}
 ANSWER_TYPE_OF_TASK = {"vqa_closed": "yes_no", "vqa_open": "open", "mcq": "option_letter"}
 
 
@@ -68,13 +68,16 @@ def qa_items(task, items: list[dict]) -> list[dict]:
 
 
 def _ask(reasoner, images: list, questions: list[str], dec: dict) -> list[str]:
-    texts = []
-    for image, q in zip(images, questions):
-        res = reasoner.chat([image], [{"role": "user", "content": q}], stream=False,
-                            max_new_tokens=int(dec["max_new_tokens"]), temperature=float(dec["temperature"]),
-                            top_p=float(dec["top_p"]), seed=dec.get("seed"))
-        texts.append(res.text)
-    return texts
+    """Greedy answers, ``batch_size`` requests at a time through ``Reasoner.chat_batch`` (left padding;
+    the batch size is pinned with the decoding settings because padding can move the last digit of
+    logits), or one at a time when batch_size is 1 or the reasoner has no batch method."""
+    conversations = [[{"role": "user", "content": q}] for q in questions]
+    kw = {"max_new_tokens": int(dec["max_new_tokens"]), "temperature": float(dec["temperature"]),
+          "top_p": float(dec["top_p"]), "seed": dec.get("seed")}
+    batch = int(dec.get("batch_size", 1))
+    if batch > 1 and hasattr(reasoner, "chat_batch"):
+        return [r.text for r in reasoner.chat_batch(images, conversations, batch_size=batch, **kw)]
+    return [reasoner.chat([image], conv, stream=False, **kw).text for image, conv in zip(images, conversations)]
 
 
 def _pil(data: bytes):

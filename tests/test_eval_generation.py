@@ -146,7 +146,7 @@ def test_closed_qa_caption_and_report_with_the_tiny_reasoner_repeat_exactly(tiny
     run_eval(None, built_tasks, tmp_path / "b", reasoner=str(tiny_reasoner_dir))
     assert (tmp_path / "a" / "results.json").read_text() == (tmp_path / "b" / "results.json").read_text()
     qa = a["tasks"]["qa"]["metrics"]
-    assert qa["decoding"] == {"max_new_tokens": 24, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    assert qa["decoding"] == {"max_new_tokens": 24, "temperature": 0.0, "top_p": 1.0, "seed": 0, "batch_size": 16}
     assert 0 <= qa["closed"]["accuracy"] <= 1 and {"accuracy_option_letter", "accuracy_yes_no"} <= set(qa["closed"])
     assert set(qa["controls"]) == {"n", "original", "blank", "noise", "shuffled"} and qa["controls"]["n"] == 4
     assert qa["examples"][0]["completion"]  # the tiny model writes text
@@ -221,6 +221,19 @@ def test_pathmmu_and_quilt_vqa_and_arch_on_fixtures(tiny_reasoner_dir, tmp_path,
     qv = res["tasks"]["quilt_vqa"]["metrics"]
     assert qv["closed"]["n"] == 1 and qv["open"]["n"] == 1
     assert res["tasks"]["arch_caption"]["metrics"]["n"] == 2
+
+
+def test_batched_answers_equal_one_at_a_time(tiny_reasoner_dir, built_tasks):
+    from evals.data import load_split
+    from evals.generative import _ask, _pil, qa_items
+    from pathvlm.chat import load_reasoner
+
+    task = load_task(built_tasks[0])
+    items = qa_items(task, load_split(task.dataset, "test"))[:6]
+    images, questions = [_pil(it["image"]) for it in items], [question_text(it, task) for it in items]
+    r = load_reasoner(str(tiny_reasoner_dir))
+    dec = {"max_new_tokens": 12, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    assert _ask(r, images, questions, {**dec, "batch_size": 4}) == _ask(r, images, questions, {**dec, "batch_size": 1})
 
 
 def test_cli_runs_a_generative_task_with_model_as_the_reasoner(tiny_reasoner_dir, built_tasks, tmp_path, capsys):
