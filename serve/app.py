@@ -104,9 +104,10 @@ def build_ui(service: PathVLMService):
     def add_user_message(text, history, image_path):
         if not has_reasoner:
             raise fail(PathVLMError(no_reasoner_note.replace("**", "").replace("`", "")))
-        if not text or not text.strip():
-            raise fail(PathVLMError("empty message: type a question"))
         history = list(history or [])
+        if not text or not text.strip():
+            gr.Warning("empty message: type a question about the patch")
+            return "", history  # nothing to answer: respond() sees no new question
         if not history_to_messages(history) and image_path is None:
             gr.Warning("No image attached: the question is asked without a patch.")
         history.append({"role": "user", "content": text.strip()})
@@ -116,6 +117,7 @@ def build_ui(service: PathVLMService):
         history = list(history or [])
         messages = history_to_messages(history)
         if not messages or messages[-1]["role"] != "user":
+            yield gr.skip(), gr.skip()  # no new question (an empty message was refused)
             return
         images, evidence = [], []
         try:
@@ -137,8 +139,10 @@ def build_ui(service: PathVLMService):
                 for channel, text in splitter.feed(piece):
                     if channel == "reasoning":
                         if reasoning_msg is None:
+                            # "done" from the start: the accordion is created closed (gradio opens "pending" ones
+                            # and keeps them open), so the reasoning streams in collapsed under its title
                             reasoning_msg = {"role": "assistant", "content": "",
-                                             "metadata": {"title": "Reasoning", "status": "pending"}}
+                                             "metadata": {"title": "Reasoning (thinking…)", "status": "done"}}
                             history.append(reasoning_msg)
                         reasoning_msg["content"] += text
                     else:
@@ -184,7 +188,7 @@ def build_ui(service: PathVLMService):
         except PathVLMError as e:
             raise fail(e) from None
         probs = r["probabilities"]
-        order = sorted(probs, key=probs.get, reverse=True)
+        order = sorted(probs, key=probs.get, reverse=True)[: max(1, int(top_k))]
         df = pd.DataFrame({"class": order, "probability": [probs[c] for c in order]})
         table = [[c, f"{probs[c]:.4f}"] for c in order]
         return df, table, f"**Prediction: {r['prediction']}** ({probs[r['prediction']]:.1%}) · task `{r['task']}` · model `{r['model']}`"
@@ -248,10 +252,10 @@ def build_ui(service: PathVLMService):
                         clear = gr.Button("Clear", elem_id="chat-clear")
                     gr.Examples(EXAMPLE_PROMPTS, inputs=msg, label="Example questions")
             for trigger in (msg.submit, send.click):
-                trigger(add_user_message, [msg, chatbot, chat_image], [msg, chatbot], queue=False).success(
+                trigger(add_user_message, [msg, chatbot, chat_image], [msg, chatbot]).success(
                     respond, [chatbot, chat_image], [chatbot, evidence], concurrency_limit=gen_limit,
                     concurrency_id="generate")
-            regen.click(drop_last_answer, [chatbot], [chatbot], queue=False).success(
+            regen.click(drop_last_answer, [chatbot], [chatbot]).success(
                 respond, [chatbot, chat_image], [chatbot, evidence], concurrency_limit=gen_limit, concurrency_id="generate")
             clear.click(lambda: ([], [], ""), None, [chatbot, evidence, msg], queue=False)
             chat_image.change(lambda: ([], []), None, [chatbot, evidence], queue=False)
