@@ -203,6 +203,11 @@ def textured(seed, size=96):
 
 @pytest.fixture()
 def recipe_dir(tmp_path):
+    return write_recipe_fixture(tmp_path)
+
+
+def write_recipe_fixture(tmp_path: Path) -> Path:
+    """Tiles in an imagefolder with a manifest (and planted problems) plus a recipe building all datasets."""
     tiles = tmp_path / "tiles"
     rows = ["path,label,group,sha256"]
     n = 0
@@ -261,6 +266,18 @@ def tiny_chat_tokenizer():
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(TINY_CHAT_CORPUS * 3, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def built_fixture_data(tmp_path_factory) -> Path:
+    """The fixture recipe built once (clip, align, sft, grpo) for tests that train on it."""
+    from pathvlm.data.build import build_recipe
+    from pathvlm.data.config import load_recipe
+
+    root = write_recipe_fixture(tmp_path_factory.mktemp("recipe"))
+    out = root / "built"
+    build_recipe(load_recipe(root / "recipe.yaml"), out, progress=False)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from pathvlm.errors import PathVLMError
 
-PROJECTOR = "multi_modal_projector."
+PROJECTOR = "model.multi_modal_projector."
 
 
 def apply_bundle(model, path: str | Path) -> dict:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.activations import ACT2FN
 
 from pathvlm.vlm.configuration import PathVLMConfig
@@ -42,12 +43,20 @@ class PathVLMProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
-class PathVLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
+class PathVLMPreTrainedModel(PreTrainedModel):
     config_class = PathVLMConfig
-    base_model_prefix = ""
+    base_model_prefix = "model"
     main_input_name = "input_ids"
     _supports_sdpa = True
     _supports_flash_attn = True
+    _supports_flex_attn = True
+
+    def _init_weights(self, module):  # sub-models initialise themselves; keep copied weights untouched
+        pass
+
+
+class PathVLMModel(PathVLMPreTrainedModel):
+    """The backbone: image tower + projector + the LM's decoder (no head); returns hidden states."""
 
     def __init__(self, config: PathVLMConfig):
         super().__init__(config)
@@ -56,23 +65,23 @@ class PathVLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
             size = self.vision_tower.preprocess_cfg.get("size") or config.vision_config["vision_cfg"].get("image_size", 224)
             size = (size, size) if isinstance(size, int) else tuple(size)
             self.vision_dim = patch_features(self.vision_tower.eval(), torch.zeros(1, 3, *size)).shape[-1]
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.language_model = AutoModel.from_config(config.text_config)
         self.multi_modal_projector = PathVLMProjector(self.vision_dim, config.text_config.hidden_size,
                                                       config.projector_hidden_act)
         self.post_init()
 
-    # -- embeddings delegate to the language model
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
 
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
-    def get_output_embeddings(self):
-        return self.language_model.get_output_embeddings()
-
-    def _init_weights(self, module):  # sub-models initialise themselves; keep copied weights untouched
-        pass
+    def train(self, mode: bool = True):
+        """A frozen image tower stays in eval mode (its BatchNorm statistics must not drift while the rest trains)."""
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.vision_tower.parameters()):
+            self.vision_tower.eval()
+        return self
 
     def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
         feats = patch_features(self.vision_tower, pixel_values.to(next(self.vision_tower.parameters()).dtype))
@@ -92,18 +101,70 @@ class PathVLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return out
 
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None,
-                inputs_embeds=None, labels=None, use_cache=None, cache_position=None, logits_to_keep=0, **kwargs):
-        # the KV cache (``cache``, formerly ``past_key_values``) passes through in kwargs unchanged
+                inputs_embeds=None, **kwargs):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
             if pixel_values is not None:
                 inputs_embeds = self.merge_image_embeddings(input_ids, inputs_embeds, pixel_values)
-        if labels is not None and input_ids is not None:
-            labels = labels.masked_fill(input_ids == self.config.image_token_index, -100)
+        # the KV cache (``cache``) and use_cache pass through in kwargs unchanged
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                   position_ids=position_ids, labels=labels,
-                                   use_cache=use_cache, cache_position=cache_position,
-                                   logits_to_keep=logits_to_keep, **kwargs)
+                                   position_ids=position_ids, **kwargs)
+
+
+class PathVLMForConditionalGeneration(PathVLMPreTrainedModel, GenerationMixin):
+    """Image-text-to-text in the layout transformers' own VLMs use (``model`` backbone + ``lm_head``)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: PathVLMConfig):
+        super().__init__(config)
+        self.model = PathVLMModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    # the parts, by their usual names
+    @property
+    def vision_tower(self):
+        return self.model.vision_tower
+
+    @property
+    def multi_modal_projector(self):
+        return self.model.multi_modal_projector
+
+    @property
+    def language_model(self):
+        return self.model.language_model
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new):
+        self.lm_head = new
+
+    def image_embeddings(self, pixel_values):
+        return self.model.image_embeddings(pixel_values)
+
+    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None,
+                inputs_embeds=None, labels=None, logits_to_keep=0, **kwargs):
+        outputs = self.model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                             position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        loss = None
+        if labels is not None:
+            if input_ids is not None:
+                labels = labels.masked_fill(input_ids == self.config.image_token_index, -100)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
+                                      **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=getattr(outputs, "cache", None),
+                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
     def prepare_inputs_for_generation(self, input_ids, pixel_values=None, attention_mask=None, cache_position=None,
                                       **kwargs):
@@ -119,11 +180,15 @@ class PathVLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         vision_config = {"embed_dim": clip_model.pathvlm_cfg["model_cfg"]["embed_dim"],
                          "vision_cfg": clip_model.pathvlm_cfg["model_cfg"]["vision_cfg"],
                          "preprocess_cfg": dict(clip_model.visual.preprocess_cfg)}
-        config = PathVLMConfig(vision_config=vision_config, text_config=language_model.config.to_dict(),
-                               image_token_index=image_token_index)
+        text_cfg = language_model.config.to_dict()
+        config = PathVLMConfig(vision_config=vision_config, text_config=text_cfg, image_token_index=image_token_index,
+                               tie_word_embeddings=bool(text_cfg.get("tie_word_embeddings", False)))
         model = cls(config)
-        model.vision_tower.load_state_dict(clip_model.visual.state_dict())
-        model.language_model.load_state_dict(language_model.state_dict())
+        model.model.vision_tower.load_state_dict(clip_model.visual.state_dict())
+        model.model.language_model.load_state_dict(language_model.base_model.state_dict())
+        model.lm_head.load_state_dict(language_model.get_output_embeddings().state_dict())
+        if config.tie_word_embeddings:
+            model.tie_weights()
         with torch.no_grad():
             size = model.vision_tower.preprocess_cfg.get("size", 224)
             size = (size, size) if isinstance(size, int) else tuple(size)

@@ -1,0 +1,109 @@
+"""PathVLM stages on a tiny model: align, SFT and GRPO steps change the weights they should, adapters
+chain between stages, LoRA merge keeps outputs, resume picks the last complete checkpoint."""
+import json
+
+import pytest
+import torch
+
+from train.vlm.config import VLMTrainConfig
+from train.vlm.trainer import last_complete_checkpoint, prepare_model, run_stage
+
+
+def cfg_for(stage, tiny_reasoner_dir, data, out, **kw):
+    base = dict(stage=stage, model=str(tiny_reasoner_dir), data=str(data), output_dir=str(out), batch_size=4,
+                max_steps=2, lr=5e-2, lora_rank=4, lora_alpha=8, save_steps=1, logging_steps=1, eval_samples=4,
+                eval_max_new_tokens=8, eval_batch_size=4, max_length=256, report_to="none",
+                max_completion_length=8, num_generations=2)
+    base.update(kw)
+    return VLMTrainConfig(**base)
+
+
+def _state(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_align_then_sft_then_grpo_chain(tiny_reasoner_dir, built_fixture_data, tmp_path):
+    start = _state(tiny_reasoner_dir)
+    align = run_stage(cfg_for("align", tiny_reasoner_dir, built_fixture_data, tmp_path / "align", lora=False))
+    a = _state(tmp_path / "align" / "final")
+    proj = [k for k in a if k.startswith("model.multi_modal_projector.")]
+    lm = [k for k in a if k.startswith("model.language_model.")]
+    assert any(not torch.equal(a[k], start[k]) for k in proj)  # the projector trained
+    assert [k for k in lm if not torch.equal(a[k], start[k])] == []  # the LM did not
+    assert all(torch.equal(a[k], start[k]) for k in a if k.startswith("model.vision_tower."))
+    assert align["steps"] == 2 and 0 <= align["eval"]["accuracy"] <= 1
+    assert (tmp_path / "align" / "curves.png").stat().st_size > 0
+
+    sft = run_stage(cfg_for("sft", tiny_reasoner_dir, built_fixture_data, tmp_path / "sft",
+                            init_adapter=align["adapter"], abstain_fraction=0.2))
+    s = _state(tmp_path / "sft" / "final")
+    assert any(not torch.equal(s[k], a[k]) for k in lm)  # LoRA merged into the LM weights
+    assert all(torch.equal(s[k], a[k]) for k in a if k.startswith("model.vision_tower."))
+    assert json.loads((tmp_path / "sft" / "results.json").read_text())["steps"] == 2
+    assert "control_blank" in sft["eval"]
+
+    grpo = run_stage(cfg_for("grpo", tiny_reasoner_dir, built_fixture_data, tmp_path / "grpo",
+                             init_adapter=sft["adapter"], rewards=["accuracy", "format", "length"], lr=1e-1))
+    g = _state(tmp_path / "grpo" / "final")
+    assert any(not torch.equal(g[k], s[k]) for k in lm)
+    assert any("reward" in h for h in grpo["log_history"])
+
+
+def test_adapter_bundle_reproduces_merged_model(tiny_reasoner_dir, built_fixture_data, tmp_path):
+    """LoRA merge keeps outputs: the merged folder, the live peft model and base + bundle agree."""
+    from pathvlm.vlm.adapters import apply_bundle
+    from pathvlm.vlm.build import load_vlm
+
+    cfg = cfg_for("sft", tiny_reasoner_dir, built_fixture_data, tmp_path / "sft", eval_samples=0)
+    run_stage(cfg)
+    merged, proc = load_vlm(str(tmp_path / "sft" / "final"))
+    base, _ = load_vlm(str(tiny_reasoner_dir))
+    apply_bundle(base, tmp_path / "sft" / "adapter.safetensors")
+    live, _ = prepare_model(cfg_for("sft", tiny_reasoner_dir, built_fixture_data, tmp_path / "x",
+                                    init_adapter=str(tmp_path / "sft" / "adapter.safetensors")))
+    live.eval()
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is this benign?"}]}]
+    text = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    from PIL import Image
+
+    x = proc(images=[Image.new("RGB", (40, 40), (200, 120, 180))], text=text, return_tensors="pt")
+    with torch.no_grad():
+        a, b, c = merged(**x).logits, base(**x).logits, live(**x).logits
+    assert torch.allclose(b, c, atol=1e-4)  # base + merged bundle == the live LoRA model loaded from it
+    assert torch.allclose(a, b, atol=2e-2)  # the fp16 bundle == the fp32 merged folder, to fp16 precision
+    assert not torch.allclose(a, base_logits(tiny_reasoner_dir, x), atol=1e-3)  # and training did change outputs
+
+
+def base_logits(folder, x):
+    from pathvlm.vlm.build import load_vlm
+
+    m, _ = load_vlm(str(folder))
+    with torch.no_grad():
+        return m(**x).logits
+
+
+def test_resume_uses_last_complete_checkpoint(tmp_path):
+    for n in (2, 4, 6):
+        (tmp_path / f"checkpoint-{n}").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path).name == "checkpoint-4"  # checkpoint-6 was cut off mid-write
+    assert last_complete_checkpoint(tmp_path / "none") is None
+
+
+def test_config_errors(tmp_path):
+    from pathvlm.errors import PathVLMError
+    from train.vlm.config import load_config
+
+    p = tmp_path / "r.yaml"
+    p.write_text("stage: grpo\nnum_generations: 1\n")
+    with pytest.raises(PathVLMError, match="num_generations"):
+        load_config(p)
+    p.write_text("stage: sft\nbogus: 1\n")
+    with pytest.raises(PathVLMError, match="unknown field"):
+        load_config(p)
+    p.write_text("stage: sft\n")
+    with pytest.raises(PathVLMError, match="pathvlm train sft"):
+        load_config(p, stage="grpo")

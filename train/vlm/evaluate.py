@@ -1,0 +1,49 @@
+"""The stages' evaluation hook: closed questions (option letter, yes/no) on held-out groups, greedy and
+batched, scored with the same answer extraction as the accuracy reward; plus the image-dependence
+controls (blank and noise images: how often the answer changes, how often it abstains)."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from pathvlm.chat import CANNOT_DETERMINE, Reasoner
+from pathvlm.rewards import accuracy_reward
+
+
+def _entropy(values) -> float:
+    counts = Counter(values)
+    n = sum(counts.values())
+    return -sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
+
+
+def closed_question_accuracy(model, processor, cfg, controls=("blank", "noise")) -> dict:
+    from train.vlm.data import closed_questions, control_image
+
+    rows = closed_questions(cfg, cfg.eval_split, cfg.eval_samples)
+    reasoner = Reasoner(model.eval(), processor, name="eval")
+    convs = [r["prompt"] for r in rows]
+    results = reasoner.chat_batch([r["image"] for r in rows], convs, max_new_tokens=cfg.eval_max_new_tokens,
+                                  batch_size=cfg.eval_batch_size, progress=True)
+    texts = [r.text for r in results]
+    correct = accuracy_reward(texts, answer=[r["answer"] for r in rows], answer_type=[r["answer_type"] for r in rows],
+                              options=[r["options"] for r in rows])
+    out = {"n": len(rows), "accuracy": sum(correct) / len(rows),
+           "by_type": {t: sum(c for c, r in zip(correct, rows) if r["answer_type"] == t) /
+                       max(1, sum(1 for r in rows if r["answer_type"] == t)) for t in ("option_letter", "yes_no")},
+           "max_new_tokens": cfg.eval_max_new_tokens, "decoding": "greedy", "split": cfg.eval_split,
+           "examples": [{"question": c[-1]["content"][-1]["text"], "answer": r["answer"], "completion": t}
+                        for c, r, t in zip(convs[:3], rows, texts)]}
+    answers = [res.answer.strip().lower() for res in results]
+    for kind in controls:
+        ctrl = reasoner.chat_batch([control_image(kind, seed=i) for i in range(len(rows))], convs,
+                                   max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size)
+        got = [res.answer.strip().lower() for res in ctrl]
+        ok = accuracy_reward([r.text for r in ctrl], answer=[r["answer"] for r in rows],
+                             answer_type=[r["answer_type"] for r in rows], options=[r["options"] for r in rows])
+        out[f"control_{kind}"] = {
+            "answer_changed": sum(a != b for a, b in zip(answers, got)) / len(rows),
+            "abstained": sum(CANNOT_DETERMINE in g for g in got) / len(rows),
+            "accuracy": sum(ok) / len(rows),
+            "answer_entropy_bits": _entropy(got), "real_image_answer_entropy_bits": _entropy(answers),
+            "most_common": Counter(got).most_common(3)}
+    return out
