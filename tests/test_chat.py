@@ -109,3 +109,27 @@ def test_batched_greedy_matches_single(reasoner):
     single = [reasoner.chat([t], c, max_new_tokens=8) for t, c in zip(tiles, convs)]
     assert [b.text for b in batch] == [s.text for s in single]
     assert [b.prompt_tokens for b in batch] == [s.prompt_tokens for s in single]
+
+
+def test_chat_command_streams_and_errors(tiny_reasoner_dir, he_tile, tmp_path, capsys):
+    import json
+
+    from pathvlm.cli import main
+
+    img = tmp_path / "tile.png"
+    he_tile.save(img)
+    assert main(["chat", str(img), "Is this benign?", "--model", str(tiny_reasoner_dir), "--max-new-tokens", "6"]) == 0
+    streamed = capsys.readouterr().out.strip()
+    assert main(["chat", str(img), "Is this benign?", "--model", str(tiny_reasoner_dir), "--max-new-tokens", "6",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["text"] == streamed and res["completion_tokens"] >= 1
+    assert main(["chat", str(img), "--report", "--model", str(tiny_reasoner_dir), "--max-new-tokens", "4",
+                 "--out", str(tmp_path / "r.md")]) == 0
+    assert "## Impression" in (tmp_path / "r.md").read_text()
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    assert main(["chat", str(bad), "Is this benign?", "--model", str(tiny_reasoner_dir)]) == 2
+    assert "image 1" in capsys.readouterr().err
+    assert main(["chat", str(img), "--model", str(tiny_reasoner_dir)]) == 2
+    assert "give a question" in capsys.readouterr().err

@@ -1,0 +1,52 @@
+"""``pathvlm chat IMAGE "question"``: ask the reasoner about one image; the answer streams to the terminal."""
+from __future__ import annotations
+
+
+def add_parser(sub):
+    p = sub.add_parser("chat", help="ask the PathVLM reasoner about an image (streamed answer), or write a report",
+                       description="Answers one question about one image with the reasoner. Greedy by default; "
+                                   "the reasoning (<think>) and the answer are printed as they are generated.")
+    p.add_argument("image", help="an image file (PNG, JPEG, TIFF...)")
+    p.add_argument("question", nargs="?", help="the question; omit with --report")
+    p.add_argument("--model", default="pathvlm-nano",
+                   help="a bundled reasoner (pathvlm-nano, pathvlm-nano-untrained) or a save_pretrained folder")
+    p.add_argument("--report", action="store_true", help="write a structured report (Specimen / Findings / Impression)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (reproducible)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling (temperature > 0)")
+    p.add_argument("--no-stream", action="store_true", help="print the answer once it is complete")
+    p.add_argument("--json", action="store_true", help="print a JSON object (text, thinking, answer, token counts)")
+    p.add_argument("--out", help="with --report: also write the markdown report to this file")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+    import sys
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from pathvlm.chat import ChatRequestError, load_reasoner
+
+    if not args.report and not (args.question or "").strip():
+        raise ChatRequestError("give a question after the image, or --report for a structured report")
+    reasoner = load_reasoner(args.model, device=args.device)
+    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    if args.report:
+        rep = reasoner.report(args.image, max_new_tokens=args.max_new_tokens)
+        if args.out:
+            Path(args.out).write_text(rep.text)
+        print(json.dumps(asdict(rep), indent=2) if args.json else rep.text)
+        return 0
+    messages = [{"role": "user", "content": args.question}]
+    if args.json or args.no_stream:
+        res = reasoner.chat([args.image], messages, **gen)
+        print(json.dumps(asdict(res), indent=2) if args.json else res.text)
+        return 0
+    for piece in reasoner.chat([args.image], messages, stream=True, **gen):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
