@@ -1,1 +1,1 @@
-"""pathvlm's apps for people: the demo now, the web chat and HTTP API next. Imports the library, never the reverse."""
+"""pathvlm's apps for people: the web app and HTTP API (``pathvlm serve``) and the terminal demo. Imports the library, never the reverse."""

@@ -210,9 +210,9 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
 
     @app.post("/v1/classify", tags=["clip"])
     async def classify(req: ClassifyRequest):
-        def work():
-            image = service.image_from_payload(req.image)
-            return service.classify(image, labels=req.labels, preset=req.preset, top_k=req.top_k)
+        def work():  # the image is decoded once admitted: a full queue answers 503 without decoding anything
+            return service.classify(lambda: service.image_from_payload(req.image), labels=req.labels,
+                                    preset=req.preset, top_k=req.top_k)
 
         return await run_in_threadpool(work)
 
@@ -225,7 +225,7 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
             if req.text is not None:
                 hits = service.search_text(req.text, req.k)
             else:
-                hits = service.search_image(service.image_from_payload(req.image), req.k)
+                hits = service.search_image(lambda: service.image_from_payload(req.image), req.k)
             for h in hits:
                 h.pop("image_path")  # server paths stay private; fetch images by url
                 h["url"] = f"/v1/gallery/{h['path']}"

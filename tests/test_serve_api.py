@@ -358,3 +358,73 @@ def test_local_reasoner_refusals(local_api):
     assert "no image" in error_of(local_api.post("/v1/chat/completions", json=local_body(image=False)), 400)
     long_text = "word " * 1500  # under the character cap, over the prompt-token cap
     assert "tokens" in error_of(local_api.post("/v1/chat/completions", json=local_body(long_text)), 400)
+
+
+# ---------------------------------------------------------------------- library pieces and the command
+@pytest.mark.parametrize("cut", [1, 2, 3, 5, 7, 100])
+def test_think_splitter_on_any_cut(cut):
+    from pathvlm.serving.thinking import ThinkSplitter, split_thinking
+
+    text = "<think>a < b, so\nthe </thin nuclei</think><answer>Tumour <3 cells.</answer>"
+    s, events = ThinkSplitter(), []
+    for i in range(0, len(text), cut):
+        events += s.feed(text[i:i + cut])
+    events += s.flush()
+    reasoning = "".join(t for ch, t in events if ch == "reasoning")
+    answer = "".join(t for ch, t in events if ch == "content")
+    assert reasoning == "a < b, so\nthe </thin nuclei" and answer == "Tumour <3 cells."
+    assert split_thinking("plain answer") == (None, "plain answer")
+
+
+def test_admission_gate_bounds_running_and_waiting():
+    from pathvlm.serving.errors import Busy, RequestTimeout
+    from pathvlm.serving.limits import AdmissionGate
+
+    gate = AdmissionGate("t", concurrency=1, max_waiting=1, queue_timeout_s=5, request_timeout_s=5)
+    release = threading.Event()
+    out = []
+    t1 = threading.Thread(target=lambda: out.append(gate.run(lambda: release.wait(5) and "first")))
+    t1.start()
+    while gate.stats()["running"] < 1:
+        time.sleep(0.01)
+    t2 = threading.Thread(target=lambda: out.append(gate.run(lambda: "second")))
+    t2.start()
+    while gate.stats()["waiting"] < 1:
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    with pytest.raises(Busy, match="busy"):
+        gate.run(lambda: "third")
+    assert time.monotonic() - t0 < 0.1
+    release.set()
+    t1.join(5), t2.join(5)
+    assert sorted(out) == ["first", "second"] and gate.stats()["completed"] == 2 and gate.stats()["rejected"] == 1
+    # a run past its deadline is a timeout for the caller; its slot stays taken until the work ends
+    slow = AdmissionGate("s", 1, 0, queue_timeout_s=0.2, request_timeout_s=0.2)
+    done = threading.Event()
+    with pytest.raises(RequestTimeout):
+        slow.run(lambda: done.wait(1))
+    with pytest.raises(Busy):
+        slow.run(lambda: "meanwhile")
+    done.set()
+    time.sleep(0.1)
+    assert slow.run(lambda: "after") == "after"
+    # streams: items arrive in order; closing early frees the slot
+    it = gate.stream(lambda: iter(range(5)))
+    assert list(it) == [0, 1, 2, 3, 4]
+    assert gate.stats()["running"] == 0 and gate.stats()["waiting"] == 0
+
+
+def test_serve_command_refuses_share_without_auth_and_reads_yaml(tmp_path, capsys):
+    from pathvlm.cli import main
+    from pathvlm.serving.config import load_serve_config
+
+    assert main(["serve", "--share"]) == 2
+    assert "refused unless --auth or --token" in capsys.readouterr().err
+    assert main(["serve", "--token", "short"]) == 2
+    (tmp_path / "serve.yaml").write_text("port: 9000\nreasoner: none\ngallery: tiles\nlimits:\n  max_upload_bytes: 1000\n")
+    cfg = load_serve_config(tmp_path / "serve.yaml", port=9001)
+    assert cfg.port == 9001 and cfg.reasoner == "none" and cfg.limits.max_upload_bytes == 1000
+    assert cfg.gallery == str(tmp_path / "tiles")
+    (tmp_path / "bad.yaml").write_text("limits:\n  max_uplod: 5\n")
+    assert main(["serve", "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown limits: max_uplod" in capsys.readouterr().err

@@ -83,6 +83,7 @@ class PathVLMService:
         }
         self._classifiers: OrderedDict = OrderedDict()
         self._clf_lock = threading.Lock()
+        self._build_lock = threading.Lock()
         self.started = time.time()
 
     @classmethod
@@ -159,24 +160,30 @@ class PathVLMService:
             if key in self._classifiers:
                 self._classifiers.move_to_end(key)
                 return self._classifiers[key]
-        try:
-            ps = load_prompt_set(preset) if preset else prompt_set_from_names(list(key[1]))
-        except PathVLMError as e:
-            raise RequestError(str(e)) from None
-        clf = ZeroShotClassifier(self.model, self.tokenizer, ps, device=self.device)
-        with self._clf_lock:
-            self._classifiers[key] = clf
-            while len(self._classifiers) > 32:
-                self._classifiers.popitem(last=False)
+        with self._build_lock:  # concurrent requests for a new label set build its text embeddings once
+            with self._clf_lock:
+                if key in self._classifiers:
+                    return self._classifiers[key]
+            try:
+                ps = load_prompt_set(preset) if preset else prompt_set_from_names(list(key[1]))
+            except PathVLMError as e:
+                raise RequestError(str(e)) from None
+            clf = ZeroShotClassifier(self.model, self.tokenizer, ps, device=self.device)
+            with self._clf_lock:
+                self._classifiers[key] = clf
+                while len(self._classifiers) > 32:
+                    self._classifiers.popitem(last=False)
         return clf
 
-    def classify(self, image: Image.Image, labels=None, preset: str | None = None, top_k: int = 5) -> dict:
+    def classify(self, image, labels=None, preset: str | None = None, top_k: int = 5) -> dict:
+        """``image``: a PIL image, or a callable that decodes one (then decoding happens after admission)."""
         if labels and preset:
             raise RequestError("give class names or a preset task, not both")
 
         def work():
             clf = self._classifier(labels, preset)
-            probs = clf.probabilities(self._embed_image(image))[0]
+            image_ = image() if callable(image) else image
+            probs = clf.probabilities(self._embed_image(image_))[0]
             out = clf.describe("upload", probs, max(1, min(int(top_k), len(clf.class_names))))
             out.pop("image")
             return {"model": self.clip_name, "task": clf.prompt_set.name, "classes": clf.class_names, **out}
@@ -224,11 +231,12 @@ class PathVLMService:
 
         return self.gates["embed"].run(work)
 
-    def search_image(self, image: Image.Image, k: int = 8) -> list[dict]:
+    def search_image(self, image, k: int = 8) -> list[dict]:
+        """``image``: a PIL image, or a callable that decodes one (then decoding happens after admission)."""
         idx, k = self._need_index(), self._check_k(k)
 
         def work():
-            scores, ids = idx.search_vectors(self._embed_image(image).numpy(), k)
+            scores, ids = idx.search_vectors(self._embed_image(image() if callable(image) else image).numpy(), k)
             return self._hits(scores[0], ids[0])
 
         return self.gates["embed"].run(work)
