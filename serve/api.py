@@ -255,9 +255,14 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
         if not req.stream:
-            def work():
-                images, messages = parse_openai_messages(service, raw)
-                return service.chat(images, messages, max_new_tokens=max_new, **gen)
+            def work():  # a place in the queue first: a full queue answers 503 before any image is decoded
+                ticket = service.admit("generate")
+                try:
+                    images, messages = parse_openai_messages(service, raw)
+                except BaseException:
+                    ticket.cancel()
+                    raise
+                return service.chat(images, messages, max_new_tokens=max_new, ticket=ticket, **gen)
 
             r = await run_in_threadpool(work)
             usage = {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
@@ -268,8 +273,13 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
                     "usage": usage}
 
         def start():
-            images, messages = parse_openai_messages(service, raw)
-            it = service.chat_stream(images, messages, max_new_tokens=max_new, **gen)
+            ticket = service.admit("generate")
+            try:
+                images, messages = parse_openai_messages(service, raw)
+            except BaseException:
+                ticket.cancel()
+                raise
+            it = service.chat_stream(images, messages, max_new_tokens=max_new, ticket=ticket, **gen)
             n = it.max_new_tokens
             try:  # wait for a slot and the first piece here, so busy and bad requests get a real HTTP status
                 first = next(it)

@@ -299,14 +299,29 @@ class PathVLMService:
             raise RequestError("max_tokens must be a positive integer")
         return min(max_new_tokens, cap)
 
-    def chat(self, images, messages, max_new_tokens: int | None = None, **gen) -> Generation:
-        n = self.check_chat(images, messages, max_new_tokens)
-        return self.gates["generate"].run(lambda: self.generator.generate(images, messages, max_new_tokens=n, **gen))
+    def admit(self, kind: str):
+        """A place in the ``kind`` queue ("generate" or "embed"), or Busy at once; pass it on as ``ticket``."""
+        self._need_generator() if kind == "generate" else None
+        return self.gates[kind].admit()
 
-    def chat_stream(self, images, messages, max_new_tokens: int | None = None, **gen) -> Iterator[str]:
+    def chat(self, images, messages, max_new_tokens: int | None = None, ticket=None, **gen) -> Generation:
+        ticket = ticket or self.admit("generate")
+        try:
+            n = self.check_chat(images, messages, max_new_tokens)
+        except BaseException:
+            ticket.cancel()
+            raise
+        return ticket.run(lambda: self.generator.generate(images, messages, max_new_tokens=n, **gen))
+
+    def chat_stream(self, images, messages, max_new_tokens: int | None = None, ticket=None, **gen) -> Iterator[str]:
         """Raw text pieces; admission (or 503) happens here, before the first piece is asked for."""
-        n = self.check_chat(images, messages, max_new_tokens)
-        stream = self.gates["generate"].stream(lambda: self.generator.stream(images, messages, max_new_tokens=n, **gen))
+        ticket = ticket or self.admit("generate")
+        try:
+            n = self.check_chat(images, messages, max_new_tokens)
+        except BaseException:
+            ticket.cancel()
+            raise
+        stream = ticket.stream(lambda: self.generator.stream(images, messages, max_new_tokens=n, **gen))
         stream.max_new_tokens = n
         return stream
 
