@@ -95,7 +95,8 @@ def build_ui(service: PathVLMService):
     has_reasoner = service.generator is not None
     has_index = service.index is not None
     no_reasoner_note = (
-        "**The reasoner is off on this server** (started with `--reasoner none`). Chat and reports need it: "
+        "**The reasoner is off on this server** (`--reasoner none`, or the default `pathvlm-nano` is not installed). "
+        "Chat and reports need it: "
         "start `pathvlm serve --reasoner pathvlm-nano` (or a model folder, or `--backend-url`). "
         "Classification and retrieval work."
     )
@@ -215,9 +216,11 @@ def build_ui(service: PathVLMService):
             r = service.report(image)
         except PathVLMError as e:
             raise fail(e) from None
-        text = r.answer if r.answer and "#" in r.answer else r.text
-        text = re.sub(r"</?(think|answer)>", "", text).strip()
-        md = f"# Pathology report (pathvlm)\n\n_Model: {service.reasoner_name}. Research use only; not a diagnosis._\n\n{text}\n"
+        text = re.sub(r"</?(think|answer)>", "", r.text if r.text.lstrip().startswith("#") else r.answer or r.text).strip()
+        if not text.startswith("# "):  # a remote backend's sections: give them the title and the caveat
+            text = (f"# Pathology report (pathvlm)\n\n_Model: {service.reasoner_name}. Research use only; "
+                    f"not a diagnosis._\n\n{text}")
+        md = text + "\n"
         report_dir.mkdir(parents=True, exist_ok=True)
         out = Path(tempfile.mkstemp(prefix="report-", suffix=".md", dir=report_dir)[1])
         out.write_text(md)

@@ -237,3 +237,22 @@ def test_chat_streams_reasoning_and_answer_over_several_turns(remote_server, bro
     # an empty message is an error message, not a request
     d.find_element(By.CSS_SELECTOR, "#chat-input textarea").send_keys("   " + Keys.ENTER)
     wait_for(d, lambda: "empty message" in d.find_element(By.TAG_NAME, "body").text, 10, "empty-message error", tmp_path)
+
+
+def test_report_for_an_uploaded_tile_is_downloadable(server, browser, he_tile, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    d = browser
+    open_tab(d, server, "Report")
+    upload(d, "report-image", he_tile)
+    d.find_element(By.ID, "report-run").click()
+    wait_for(d, lambda: "Impression" in d.find_element(By.ID, "report-text").text, 120, "report", tmp_path)
+    text = d.find_element(By.ID, "report-text").text
+    assert "Specimen" in text and "Microscopic findings" in text and "not a diagnosis" in text
+    assert text.count("Pathology report") == 1
+    link = wait_for(d, lambda: d.find_element(By.CSS_SELECTOR, "#report-file a"), 30, "download link", tmp_path)
+    import httpx
+
+    md = httpx.get(link.get_attribute("href"), timeout=30)
+    assert md.status_code == 200 and "## Impression" in md.text
+    shot(d, tmp_path, "report")

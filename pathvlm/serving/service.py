@@ -256,9 +256,9 @@ class PathVLMService:
 
     def _need_generator(self):
         if self.generator is None:
-            raise NotAvailable("this server runs without a reasoner (started with --reasoner none): chat and reports "
-                               "are off; classification and search work. Start it with --reasoner pathvlm-nano, a "
-                               "model folder, or --backend-url.")
+            raise NotAvailable("this server runs without a reasoner (started with --reasoner none, or the default "
+                               "pathvlm-nano is not installed): chat and reports are off; classification and search "
+                               "work. Start it with --reasoner pathvlm-nano, a model folder, or --backend-url.")
         return self.generator
 
     def check_chat(self, images: list, messages: list, max_new_tokens: int | None) -> int:
