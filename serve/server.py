@@ -107,6 +107,8 @@ def serve(config: ServeConfig) -> int:
     app = create_app(service)
     url = f"http://{config.host}:{config.port}"
     print(f"\npathvlm serve: web app {url}/  ·  API {url}/v1/  ·  schema {url}/docs  ·  health {url}/health")
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.auth_enabled:
+        print(f"warning: listening on {config.host} without --auth or --token: anyone who can reach this port can use it")
     if config.auth_enabled:
         print("auth is on: the web app asks for a password; the API needs Authorization: Bearer <token> or basic auth")
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",

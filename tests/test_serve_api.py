@@ -272,6 +272,24 @@ def test_busy_queue_answers_503_at_once(tiny_clip_dir, gallery, tmp_path_factory
         srv.stop()
 
 
+def test_request_timeout_is_504_and_stream_gets_an_error_event(tiny_clip_dir, gallery, tmp_path_factory, fake_backend):
+    srv, service = start_server(tiny_clip_dir, gallery, tmp_path_factory, backend_url=fake_backend.url,
+                                backend_model="fake-vlm", limits={"request_timeout_s": 1.0, "generate_concurrency": 2})
+    fake_backend.release.clear()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            t0 = time.monotonic()
+            assert "timed out" in error_of(c.post("/v1/chat/completions", json=chat_body("slow please")), 504)
+            assert time.monotonic() - t0 < 5
+            with c.stream("POST", "/v1/chat/completions", json=chat_body("slow again", stream=True)) as r:
+                lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+            assert r.status_code == 504 or any('"timeout"' in line for line in lines), lines
+            assert c.get("/health").json()["queues"]["generate"]["timed_out"] == 2
+    finally:
+        fake_backend.release.set()
+        srv.stop()
+
+
 def test_auth_token_and_basic(tiny_clip_dir, gallery, tmp_path_factory):
     srv, _ = start_server(tiny_clip_dir, gallery, tmp_path_factory, token="s3cret-token")
     body = {"text": "nuclei", "k": 2}
@@ -317,6 +335,11 @@ def test_no_reasoner_and_files_outside_app_folders(tiny_clip_dir, gallery, tmp_p
             assert c.get(f"/gradio_api/file={gallery / 'tile0.png'}").status_code == 200
             for path in ("/etc/passwd", str(gallery.parent), __file__):
                 assert c.get(f"/gradio_api/file={path}").status_code in (403, 404), path
+            # the web app's uploads have the same size limit
+            big = c.post("/gradio_api/upload", files={"files": ("big.png", b"\x89PNG" + b"0" * (MAX_UPLOAD + 10), "image/png")})
+            assert big.status_code == 413, big.text
+            small = c.post("/gradio_api/upload", files={"files": ("t.png", png_bytes(he_like_tile(0)), "image/png")})
+            assert small.status_code == 200
     finally:
         srv.stop()
 

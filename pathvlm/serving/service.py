@@ -101,7 +101,7 @@ class PathVLMService:
         generator = None
         if config.backend_url:
             generator = OpenAIBackend(config.backend_url, config.backend_model, config.backend_api_key,
-                                      timeout_s=config.limits.request_timeout_s)
+                                      timeout_s=config.limits.request_timeout_s + 5)  # the gate's 504 comes first
             say(f"generation goes to {generator.url}")
         elif config.reasoner != "none":
             source = config.reasoner or DEFAULT_REASONER
