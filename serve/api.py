@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import Literal, Union
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from pathvlm.errors import PathVLMError
 from pathvlm.serving.errors import PayloadTooLarge, RequestError
 from pathvlm.serving.service import PathVLMService, parse_openai_messages
-from pathvlm.serving.thinking import ThinkSplitter, split_thinking
+from pathvlm.serving.thinking import ThinkSplitter
 
 log = logging.getLogger("pathvlm.serve")
 API_PREFIXES = ("/v1/",)

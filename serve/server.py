@@ -11,7 +11,6 @@ import os
 import threading
 import time
 
-from pathvlm.errors import PathVLMError
 from pathvlm.serving.config import ServeConfig
 from pathvlm.serving.service import PathVLMService
 
@@ -135,4 +134,4 @@ def _share(server, config: ServeConfig) -> None:
         print(f"pathvlm serve: --share failed ({type(e).__name__}: {e}); the server stays local")
 
 
-__all__ = ["create_app", "serve", "ServerThread", "PathVLMError"]
+__all__ = ["create_app", "serve", "ServerThread"]

@@ -8,7 +8,6 @@ bytes, pixels, message roles and lengths, prompt tokens, k, labels) and every re
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
