@@ -150,21 +150,31 @@ class Reasoner:
         images = list(images or [])
         imgs = [_image(im, self.limits, i) for i, im in enumerate(images)]
         msgs = normalise_messages(messages, len(imgs), self.limits)
-        text = self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        n_tokens = self._count(text, len(imgs))
+        text = self._template(msgs)
+        if self._count(text, len(imgs)) > 4 * self.limits.max_prompt_tokens:  # refuse huge prompts before any work
+            raise ChatRequestError(f"the prompt is far over the limit of {self.limits.max_prompt_tokens} tokens")
+        inputs = self.processor(images=imgs, text=text, return_tensors="pt")
+        n_tokens = int(inputs["input_ids"].shape[1])  # image tokens included, whatever the processor's layout
         if n_tokens > self.limits.max_prompt_tokens:
             raise ChatRequestError(f"the prompt has {n_tokens} tokens; the limit is {self.limits.max_prompt_tokens}: "
                                    "shorten the conversation")
-        inputs = self.processor(images=imgs, text=text, return_tensors="pt")
         return inputs.to(self.device), n_tokens
+
+    def _template(self, msgs) -> str:
+        """The processor's chat template, or pathvlm's ChatML one for processors that ship none."""
+        from pathvlm.vlm.processing import CHAT_TEMPLATE
+
+        template = None if getattr(self.processor, "chat_template", None) else CHAT_TEMPLATE
+        return self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False,
+                                                  chat_template=template)
 
     def _count(self, text: str, n_images: int) -> int:
         ids = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return len(ids) + n_images * (self.processor.image_seq_length - 1)
+        return len(ids) + n_images * (getattr(self.processor, "image_seq_length", 1) - 1)
 
     def count_prompt_tokens(self, messages, n_images: int = 1) -> int:
         msgs = normalise_messages(messages, n_images, self.limits)
-        return self._count(self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False), n_images)
+        return self._count(self._template(msgs), n_images)
 
     def _gen_kwargs(self, max_new_tokens, temperature, top_p):
         if max_new_tokens is None:
@@ -219,7 +229,7 @@ class Reasoner:
             for j in range(s, min(s + batch_size, len(images))):
                 img = _image(images[j], self.limits, 0)
                 msgs = normalise_messages(conversations[j], 1, self.limits)
-                text = self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+                text = self._template(msgs)
                 counts.append(self._count(text, 1))
                 if counts[-1] > self.limits.max_prompt_tokens:
                     raise ChatRequestError(f"request {j + 1}: the prompt has {counts[-1]} tokens; the limit is "

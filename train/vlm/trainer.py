@@ -40,6 +40,10 @@ def prepare_model(cfg: VLMTrainConfig):
     from pathvlm.vlm.build import load_vlm
 
     model, processor = load_vlm(cfg.model)
+    if not getattr(processor, "chat_template", None):  # a checkpoint that ships no template: pathvlm's ChatML one
+        from pathvlm.vlm.processing import CHAT_TEMPLATE
+
+        processor.chat_template = CHAT_TEMPLATE
     model.train()
     model.requires_grad_(False)
     if not cfg.lora:
