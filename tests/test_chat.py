@@ -67,8 +67,10 @@ def test_malformed_requests_get_clear_errors(reasoner, images, messages, match):
 
 def test_prompt_over_limit_and_generation_limits(tiny_reasoner_dir, he_tile):
     small = load_reasoner(str(tiny_reasoner_dir), limits=ChatLimits(max_prompt_tokens=40, max_new_tokens=16))
-    with pytest.raises(ChatRequestError, match="tokens; the limit is 40"):
+    with pytest.raises(ChatRequestError, match="limit (is|of) 40"):
         small.chat([he_tile], [{"role": "user", "content": "describe " * 60}])
+    with pytest.raises(ChatRequestError, match="the prompt has .* tokens; the limit is 40"):
+        small.chat([he_tile], [{"role": "user", "content": "describe " * 12}])
     with pytest.raises(ChatRequestError, match="max_new_tokens"):
         small.chat([he_tile], Q, max_new_tokens=17)
     with pytest.raises(ChatRequestError, match="temperature"):
