@@ -260,19 +260,27 @@ class Reasoner:
                           finish_reason="stop" if stopped or len(new_ids) < max_new else "length")
 
     def _stream(self, inputs, kw, seed) -> Iterator[str]:
+        """Text pieces as tokens are generated. Closing the iterator early (a client went away, a deadline
+        passed) stops generation at the next token and frees the model."""
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True,
                                          timeout=600)
+        stop = threading.Event()
         errors = []
+
+        class _StopWhenClosed(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
         def work():
             try:
                 with torch.inference_mode():
                     if seed is not None:
                         torch.manual_seed(seed)
-                    self.model.generate(**inputs, **kw, streamer=streamer)
+                    self.model.generate(**inputs, **kw, streamer=streamer,
+                                        stopping_criteria=StoppingCriteriaList([_StopWhenClosed()]))
             except Exception as e:  # surfaced to the reader below, never lost in the thread
                 errors.append(e)
                 streamer.on_finalized_text("", stream_end=True)
@@ -281,13 +289,17 @@ class Reasoner:
             with self._lock:
                 thread = threading.Thread(target=work, daemon=True)
                 thread.start()
-                for piece in streamer:
-                    if piece:
-                        yield piece
-                thread.join()
+                try:
+                    for piece in streamer:
+                        if piece:
+                            yield piece
+                finally:  # normal end, error or early close: stop generating before giving the model back
+                    stop.set()
+                    thread.join()
             if errors:
                 raise PathVLMError(f"generation failed: {type(errors[0]).__name__}: {errors[0]}")
 
+        self.last_stream_stop = stop  # for tests and callers that want to know a stream was cut short
         return pieces()
 
     # -- report

@@ -135,3 +135,22 @@ def test_chat_command_streams_and_errors(tiny_reasoner_dir, he_tile, tmp_path, c
     assert "image 1" in capsys.readouterr().err
     assert main(["chat", str(img), "--model", str(tiny_reasoner_dir)]) == 2
     assert "give a question" in capsys.readouterr().err
+
+
+def test_closing_a_stream_stops_generation(reasoner, he_tile, monkeypatch):
+    lengths = []
+    real = reasoner.model.generate
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        lengths.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    monkeypatch.setattr(reasoner.model, "generate", recording)
+    it = reasoner.chat([he_tile], Q, max_new_tokens=400, stream=True)
+    next(it)
+    it.close()  # the client went away after the first piece
+    assert reasoner.last_stream_stop.is_set()
+    assert lengths and lengths[0] < 400  # generation stopped early instead of running to max_new_tokens
+    assert reasoner._lock.acquire(timeout=5)  # and the model is free again
+    reasoner._lock.release()
