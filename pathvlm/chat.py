@@ -196,6 +196,8 @@ class Reasoner:
         """Answer the last user message about ``images``; a :class:`ChatResult`, or text pieces with ``stream``."""
         inputs, n_prompt = self._prepare(images, messages)
         kw = self._gen_kwargs(max_new_tokens, temperature, top_p)
+        if self.lean:
+            return self._chat_lean(inputs, n_prompt, kw, temperature, top_p, seed, stream)
         if stream:
             return self._stream(inputs, kw, seed)
         import torch
@@ -206,6 +208,41 @@ class Reasoner:
             out = self.model.generate(**inputs, **kw)
         new = out[0, inputs["input_ids"].shape[1]:]
         return self._result(new, n_prompt, kw["max_new_tokens"])
+
+    @property
+    def lean(self) -> bool:
+        """PathVLM models decode with the lean loop (``pathvlm.vlm.decode``); others through ``generate``."""
+        from pathvlm.vlm.modeling import PathVLMForConditionalGeneration
+
+        return isinstance(self.model, PathVLMForConditionalGeneration)
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+    def _chat_lean(self, inputs, n_prompt, kw, temperature, top_p, seed, stream):
+        import torch
+
+        from pathvlm.vlm.decode import decode_tokens, stream_text
+
+        stop = threading.Event()
+        tokens = decode_tokens(self.model, inputs, kw["max_new_tokens"], self._eos_ids(), temperature=temperature,
+                               top_p=top_p, seed=seed, stop=stop)
+        if not stream:
+            with self._lock:
+                ids = list(tokens)
+            return self._result(torch.tensor(ids, dtype=torch.long), n_prompt, kw["max_new_tokens"])
+        self.last_stream_stop = stop
+
+        def pieces():
+            with self._lock:  # generation runs in the reader's thread: closing the iterator stops it at once
+                try:
+                    yield from stream_text(self.processor.tokenizer, tokens)
+                finally:
+                    stop.set()
+                    tokens.close()
+
+        return pieces()
 
     def chat_batch(self, images: list, conversations: list, max_new_tokens: int | None = 256,
                    temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,

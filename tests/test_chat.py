@@ -137,20 +137,29 @@ def test_chat_command_streams_and_errors(tiny_reasoner_dir, he_tile, tmp_path, c
     assert "give a question" in capsys.readouterr().err
 
 
-def test_closing_a_stream_stops_generation(reasoner, he_tile, monkeypatch):
-    lengths = []
-    real = reasoner.model.generate
-
-    def recording(*args, **kwargs):
-        out = real(*args, **kwargs)
-        lengths.append(out.shape[1] - kwargs["input_ids"].shape[1])
-        return out
-
-    monkeypatch.setattr(reasoner.model, "generate", recording)
-    it = reasoner.chat([he_tile], Q, max_new_tokens=400, stream=True)
-    next(it)
-    it.close()  # the client went away after the first piece
+def test_closing_a_stream_stops_generation(reasoner, he_tile):
+    calls = []
+    hook = reasoner.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        it = reasoner.chat([he_tile], Q, max_new_tokens=400, stream=True)
+        next(it)
+        it.close()  # the client went away after the first piece
+    finally:
+        hook.remove()
     assert reasoner.last_stream_stop.is_set()
-    assert lengths and lengths[0] < 400  # generation stopped early instead of running to max_new_tokens
+    assert 0 < len(calls) < 50  # generation stopped early instead of running to max_new_tokens
     assert reasoner._lock.acquire(timeout=5)  # and the model is free again
     reasoner._lock.release()
+
+
+def test_lean_decoder_equals_generate_greedy_and_samples_reproducibly(reasoner, he_tile):
+    from pathvlm.vlm.decode import decode_tokens
+
+    inputs, _ = reasoner._prepare([he_tile], Q)
+    ref = reasoner.model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    lean = list(decode_tokens(reasoner.model, inputs, 12, eos_token_ids=[-1]))
+    assert lean == ref[0, inputs["input_ids"].shape[1]:].tolist()
+    a = list(decode_tokens(reasoner.model, inputs, 12, [-1], temperature=1.0, top_p=0.9, seed=5))
+    b = list(decode_tokens(reasoner.model, inputs, 12, [-1], temperature=1.0, top_p=0.9, seed=5))
+    c = list(decode_tokens(reasoner.model, inputs, 12, [-1], temperature=1.0, top_p=0.9, seed=6))
+    assert a == b and a != c
