@@ -107,3 +107,28 @@ def test_config_errors(tmp_path):
     p.write_text("stage: sft\n")
     with pytest.raises(PathVLMError, match="pathvlm train sft"):
         load_config(p, stage="grpo")
+
+
+def test_sft_under_accelerate_two_cpu_processes(tmp_path, tiny_reasoner_dir, built_fixture_data):
+    """The documented launch line with two CPU processes (gloo): DDP through TRL runs and rank 0 saves."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from safetensors.torch import load_file
+
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(yaml.safe_dump(dict(stage="sft", model=str(tiny_reasoner_dir), data=str(built_fixture_data),
+                                       output_dir=str(tmp_path / "run"), batch_size=2, max_steps=2, lr=5e-2,
+                                       lora_rank=4, lora_alpha=8, warmup_ratio=0.0, eval_samples=0,
+                                       report_to="none", save_steps=2, max_length=256)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                "train/recipes/accelerate_configs/cpu_ddp.yaml", "--main_process_port", "29578"]
+    proc = subprocess.run(launcher + ["-m", "pathvlm", "train", "sft", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = load_file(str(tiny_reasoner_dir / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("model.language_model."))
