@@ -2,6 +2,7 @@
 fp16) goes to ``pathvlm/vlm/weights/``, with a results JSON and a model card made from the stages'
 measured ``results.json``.
 
+    python -m train.vlm.evaluate runs/vlm/nano-align runs/vlm/nano-sft runs/vlm/nano-grpo --max-new-tokens 160
     python -m train.vlm.bundle runs/vlm/nano-align runs/vlm/nano-sft runs/vlm/nano-grpo
 """
 from __future__ import annotations
@@ -19,9 +20,12 @@ NAME = "pathvlm-nano"
 def _row(stage_dir: Path) -> dict:
     res = json.loads((stage_dir / "results.json").read_text())
     ev = res.get("eval", {})
+    if (stage_dir / "eval.json").exists():  # re-evaluated after training (python -m train.vlm.evaluate)
+        ev = json.loads((stage_dir / "eval.json").read_text())
     row = {"stage": res["stage"], "dir": str(stage_dir), "steps": res["steps"], "train_samples": res["train_samples"],
            "train_seconds": round(res["train_seconds"], 1), "trainable_params": res["trainable_params"],
-           "accuracy": ev.get("accuracy"), "by_type": ev.get("by_type"), "eval_n": ev.get("n")}
+           "accuracy": ev.get("accuracy"), "by_type": ev.get("by_type"), "eval_n": ev.get("n"),
+           "eval_max_new_tokens": ev.get("max_new_tokens")}
     for kind in ("blank", "noise"):
         c = ev.get(f"control_{kind}")
         if c:

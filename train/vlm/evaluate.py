@@ -47,3 +47,39 @@ def closed_question_accuracy(model, processor, cfg, controls=("blank", "noise"))
             "answer_entropy_bits": _entropy(got), "real_image_answer_entropy_bits": _entropy(answers),
             "most_common": Counter(got).most_common(3)}
     return out
+
+
+def main(argv=None) -> int:
+    """Re-run the evaluation hook on finished stages with other decoding limits (same questions):
+
+        python -m train.vlm.evaluate runs/vlm/nano-align runs/vlm/nano-sft runs/vlm/nano-grpo --max-new-tokens 160
+
+    writes ``eval.json`` in each run folder (``results.json`` keeps the in-training evaluation)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from pathvlm.vlm.build import load_vlm
+    from train.vlm.config import VLMTrainConfig
+
+    ap = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--max-new-tokens", type=int, default=160)
+    ap.add_argument("--samples", type=int, default=None, help="default: the run's eval_samples")
+    args = ap.parse_args(argv)
+    for run in map(Path, args.runs):
+        saved = json.loads((run / "results.json").read_text())["config"]
+        cfg = VLMTrainConfig(**saved)
+        cfg.eval_max_new_tokens = args.max_new_tokens
+        if args.samples:
+            cfg.eval_samples = args.samples
+        model, processor = load_vlm(str(run / "final"))
+        result = closed_question_accuracy(model, processor, cfg)
+        (run / "eval.json").write_text(json.dumps(result, indent=2, default=str))
+        print(f"{run}: accuracy {result['accuracy']:.3f} {result['by_type']} (n={result['n']}, "
+              f"max_new_tokens={cfg.eval_max_new_tokens})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,4 +7,5 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 pathvlm train align --config train/recipes/vlm/nano_align.yaml
 pathvlm train sft --config train/recipes/vlm/nano_sft.yaml
 pathvlm train grpo --config train/recipes/vlm/nano_grpo.yaml
+python -m train.vlm.evaluate runs/vlm/nano-align runs/vlm/nano-sft runs/vlm/nano-grpo --max-new-tokens 160
 python -m train.vlm.bundle runs/vlm/nano-align runs/vlm/nano-sft runs/vlm/nano-grpo
