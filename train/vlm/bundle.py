@@ -58,14 +58,17 @@ def model_card(rows: list[dict], size: int) -> str:
              "Closed questions (multiple choice with 4 options and yes/no) from the `grpo` test split, a seeded "
              f"subset of {rows[-1]['eval_n']} questions, asked with the real image and again with a blank (white) or a "
              "uniform-noise image in place of it.", "",
-             "| stage | steps | samples | train time (s) | accuracy | MCQ | yes/no | blank: answer changed | blank: abstained | noise: answer changed | noise: abstained |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| stage | steps | samples | train time (s) | accuracy | MCQ | yes/no | blank: answer changed | blank: accuracy | noise: answer changed | noise: accuracy | abstained (blank / noise) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         bt = r.get("by_type") or {}
         lines.append(f"| {r['stage']} | {r['steps']} | {r['train_samples']} | {r['train_seconds']:.0f} | {_fmt(r['accuracy'])} | "
                      f"{_fmt(bt.get('option_letter'))} | {_fmt(bt.get('yes_no'))} | {_fmt(r.get('blank_answer_changed'))} | "
-                     f"{_fmt(r.get('blank_abstained'))} | {_fmt(r.get('noise_answer_changed'))} | {_fmt(r.get('noise_abstained'))} |")
-    lines += ["", "Each row is the stage's own evaluation hook (`results.json` in its run folder); the same subset is "
+                     f"{_fmt(r.get('blank_accuracy'))} | {_fmt(r.get('noise_answer_changed'))} | {_fmt(r.get('noise_accuracy'))} | "
+                     f"{_fmt(r.get('blank_abstained'))} / {_fmt(r.get('noise_abstained'))} |")
+    lines += ["", "Chance accuracy: 0.25 for multiple choice, 0.5 for yes/no. An answer that does not depend on the "
+              "image would not change under the controls and would score as well with them as with the real image.",
+              "", "Each row is the stage's own evaluation hook (`results.json` in its run folder); the same subset is "
               "used for every stage. Train times are wall-clock on a 2-core CPU shared with other work.", "",
               "## Licences", "",
               "Weights derived from SmolLM2-135M-Instruct (Apache-2.0) and efficientnet_lite0 ImageNet weights "
@@ -77,9 +80,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stages", nargs="+", help="stage run folders in order; the last one's adapter is bundled")
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
+    ap.add_argument("--ablation", nargs="*", default=[], help="more run folders reported as ablations (not bundled)")
     args = ap.parse_args(argv)
     dirs = [Path(d) for d in args.stages]
-    rows = [_row(d) for d in dirs]
+    rows = [_row(d) for d in dirs] + [{**_row(Path(d)), "stage": f"ablation: {Path(d).name}"} for d in args.ablation]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{NAME}.safetensors"
