@@ -49,6 +49,13 @@ def test_align_then_sft_then_grpo_chain(tiny_reasoner_dir, built_fixture_data, t
     g = _state(tmp_path / "grpo" / "final")
     assert any(not torch.equal(g[k], s[k]) for k in lm)
     assert any("reward" in h for h in grpo["log_history"])
+    from pathvlm.vlm.adapters import apply_bundle
+    from pathvlm.vlm.build import load_vlm
+
+    base, _ = load_vlm(str(tiny_reasoner_dir))
+    apply_bundle(base, grpo["adapter"])  # the GRPO adapter holds only the trained copy (no TRL "ref" copy)
+    assert torch.allclose(base.multi_modal_projector.linear_1.weight,
+                          load_vlm(grpo["final"])[0].multi_modal_projector.linear_1.weight, atol=1e-3)
 
 
 def test_adapter_bundle_reproduces_merged_model(tiny_reasoner_dir, built_fixture_data, tmp_path):

@@ -61,8 +61,12 @@ def export_bundle(peft_model, path: str | Path, info: dict | None = None, dtype=
                 raise PathVLMError("LoRA layers with different scales cannot share one bundle")
             scale = s
     for name, p in peft_model.named_parameters():
-        clean = name.replace("base_model.model.", "", 1).replace(".modules_to_save.default", "").replace(".original_module", "")
-        if clean.startswith(PROJECTOR) and ".original_module." not in name:
+        if ".modules_to_save." in name and ".modules_to_save.default." not in name:
+            continue  # other adapters' copies (e.g. TRL's "ref" policy during GRPO)
+        if ".original_module." in name:
+            continue
+        clean = name.replace("base_model.model.", "", 1).replace(".modules_to_save.default", "")
+        if clean.startswith(PROJECTOR):
             tensors[clean] = p.detach().to(dtype).contiguous()
     meta = {"lora_scale": str(scale if scale is not None else 1.0), "pathvlm": json.dumps(info or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
