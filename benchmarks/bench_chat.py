@@ -2,9 +2,9 @@
 ``model.generate`` on the same model, image and prompt, measured side by side in one run.
 Targets for pathvlm-nano on 2 CPU cores: first token within 1 s, at least 20 tokens/s, ratio >= 1.0.
 
-    python benchmarks/bench_chat.py [--model pathvlm-nano] [--threads 1 2] [--runs 5] [--tokens 64]
+    python benchmarks/bench_chat.py [--model pathvlm-nano] [--precision fp32 bf16] [--threads 1 2] [--runs 5] [--tokens 64]
 
-Both sides produce exactly ``--tokens`` new tokens (end-of-turn ignored) from the same processed input.
+Both sides run the same model at the same precision (fp32, and bf16 weights as the fast option) and produce exactly ``--tokens`` new tokens (end-of-turn ignored) from the same processed input.
 plain generate: first token = ``generate(max_new_tokens=1)`` (prefill + one step); tokens/s = N / time of
 ``generate(max_new_tokens=N, min_new_tokens=N)``. pathvlm chat: first token = the first streamed text piece
 of ``Reasoner.chat(stream=True)`` (request validation, chat template and image preprocessing included);
@@ -67,8 +67,10 @@ def measure(reasoner, image, question: str, n: int, runs: int) -> dict:
         finally:
             reasoner._eos_ids = saved
 
-    same = list(decode_tokens(model, inputs, n, [-1])) == model.generate(
-        **inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+    # token identity, checked without forcing the length (min_new_tokens masks the end token in generate)
+    eos = reasoner._eos_ids()
+    ref = model.generate(**inputs, max_new_tokens=n, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+    same = list(decode_tokens(model, inputs, n, eos)) == ref
     plain_first(), plain_all(), chat()  # warm-up
     pf, pa, cf, ca = [], [], [], []
     for _ in range(runs):
@@ -87,6 +89,7 @@ def measure(reasoner, image, question: str, n: int, runs: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="pathvlm-nano")
+    ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=64)
@@ -96,19 +99,21 @@ def main() -> int:
 
     from pathvlm.chat import load_reasoner
 
-    reasoner = load_reasoner(args.model)
     image, name = tile()
     print(f"model {args.model}; image {name}; {args.tokens} new tokens; median of {args.runs} runs\n")
-    print(f"{'threads':>7} | {'plain first (s)':>15} | {'chat first (s)':>14} | {'plain tok/s':>11} | "
+    print(f"{'precision':>9} | {'threads':>7} | {'plain first (s)':>15} | {'chat first (s)':>14} | {'plain tok/s':>11} | "
           f"{'chat tok/s':>10} | {'ratio tok/s':>11} | same tokens")
     results = {}
-    for th in args.threads:
-        torch.set_num_threads(th)
-        r = measure(reasoner, image, args.question, args.tokens, args.runs)
-        results[th] = r
-        print(f"{th:>7} | {r['plain_generate']['first_token_s']:>15.3f} | {r['pathvlm_chat']['first_token_s']:>14.3f} | "
-              f"{r['plain_generate']['tokens_per_s']:>11.1f} | {r['pathvlm_chat']['tokens_per_s']:>10.1f} | "
-              f"{r['ratio_tokens_per_s']:>11.2f} | {r['greedy_tokens_identical']}")
+    for prec in args.precision:
+        reasoner = load_reasoner(args.model, precision=prec)
+        for th in args.threads:
+            torch.set_num_threads(th)
+            r = measure(reasoner, image, args.question, args.tokens, args.runs)
+            results[f"{prec}-{th}"] = r
+            print(f"{prec:>9} | {th:>7} | {r['plain_generate']['first_token_s']:>15.3f} | "
+                  f"{r['pathvlm_chat']['first_token_s']:>14.3f} | {r['plain_generate']['tokens_per_s']:>11.1f} | "
+                  f"{r['pathvlm_chat']['tokens_per_s']:>10.1f} | {r['ratio_tokens_per_s']:>11.2f} | "
+                  f"{r['greedy_tokens_identical']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -365,14 +365,25 @@ _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_reasoner(source: str = "pathvlm-nano", device: str = "cpu", limits: ChatLimits | None = None) -> Reasoner:
-    """A :class:`Reasoner` for a bundled name or a save_pretrained folder (cached per source and device)."""
+PRECISIONS = ("fp32", "bf16")
+
+
+def load_reasoner(source: str = "pathvlm-nano", device: str = "cpu", limits: ChatLimits | None = None,
+                  precision: str = "fp32") -> Reasoner:
+    """A :class:`Reasoner` for a bundled name or a save_pretrained folder (cached per source, device and
+    precision). ``precision="bf16"`` halves the weight traffic of decoding (faster on CPUs with bf16 support;
+    answers can differ slightly from fp32)."""
+    import torch
+
     from pathvlm.vlm.build import load_vlm
 
-    key = (source, str(device))
+    if precision not in PRECISIONS:
+        raise ChatRequestError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    key = (source, str(device), precision)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            model, processor = load_vlm(source, device=device)
+            model, processor = load_vlm(source, device=device,
+                                        dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
             _CACHE[key] = Reasoner(model, processor, name=source)
         reasoner = _CACHE[key]
     if limits is not None:
@@ -381,13 +392,14 @@ def load_reasoner(source: str = "pathvlm-nano", device: str = "cpu", limits: Cha
     return reasoner
 
 
-def chat(images, messages, stream: bool = False, model: str = "pathvlm-nano", device: str = "cpu", **kwargs):
+def chat(images, messages, stream: bool = False, model: str = "pathvlm-nano", device: str = "cpu",
+         precision: str = "fp32", **kwargs):
     """One call: load (cached) ``model`` and answer; see :meth:`Reasoner.chat`."""
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     if images is not None and not isinstance(images, (list, tuple)):
         images = [images]
-    return load_reasoner(model, device).chat(images, messages, stream=stream, **kwargs)
+    return load_reasoner(model, device, precision=precision).chat(images, messages, stream=stream, **kwargs)
 
 
 class _CallableModule(types.ModuleType):

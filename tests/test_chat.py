@@ -163,3 +163,13 @@ def test_lean_decoder_equals_generate_greedy_and_samples_reproducibly(reasoner, 
     b = list(decode_tokens(reasoner.model, inputs, 12, [-1], temperature=1.0, top_p=0.9, seed=5))
     c = list(decode_tokens(reasoner.model, inputs, 12, [-1], temperature=1.0, top_p=0.9, seed=6))
     assert a == b and a != c
+
+
+def test_bf16_precision_option(tiny_reasoner_dir, he_tile):
+    import torch
+
+    r = load_reasoner(str(tiny_reasoner_dir), precision="bf16")
+    assert next(r.model.parameters()).dtype == torch.bfloat16
+    assert r.chat([he_tile], Q, max_new_tokens=4).completion_tokens >= 1
+    with pytest.raises(ChatRequestError, match="precision"):
+        load_reasoner(str(tiny_reasoner_dir), precision="int4")
