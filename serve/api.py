@@ -256,12 +256,7 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
 
         if not req.stream:
             def work():  # a place in the queue first: a full queue answers 503 before any image is decoded
-                ticket = service.admit("generate")
-                try:
-                    images, messages = parse_openai_messages(service, raw)
-                except BaseException:
-                    ticket.cancel()
-                    raise
+                ticket, (images, messages) = service.admit_then("generate", lambda: parse_openai_messages(service, raw))
                 return service.chat(images, messages, max_new_tokens=max_new, ticket=ticket, **gen)
 
             r = await run_in_threadpool(work)
@@ -273,12 +268,7 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
                     "usage": usage}
 
         def start():
-            ticket = service.admit("generate")
-            try:
-                images, messages = parse_openai_messages(service, raw)
-            except BaseException:
-                ticket.cancel()
-                raise
+            ticket, (images, messages) = service.admit_then("generate", lambda: parse_openai_messages(service, raw))
             it = service.chat_stream(images, messages, max_new_tokens=max_new, ticket=ticket, **gen)
             n = it.max_new_tokens
             try:  # wait for a slot and the first piece here, so busy and bad requests get a real HTTP status

@@ -303,23 +303,23 @@ class PathVLMService:
         self._need_generator() if kind == "generate" else None
         return self.gates[kind].admit()
 
-    def chat(self, images, messages, max_new_tokens: int | None = None, ticket=None, **gen) -> Generation:
-        ticket = ticket or self.admit("generate")
+    def admit_then(self, kind: str, prepare, ticket=None):
+        """A place in the queue first (Busy at once when full), then ``prepare()``: ``(ticket, result)``.
+        The place is given back if ``prepare`` fails, so bad requests never hold a slot."""
+        ticket = ticket or self.admit(kind)
         try:
-            n = self.check_chat(images, messages, max_new_tokens)
+            return ticket, prepare()
         except BaseException:
             ticket.cancel()
             raise
+
+    def chat(self, images, messages, max_new_tokens: int | None = None, ticket=None, **gen) -> Generation:
+        ticket, n = self.admit_then("generate", lambda: self.check_chat(images, messages, max_new_tokens), ticket)
         return ticket.run(lambda: self.generator.generate(images, messages, max_new_tokens=n, **gen))
 
     def chat_stream(self, images, messages, max_new_tokens: int | None = None, ticket=None, **gen) -> Iterator[str]:
         """Raw text pieces; admission (or 503) happens here, before the first piece is asked for."""
-        ticket = ticket or self.admit("generate")
-        try:
-            n = self.check_chat(images, messages, max_new_tokens)
-        except BaseException:
-            ticket.cancel()
-            raise
+        ticket, n = self.admit_then("generate", lambda: self.check_chat(images, messages, max_new_tokens), ticket)
         stream = ticket.stream(lambda: self.generator.stream(images, messages, max_new_tokens=n, **gen))
         stream.max_new_tokens = n
         return stream

@@ -9,7 +9,6 @@ Sources for the reasoner (``load_vlm``):
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +133,3 @@ def load_vlm(source: str = "pathvlm-nano", device: str = "cpu", dtype: torch.dty
     model.pathvlm_name = source
     return model, processor
 
-
-def describe(source: str) -> dict:
-    spec = NAMED_REASONERS.get(source)
-    return json.loads(json.dumps(spec.__dict__)) if spec else {"folder": source}
