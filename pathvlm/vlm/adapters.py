@@ -1,6 +1,7 @@
 """The bundled-weights format: projector tensors plus LoRA factors, small enough to commit.
 
-A bundle is one safetensors file. ``multi_modal_projector.*`` tensors replace the projector;
+A bundle is one safetensors file. The projector's tensors (``model.multi_modal_projector.*`` for PathVLM
+and LLaVA-style models, ``model.visual.merger.*`` for Qwen2/2.5-VL ones) replace the projector;
 ``lora.<module>.A`` / ``lora.<module>.B`` pairs are merged into ``<module>.weight`` as
 ``W += scale * B @ A`` (the LoRA update, with ``scale`` = alpha / r from the metadata), so loading
 needs no peft and the merged model is a plain transformers model.
@@ -16,7 +17,19 @@ from safetensors.torch import save_file
 
 from pathvlm.errors import PathVLMError
 
-PROJECTOR = "model.multi_modal_projector."
+# the image-to-LM projector, by architecture: PathVLM and LLaVA-style, then Qwen2-VL / Qwen2.5-VL (Patho-R1)
+PROJECTOR_MODULES = ("model.multi_modal_projector", "model.visual.merger")
+
+
+def projector_prefix(model) -> str:
+    """The parameter-name prefix of ``model``'s projector (also through a peft wrapper), e.g.
+    ``"model.multi_modal_projector."``."""
+    names = {n.replace("base_model.model.", "", 1) for n, _ in model.named_modules()}
+    for name in PROJECTOR_MODULES:
+        if name in names:
+            return name + "."
+    raise PathVLMError(f"{type(model).__name__}: no image-to-LM projector found (looked for "
+                       f"{', '.join(PROJECTOR_MODULES)})")
 
 
 def apply_bundle(model, path: str | Path) -> dict:
@@ -30,9 +43,14 @@ def apply_bundle(model, path: str | Path) -> dict:
         raise PathVLMError(f"{path}: not a readable safetensors bundle ({e})") from None
     scale = float(meta.get("lora_scale", "1.0"))
     params = dict(model.named_parameters())
+    prefix = projector_prefix(model)
+    stray = [k for k in tensors if not k.startswith((prefix, "lora."))]
+    if stray:
+        raise PathVLMError(f"{path}: tensors {', '.join(stray[:3])} are neither LoRA factors nor this model's "
+                           f"projector ({prefix}*): the bundle was made for another architecture")
     with torch.no_grad():
         for key, value in tensors.items():
-            if key.startswith(PROJECTOR):
+            if key.startswith(prefix):
                 if key not in params or params[key].shape != value.shape:
                     raise PathVLMError(f"{path}: projector tensor {key} {tuple(value.shape)} does not fit this model")
                 params[key].copy_(value.to(params[key].dtype))
@@ -51,6 +69,7 @@ def export_bundle(peft_model, path: str | Path, info: dict | None = None, dtype=
     """Write the projector and the LoRA factors of a peft-wrapped PathVLM to one safetensors file."""
     path = Path(path)
     tensors, scale = {}, None
+    prefix = projector_prefix(peft_model)
     for name, module in peft_model.named_modules():
         if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
             base = name.replace("base_model.model.", "", 1)
@@ -66,7 +85,7 @@ def export_bundle(peft_model, path: str | Path, info: dict | None = None, dtype=
         if ".original_module." in name:
             continue
         clean = name.replace("base_model.model.", "", 1).replace(".modules_to_save.default", "")
-        if clean.startswith(PROJECTOR):
+        if clean.startswith(prefix):
             tensors[clean] = p.detach().to(dtype).contiguous()
     meta = {"lora_scale": str(scale if scale is not None else 1.0), "pathvlm": json.dumps(info or {})}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,21 +25,23 @@ CKPT_PREFIX = "checkpoint-"
 
 
 # -- model -----------------------------------------------------------------------------------------
-def lora_config(cfg: VLMTrainConfig):
+def lora_config(cfg: VLMTrainConfig, projector: str = "model.multi_modal_projector"):
+    """LoRA on the LM's linear layers; the projector (``projector``: its module path) trains fully."""
     from peft import LoraConfig
 
     targets = "|".join(cfg.lora_targets)
     return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
                       target_modules=rf"^model\.language_model\..*\.({targets})$",
-                      modules_to_save=["multi_modal_projector"] if cfg.train_projector else None)
+                      modules_to_save=[projector.split(".", 1)[1]] if cfg.train_projector else None)
 
 
 def prepare_model(cfg: VLMTrainConfig):
     """The starting model with the trainable parts set: projector and/or LoRA on the LM; the image tower is frozen."""
-    from pathvlm.vlm.adapters import apply_bundle
+    from pathvlm.vlm.adapters import apply_bundle, projector_prefix
     from pathvlm.vlm.build import load_vlm
 
     model, processor = load_vlm(cfg.model)
+    projector = projector_prefix(model)[:-1]
     if not getattr(processor, "chat_template", None):  # a checkpoint that ships no template: pathvlm's ChatML one
         from pathvlm.vlm.processing import CHAT_TEMPLATE
 
@@ -51,11 +53,11 @@ def prepare_model(cfg: VLMTrainConfig):
             apply_bundle(model, cfg.init_adapter)
         if not cfg.train_projector:
             raise PathVLMError("nothing to train: set lora: true or train_projector: true")
-        model.multi_modal_projector.requires_grad_(True)
+        model.get_submodule(projector).requires_grad_(True)
         return model, processor
     from peft import get_peft_model
 
-    peft_model = get_peft_model(model, lora_config(cfg))
+    peft_model = get_peft_model(model, lora_config(cfg, projector))
     if cfg.init_adapter:
         load_adapter_into(peft_model, cfg.init_adapter)
     return peft_model, processor
@@ -69,8 +71,11 @@ def load_adapter_into(peft_model, path: str | Path) -> None:
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         scale = float((f.metadata() or {}).get("lora_scale", "1"))
+    from pathvlm.vlm.adapters import projector_prefix
+
     modules = dict(peft_model.named_modules())
     params = dict(peft_model.named_parameters())
+    prefix = projector_prefix(peft_model)
     loaded = 0
     with torch.no_grad():
         for key, value in tensors.items():
@@ -89,10 +94,10 @@ def load_adapter_into(peft_model, path: str | Path) -> None:
                                        f"{mod.scaling['default']}; use the same lora_alpha / lora_rank")
                 target.copy_(value.to(target.dtype))
                 loaded += 1
-            elif key.startswith("model.multi_modal_projector."):
-                rest = key[len("model.multi_modal_projector."):]
-                for cand in (f"base_model.model.model.multi_modal_projector.modules_to_save.default.{rest}",
-                             f"base_model.model.model.multi_modal_projector.{rest}"):
+            elif key.startswith(prefix):
+                rest = key[len(prefix):]
+                for cand in (f"base_model.model.{prefix}modules_to_save.default.{rest}",
+                             f"base_model.model.{prefix}{rest}"):
                     if cand in params:
                         params[cand].copy_(value.to(params[cand].dtype))
                         loaded += 1
