@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from pathvlm.evals.answers import answer_span, extract_option_letter, extract_yes_no, normalise_answer
+from pathvlm.evals.answers import (answer_span, extract_option_letter, extract_yes_no, is_cannot_determine,
+                                  normalise_answer)
 
 REWARDS: dict[str, Callable] = {}
 FORMAT = re.compile(r"^\s*<think>(.+?)</think>\s*<answer>(.+?)</answer>\s*$", re.S)
@@ -47,7 +48,9 @@ def _per_item(value, n):
 
 @reward("accuracy")
 def accuracy_reward(completions, answer, answer_type="class", options=None, **kwargs) -> list[float]:
-    """1 for a correct final answer, else 0: option letters, yes/no, or class names (normalised)."""
+    """1 for a correct final answer, else 0: option letters, yes/no, class names (normalised), or
+    ``abstain`` (the image carries no tissue, so the right answer is "cannot determine" and any
+    diagnosis scores 0). Abstaining on a question that has an answer also scores 0."""
     n = len(completions)
     answers, types = _per_item(answer, n), _per_item(answer_type, n)
     # options is itself a list: per completion when it is a list of lists, else the same for all
@@ -61,6 +64,8 @@ def accuracy_reward(completions, answer, answer_type="class", options=None, **kw
             out.append(float(got is not None and got == str(a).strip().upper()))
         elif t == "yes_no":
             out.append(float(extract_yes_no(text) == str(a).strip().lower()))
+        elif t == "abstain":
+            out.append(float(is_cannot_determine(text)))
         else:
             out.append(float(normalise_answer(answer_span(text)) == normalise_answer(str(a))))
     return out

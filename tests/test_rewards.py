@@ -24,6 +24,16 @@ def test_accuracy_yes_no_and_class():
     assert f(cls, answer="colon adenocarcinoma", answer_type="class") == [1, 0, 0]
 
 
+def test_accuracy_abstention():
+    f = get_reward("accuracy")
+    done = ["<think>Blank slide.</think><answer>cannot determine</answer>", "I cannot determine this.",
+            "<think>cannot determine</think><answer>B</answer>", "<answer>colon adenocarcinoma</answer>", ""]
+    assert f(done, answer="cannot determine", answer_type="abstain") == [1, 1, 0, 0, 0]
+    # abstaining where the image does answer the question earns nothing
+    assert f(["<answer>cannot determine</answer>"] * 2, answer=["B", "yes"], answer_type=["option_letter", "yes_no"],
+             options=[["a", "b"], None]) == [0, 0]
+
+
 def test_accuracy_on_conversational_completions():
     f = get_reward("accuracy")
     conv = [[{"role": "assistant", "content": [{"type": "text", "text": GOOD}]}], [{"role": "assistant", "content": "A"}]]

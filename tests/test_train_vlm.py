@@ -45,7 +45,8 @@ def test_align_then_sft_then_grpo_chain(tiny_reasoner_dir, built_fixture_data, t
     assert "control_blank" in sft["eval"]
 
     grpo = run_stage(cfg_for("grpo", tiny_reasoner_dir, built_fixture_data, tmp_path / "grpo",
-                             init_adapter=sft["adapter"], rewards=["accuracy", "format", "length"], lr=1e-1))
+                             init_adapter=sft["adapter"], rewards=["accuracy", "format", "length"], lr=1e-1,
+                             abstain_fraction=0.25))
     g = _state(tmp_path / "grpo" / "final")
     assert any(not torch.equal(g[k], s[k]) for k in lm)
     assert any("reward" in h for h in grpo["log_history"])
@@ -56,6 +57,29 @@ def test_align_then_sft_then_grpo_chain(tiny_reasoner_dir, built_fixture_data, t
     apply_bundle(base, grpo["adapter"])  # the GRPO adapter holds only the trained copy (no TRL "ref" copy)
     assert torch.allclose(base.multi_modal_projector.linear_1.weight,
                           load_vlm(grpo["final"])[0].multi_modal_projector.linear_1.weight, atol=1e-3)
+
+
+def test_abstention_copies(tiny_reasoner_dir, built_fixture_data, tmp_path):
+    """SFT and GRPO copies of closed questions on a blank or noise image answer "cannot determine"; the
+    originals are all kept."""
+    import numpy as np
+
+    from train.vlm.data import ABSTAIN_ANSWER, grpo_dataset, sft_dataset
+
+    def cfg(frac):
+        return cfg_for("grpo", tiny_reasoner_dir, built_fixture_data, tmp_path, abstain_fraction=frac)
+
+    plain, copies = grpo_dataset(cfg(0.0), "train"), grpo_dataset(cfg(0.25), "train")
+    extra = [r for r in copies if r["answer_type"] == "abstain"]
+    assert len(copies) == len(plain) + len(extra) and len(extra) == round(0.25 * len(plain))
+    assert sorted(r["answer"] for r in copies if r["answer_type"] != "abstain") == sorted(plain["answer"])
+    for r in extra:
+        assert r["answer"] == "cannot determine" and r["prompt"][0]["content"][0]["type"] == "image"
+        pixels = np.asarray(r["image"])
+        assert pixels.min() == 255 or pixels.std() > 50  # a blank slide or noise, never the tissue
+    sft = sft_dataset(cfg(0.2), "train")
+    answers = [m[-1]["content"][0]["text"] for m in sft["messages"]]
+    assert answers.count(ABSTAIN_ANSWER) == round(0.2 * len(sft_dataset(cfg(0.0), "train")))
 
 
 def test_adapter_bundle_reproduces_merged_model(tiny_reasoner_dir, built_fixture_data, tmp_path):

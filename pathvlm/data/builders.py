@@ -92,8 +92,9 @@ def build_sft(rows, kb: KnowledgeBase, seed: int):
                        cot(f"{obs} {verdict}", "yes" if yes else "no"))
             options, correct = kb.options(label, rng)
             letter = string.ascii_uppercase[correct]
+            # the reasoning names the option it picked, so the final letter is copied rather than recalled
             yield _sft(row, "mcq", mcq_text(f"Which diagnosis best fits this {e['stain']} image?", options)
-                       + f"\n{FORMAT_INSTRUCTION}", cot(f"{obs} This fits {label}.", letter))
+                       + f"\n{FORMAT_INSTRUCTION}", cot(f"{obs} This fits {label}, which is option {letter}.", letter))
             yield _sft(row, "open", f"What does this image show? {FORMAT_INSTRUCTION}", cot(obs, label))
             yield _sft(row, "report", "Write a structured pathology report for this image.",
                        cot(obs, kb.report(label)))

@@ -26,7 +26,8 @@ class VLMTrainConfig:
     sources: list = field(default_factory=list)  # keep only these data sources (empty: all)
     tasks: list = field(default_factory=list)  # keep only these row tasks, e.g. [mcq, yes_no]
     abstain_fraction: float = field(default=0.0, metadata={
-        "help": "SFT: add this fraction of copies with a blank or noise image whose answer is 'cannot determine'"})
+        "help": "SFT and GRPO: add this fraction of closed-question copies with a blank or noise image whose "
+                "answer is 'cannot determine'"})
     # what trains
     train_projector: bool = True
     lora: bool = True

@@ -3,7 +3,8 @@
 - align: ``images`` + ``messages`` (user: image + instruction, assistant: caption), from ``align/``;
 - sft: ``images`` + ``messages`` with ``<think>...</think><answer>...</answer>`` answers, from ``sft/``,
   optionally with abstention copies (blank or noise image -> "cannot determine");
-- grpo: ``image`` + conversational ``prompt`` + the answer columns the rewards read, from ``grpo/``;
+- grpo: ``image`` + conversational ``prompt`` + the answer columns the rewards read, from ``grpo/``,
+  optionally with abstention copies whose verifiable answer is "cannot determine";
 - text: ``text`` rows for continued pretraining of the language model.
 """
 from __future__ import annotations
@@ -51,32 +52,45 @@ def align_dataset(cfg, split: str, n: int = 0):
     return ds.map(to_messages, remove_columns=ds.column_names, desc="align conversations")
 
 
+def _abstention_copies(ds, cfg, is_closed, to_copy):
+    """``abstain_fraction`` x len(ds) copies of closed questions with a blank or noise image in place of
+    the tissue (alternating), made by ``to_copy(row, image, kind)``; returned shuffled into ``ds``."""
+    from datasets import concatenate_datasets
+
+    closed = ds.filter(is_closed)
+    k = min(len(closed), max(1, int(round(cfg.abstain_fraction * len(ds)))))
+    picks = closed.shuffle(seed=cfg.seed + 1).select(range(k))
+
+    def abstain(row, idx):
+        kind = "blank" if idx % 2 == 0 else "noise"
+        return to_copy(row, control_image(kind, seed=cfg.seed + idx), kind)
+
+    picks = picks.map(abstain, with_indices=True, desc="abstention copies").cast(ds.features)
+    return concatenate_datasets([ds, picks]).shuffle(seed=cfg.seed)
+
+
 def sft_dataset(cfg, split: str, n: int = 0):
     ds = _select(load_split(cfg.data, "sft", split), cfg, n)
     ds = ds.select_columns(["images", "messages", "task"])
     if cfg.abstain_fraction > 0:
-        from datasets import concatenate_datasets
-
-        closed = ds.filter(lambda t: t in CLOSED_TASKS, input_columns="task")
-        k = min(len(closed), max(1, int(round(cfg.abstain_fraction * len(ds)))))
-        picks = closed.shuffle(seed=cfg.seed + 1).select(range(k))
-
-        def abstain(row, idx):
-            kind = "blank" if idx % 2 == 0 else "noise"
-            return {"images": [control_image(kind, seed=cfg.seed + idx)],
-                    "messages": row["messages"][:-1] + [{"role": "assistant",
-                                                         "content": [{"type": "text", "text": ABSTAIN_ANSWER}]}],
-                    "task": f"abstain_{kind}"}
-
-        picks = picks.map(abstain, with_indices=True, desc="abstention copies").cast(ds.features)
-        ds = concatenate_datasets([ds, picks]).shuffle(seed=cfg.seed)
+        ds = _abstention_copies(ds, cfg, lambda row: row["task"] in CLOSED_TASKS, lambda row, image, kind: {
+            "images": [image], "task": f"abstain_{kind}",
+            "messages": row["messages"][:-1] + [{"role": "assistant", "content": [{"type": "text", "text": ABSTAIN_ANSWER}]}]})
     return ds.remove_columns(["task"])
 
 
 def grpo_dataset(cfg, split: str, n: int = 0):
+    """GRPO prompts; with ``abstain_fraction``, copies of closed questions on a blank or noise image whose
+    verifiable answer is "cannot determine" (answer type ``abstain``), so answering from the image pays
+    and answering from the question alone does not."""
     ds = _select(load_split(cfg.data, "grpo", split), cfg, n)
     keep = [c for c in ("image", "prompt", "answer", "answer_type", "options", "label") if c in ds.column_names]
-    return ds.select_columns(keep)
+    ds = ds.select_columns(keep)
+    if cfg.abstain_fraction > 0:
+        ds = _abstention_copies(ds, cfg, lambda row: row["answer_type"] in ("option_letter", "yes_no"),
+                                lambda row, image, kind: {"image": image, "answer": CANNOT_DETERMINE,
+                                                          "answer_type": "abstain"})
+    return ds
 
 
 def text_dataset(folder: str, n: int, seed: int):

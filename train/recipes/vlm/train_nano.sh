@@ -7,5 +7,6 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 pathvlm train align --config train/recipes/vlm/nano_align.yaml
 pathvlm train sft --config train/recipes/vlm/nano_sft.yaml
 pathvlm train grpo --config train/recipes/vlm/nano_grpo.yaml
-python -m train.vlm.evaluate runs/vlm/nano-align runs/vlm/nano-sft runs/vlm/nano-grpo --max-new-tokens 160
+# align's own hook asks 96 questions with 80 new tokens; ask it the 192 questions the later stages are scored on
+python -m train.vlm.evaluate runs/vlm/nano-align --max-new-tokens 160 --samples 192
 python -m train.vlm.bundle runs/vlm/nano-align runs/vlm/nano-sft runs/vlm/nano-grpo
