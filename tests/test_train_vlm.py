@@ -163,3 +163,49 @@ def test_sft_under_accelerate_two_cpu_processes(tmp_path, tiny_reasoner_dir, bui
     before = load_file(str(tiny_reasoner_dir / "model.safetensors"))
     after = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("model.language_model."))
+
+
+def test_paired_comparison_is_mcnemar():
+    from train.vlm.evaluate import paired_comparison
+
+    before = [1] * 50 + [0] * 50
+    after = [1] * 50 + [1] * 9 + [0] * 41  # 9 gained, 0 lost: p = 2 / 2**9
+    r = paired_comparison(before, after)
+    assert (r["gained"], r["lost"]) == (9, 0) and r["mcnemar_p"] == pytest.approx(2 / 512)
+    assert r["accuracy_change"] == pytest.approx(0.09)
+    assert paired_comparison([1, 0], [0, 1])["mcnemar_p"] == 1.0  # one each way: no evidence
+    assert paired_comparison([1, 1], [1, 1])["mcnemar_p"] == 1.0
+    with pytest.raises(ValueError, match="same questions"):
+        paired_comparison([1], [1, 0])
+
+
+def test_grpo_prompt_screening(tiny_reasoner_dir, built_fixture_data, tmp_path, monkeypatch):
+    """The starting policy answers a pool once; GRPO trains mostly on what it missed, and a resumed run
+    reuses the saved screening instead of answering again."""
+    from train.vlm import screening
+    from train.vlm.screening import pick_screened
+
+    cfg = cfg_for("grpo", tiny_reasoner_dir, built_fixture_data, tmp_path / "grpo", screen_prompts=8,
+                  max_train_samples=4, screen_hard_fraction=0.75, max_steps=1, eval_samples=0)
+    res = run_stage(cfg)
+    saved = json.loads((tmp_path / "grpo" / "screening.json").read_text())
+    assert saved["pool_size"] == 8 and len(saved["correct"]) == 8
+    s = res["screening"]
+    assert s["missed"] == min(3, s["pool_missed"]) and s["missed"] + s["answered"] == res["train_samples"] <= 4
+
+    import pathvlm.vlm.build
+    from datasets import Dataset
+
+    def no_model(*a, **k):
+        raise AssertionError("the saved screening should have been reused")
+
+    monkeypatch.setattr(pathvlm.vlm.build, "load_vlm", no_model)
+    assert screening.screen_prompts(cfg, Dataset.from_dict({"x": list(range(8))}), tmp_path / "grpo") == saved
+    pool = Dataset.from_dict({"x": list(range(6))})
+    # picking: 3 of 4 from the missed, the rest from the answered, deterministic
+    chosen, counts = pick_screened(pool, [0, 1, 0, 1, 0, 1], 4, 0.75, seed=0)
+    assert counts == {"missed": 3, "answered": 1, "pool_missed": 3}
+    assert sorted(chosen["x"]) == chosen["x"] and {0, 2, 4} <= set(chosen["x"])
+    assert pick_screened(pool, [0, 1, 0, 1, 0, 1], 4, 0.75, seed=0)[0]["x"] == chosen["x"]
+    with pytest.raises(Exception, match="screen_hard_fraction"):
+        pick_screened(pool, [0] * 6, 4, 1.5, seed=0)

@@ -2,7 +2,7 @@
 fp16) goes to ``pathvlm/vlm/weights/``, with a results JSON and a model card made from the stages'
 measured ``results.json``.
 
-    python -m train.vlm.evaluate runs/vlm/nano-align runs/vlm/nano-sft runs/vlm/nano-grpo --max-new-tokens 160
+    python -m train.vlm.evaluate runs/vlm/nano-align --max-new-tokens 160 --samples 192
     python -m train.vlm.bundle runs/vlm/nano-align runs/vlm/nano-sft runs/vlm/nano-grpo
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _row(stage_dir: Path) -> dict:
     row = {"stage": res["stage"], "dir": str(stage_dir), "steps": res["steps"], "train_samples": res["train_samples"],
            "train_seconds": round(res["train_seconds"], 1), "trainable_params": res["trainable_params"],
            "accuracy": ev.get("accuracy"), "by_type": ev.get("by_type"), "eval_n": ev.get("n"),
-           "eval_max_new_tokens": ev.get("max_new_tokens")}
+           "eval_max_new_tokens": ev.get("max_new_tokens"), "correct": ev.get("correct")}
     for kind in ("blank", "noise"):
         c = ev.get(f"control_{kind}")
         if c:
@@ -40,6 +40,23 @@ def _fmt(x, digits=3):
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def paired_lines(rows: list[dict]) -> list[str]:
+    """Each stage against the one before it, on the same questions (exact McNemar test)."""
+    from train.vlm.evaluate import paired_comparison
+
+    out = []
+    for a, b in zip(rows, rows[1:]):
+        if a.get("correct") and b.get("correct") and len(a["correct"]) == len(b["correct"]):
+            c = paired_comparison(a["correct"], b["correct"])
+            out.append(f"| {a['stage']} -> {b['stage']} | {c['n']} | {c['gained']} | {c['lost']} | "
+                       f"{c['accuracy_change']:+.3f} | {c['mcnemar_p']:.2g} |")
+    if not out:
+        return []
+    return ["", "Each stage against the one before it on the same questions: questions it gets right that the "
+            "earlier stage missed (gained) and the reverse (lost), with the exact two-sided McNemar p-value.", "",
+            "| comparison | questions | gained | lost | accuracy change | McNemar p |", "|---|---|---|---|---|---|", *out]
+
+
 def model_card(rows: list[dict], size: int) -> str:
     lines = [f"# {NAME}", "",
              "A small, fully open pathology reasoner: **pathclip-nano**'s image tower (efficientnet_lite0, copied "
@@ -50,26 +67,29 @@ def model_card(rows: list[dict], size: int) -> str:
              f"This file ships only the trained tensors: the projector and the LoRA factors, fp16, {size / 1e6:.1f} MB "
              "(`pathvlm-nano.safetensors`), merged into the base weights at load time.", "",
              "It is a demonstration-scale model for a laptop: it answers closed questions about colon H&E patches "
-             "(benign vs adenocarcinoma) in the `<think>...</think><answer>...</answer>` format. It is not a "
-             "diagnostic tool.", "",
+             "(benign vs adenocarcinoma) in the `<think>...</think><answer>...</answer>` format, and answers "
+             "\"cannot determine\" when the image shows no tissue. It is not a diagnostic tool.", "",
              "## Reproduce", "", "```bash", "pathvlm data build data_recipes/nano.yaml --out runs/data/nano",
              "bash train/recipes/vlm/train_nano.sh   # align, SFT, GRPO, then this bundle", "```", "",
              "## Measured (held-out LC25000 colon groups, greedy decoding)", "",
              "Closed questions (multiple choice with 4 options and yes/no) from the `grpo` test split, a seeded "
              f"subset of {rows[-1]['eval_n']} questions, asked with the real image and again with a blank (white) or a "
              "uniform-noise image in place of it.", "",
-             "| stage | steps | samples | train time (s) | accuracy | MCQ | yes/no | blank: answer changed | blank: accuracy | noise: answer changed | noise: accuracy | abstained (blank / noise) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| stage | steps | samples | train time (s) | questions | accuracy | MCQ | yes/no | blank: answer changed | blank: accuracy | noise: answer changed | noise: accuracy | abstained (blank / noise) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         bt = r.get("by_type") or {}
-        lines.append(f"| {r['stage']} | {r['steps']} | {r['train_samples']} | {r['train_seconds']:.0f} | {_fmt(r['accuracy'])} | "
+        lines.append(f"| {r['stage']} | {r['steps']} | {r['train_samples']} | {r['train_seconds']:.0f} | {r['eval_n']} | "
+                     f"{_fmt(r['accuracy'])} | "
                      f"{_fmt(bt.get('option_letter'))} | {_fmt(bt.get('yes_no'))} | {_fmt(r.get('blank_answer_changed'))} | "
                      f"{_fmt(r.get('blank_accuracy'))} | {_fmt(r.get('noise_answer_changed'))} | {_fmt(r.get('noise_accuracy'))} | "
                      f"{_fmt(r.get('blank_abstained'))} / {_fmt(r.get('noise_abstained'))} |")
     lines += ["", "Chance accuracy: 0.25 for multiple choice, 0.5 for yes/no. An answer that does not depend on the "
               "image would not change under the controls and would score as well with them as with the real image.",
-              "", "Each row is the stage's own evaluation hook (`results.json` in its run folder); the same subset is "
-              "used for every stage. Train times are wall-clock on a 2-core CPU shared with other work.", "",
+              "", "Each row is the stage's own evaluation hook (`results.json` in its run folder, or `eval.json` where "
+              "`python -m train.vlm.evaluate` re-asked it with more questions or tokens); the first questions of the "
+              "seeded subset are the same for every stage. Train times are wall-clock on a 2-core CPU shared with "
+              "other work.", *paired_lines(rows), "",
               "## Licences", "",
               "Weights derived from SmolLM2-135M-Instruct (Apache-2.0) and efficientnet_lite0 ImageNet weights "
               "(Apache-2.0); the LC25000 tiles used for training are not redistributed.", ""]
@@ -88,7 +108,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{NAME}.safetensors"
     shutil.copyfile(dirs[-1] / "adapter.safetensors", target)
-    (out / f"{NAME}.results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / f"{NAME}.results.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "correct"} for r in rows],
+                                                          indent=2) + "\n")
     (out / f"{NAME}.md").write_text(model_card(rows, target.stat().st_size))
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB), {NAME}.md and {NAME}.results.json")
     return 0

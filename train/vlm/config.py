@@ -62,6 +62,10 @@ class VLMTrainConfig:
     temperature: float = 1.0
     use_vllm: bool = False
     clip_model: str = "pathclip-nano"  # for the image_agreement reward
+    screen_prompts: int = field(default=0, metadata={
+        "help": "GRPO: the starting policy answers this many training prompts (greedy) first, and "
+                "max_train_samples is filled mostly with the ones it missed (0: no screening)"})
+    screen_hard_fraction: float = 0.75  # share of the GRPO prompts taken from the missed ones
     # evaluation hook: closed questions on held-out groups (greedy, batched)
     eval_samples: int = 64
     eval_max_new_tokens: int = 96
@@ -86,6 +90,10 @@ def load_config(path: str | Path, overrides: dict | None = None, stage: str | No
         raise PathVLMError(f"{p}: stage must be one of {', '.join(STAGES)}")
     if cfg.mixed_precision not in ("auto", "no", "bf16"):
         raise PathVLMError(f"{p}: mixed_precision must be auto, no or bf16")
+    if not 0 <= cfg.screen_hard_fraction <= 1:
+        raise PathVLMError(f"{p}: screen_hard_fraction must be between 0 and 1")
+    if cfg.screen_prompts and not cfg.max_train_samples:
+        raise PathVLMError(f"{p}: screen_prompts needs max_train_samples (how many screened prompts to train on)")
     if cfg.stage == "grpo" and cfg.num_generations < 2:
         raise PathVLMError(f"{p}: GRPO needs num_generations >= 2 (advantages compare completions of one prompt)")
     return cfg

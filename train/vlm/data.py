@@ -79,13 +79,16 @@ def sft_dataset(cfg, split: str, n: int = 0):
     return ds.remove_columns(["task"])
 
 
-def grpo_dataset(cfg, split: str, n: int = 0):
-    """GRPO prompts; with ``abstain_fraction``, copies of closed questions on a blank or noise image whose
+def grpo_dataset(cfg, split: str, n: int = 0, screened=None):
+    """GRPO prompts (``screened``: an optional ``dataset -> dataset`` choice made before the abstention
+    copies, see ``train.vlm.screening``); with ``abstain_fraction``, copies of closed questions on a blank or noise image whose
     verifiable answer is "cannot determine" (answer type ``abstain``), so answering from the image pays
     and answering from the question alone does not."""
     ds = _select(load_split(cfg.data, "grpo", split), cfg, n)
     keep = [c for c in ("image", "prompt", "answer", "answer_type", "options", "label") if c in ds.column_names]
     ds = ds.select_columns(keep)
+    if screened is not None:
+        ds = screened(ds)
     if cfg.abstain_fraction > 0:
         ds = _abstention_copies(ds, cfg, lambda row: row["answer_type"] in ("option_letter", "yes_no"),
                                 lambda row, image, kind: {"image": image, "answer": CANNOT_DETERMINE,

@@ -16,6 +16,19 @@ def _entropy(values) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
 
 
+def paired_comparison(before: list[int], after: list[int]) -> dict:
+    """Two stages scored on the same questions: how many each gets right that the other misses, and the
+    exact two-sided McNemar p-value (a binomial test on those discordant questions)."""
+    if len(before) != len(after):
+        raise ValueError(f"paired comparison needs the same questions ({len(before)} vs {len(after)})")
+    gained = sum(1 for a, b in zip(before, after) if not a and b)
+    lost = sum(1 for a, b in zip(before, after) if a and not b)
+    n, k = gained + lost, min(gained, lost)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"n": len(before), "gained": gained, "lost": lost, "accuracy_change": (gained - lost) / len(before),
+            "mcnemar_p": p}
+
+
 def closed_question_accuracy(model, processor, cfg, controls=("blank", "noise")) -> dict:
     from train.vlm.data import closed_questions, control_image
 
@@ -31,6 +44,7 @@ def closed_question_accuracy(model, processor, cfg, controls=("blank", "noise"))
            "by_type": {t: sum(c for c, r in zip(correct, rows) if r["answer_type"] == t) /
                        max(1, sum(1 for r in rows if r["answer_type"] == t)) for t in ("option_letter", "yes_no")},
            "max_new_tokens": cfg.eval_max_new_tokens, "decoding": "greedy", "split": cfg.eval_split,
+           "correct": [int(c) for c in correct],  # per question, for paired comparisons between stages
            "examples": [{"question": c[-1]["content"][-1]["text"], "answer": r["answer"], "completion": t}
                         for c, r, t in zip(convs[:3], rows, texts)]}
     answers = [res.answer.strip().lower() for res in results]

@@ -197,7 +197,19 @@ def run_stage(cfg: VLMTrainConfig) -> dict:
         train_ds = data.sft_dataset(cfg, cfg.train_split, cfg.max_train_samples)
         trainer = sft_trainer(cfg, model, processor, train_ds)
     else:
-        train_ds = data.grpo_dataset(cfg, cfg.train_split, cfg.max_train_samples)
+        screened, screening = None, {}
+        if cfg.screen_prompts:
+            def screened(pool):
+                from train.vlm.screening import pick_screened, screen_prompts
+
+                found = screen_prompts(cfg, pool, out)
+                chosen, counts = pick_screened(pool, found["correct"], cfg.max_train_samples,
+                                               cfg.screen_hard_fraction, cfg.seed)
+                screening.update(pool_accuracy=found["pool_accuracy"], pool_size=found["pool_size"], **counts)
+                return chosen
+
+        n = cfg.screen_prompts or cfg.max_train_samples
+        train_ds = data.grpo_dataset(cfg, cfg.train_split, n, screened=screened)
         trainer = grpo_trainer(cfg, model, processor, train_ds)
     resume = last_complete_checkpoint(out)
     if resume is not None:
@@ -221,6 +233,8 @@ def run_stage(cfg: VLMTrainConfig) -> dict:
               "train_samples": len(train_ds), "steps": trainer.state.global_step,
               "train_seconds": time.time() - t0, "log_history": trainer.state.log_history,
               "final": str(final), "adapter": str(adapter) if adapter else None}
+    if cfg.stage == "grpo" and cfg.screen_prompts:
+        result["screening"] = screening
     if cfg.eval_samples:
         result["eval"] = closed_question_accuracy(merged, processor, cfg)
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
