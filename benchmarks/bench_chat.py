@@ -9,6 +9,10 @@ plain generate: first token = ``generate(max_new_tokens=1)`` (prefill + one step
 ``generate(max_new_tokens=N, min_new_tokens=N)``. pathvlm chat: first token = the first streamed text piece
 of ``Reasoner.chat(stream=True)`` (request validation, chat template and image preprocessing included);
 tokens/s = N / time to the last piece. Medians over ``--runs`` runs after one warm-up.
+
+The ceiling column is the physical limit for any decoder of this model at this precision on this machine:
+tokens/s if a decode step were nothing but its matrix-vector products (every linear weight of the language
+model and the LM head applied to one token's activations, each weight read once from memory).
 """
 from __future__ import annotations
 
@@ -29,6 +33,25 @@ def tile():
     img = load_image(path)
     w, h = img.size
     return img.crop((w // 2 - 112, h // 2 - 112, w // 2 + 112, h // 2 + 112)), "tiatoolbox data/target_image.png"
+
+
+def matvec_ceiling(model, runs: int) -> float:
+    """Tokens/s of the language model's weight reads alone: one ``F.linear`` per weight matrix, one token."""
+    import torch.nn.functional as F
+
+    weights = [m.weight for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and (".language_model." in f".{name}" or name == "lm_head")]
+    x = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in weights}
+
+    def once():
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for w in weights:
+                F.linear(x[w.shape[1]], w)
+        return time.perf_counter() - t
+
+    once()
+    return 1.0 / statistics.median(once() for _ in range(max(5, runs * 4)))
 
 
 def measure(reasoner, image, question: str, n: int, runs: int) -> dict:
@@ -83,7 +106,8 @@ def measure(reasoner, image, question: str, n: int, runs: int) -> dict:
     return {"prompt_tokens": n_prompt, "new_tokens": n, "greedy_tokens_identical": same,
             "plain_generate": {"first_token_s": med(pf), "tokens_per_s": n / med(pa)},
             "pathvlm_chat": {"first_token_s": med(cf), "tokens_per_s": n / med(ca)},
-            "ratio_tokens_per_s": (n / med(ca)) / (n / med(pa)), "ratio_first_token": med(pf) / med(cf)}
+            "ratio_tokens_per_s": (n / med(ca)) / (n / med(pa)), "ratio_first_token": med(pf) / med(cf),
+            "matvec_ceiling_tokens_per_s": matvec_ceiling(model, runs)}
 
 
 def main() -> int:
@@ -102,7 +126,7 @@ def main() -> int:
     image, name = tile()
     print(f"model {args.model}; image {name}; {args.tokens} new tokens; median of {args.runs} runs\n")
     print(f"{'precision':>9} | {'threads':>7} | {'plain first (s)':>15} | {'chat first (s)':>14} | {'plain tok/s':>11} | "
-          f"{'chat tok/s':>10} | {'ratio tok/s':>11} | same tokens")
+          f"{'chat tok/s':>10} | {'ratio tok/s':>11} | {'ceiling tok/s':>13} | same tokens")
     results = {}
     for prec in args.precision:
         reasoner = load_reasoner(args.model, precision=prec)
@@ -113,6 +137,7 @@ def main() -> int:
             print(f"{prec:>9} | {th:>7} | {r['plain_generate']['first_token_s']:>15.3f} | "
                   f"{r['pathvlm_chat']['first_token_s']:>14.3f} | {r['plain_generate']['tokens_per_s']:>11.1f} | "
                   f"{r['pathvlm_chat']['tokens_per_s']:>10.1f} | {r['ratio_tokens_per_s']:>11.2f} | "
+                  f"{r['matvec_ceiling_tokens_per_s']:>13.1f} | "
                   f"{r['greedy_tokens_identical']}")
     if args.json:
         with open(args.json, "w") as f:

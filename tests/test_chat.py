@@ -165,6 +165,52 @@ def test_lean_decoder_equals_generate_greedy_and_samples_reproducibly(reasoner, 
     assert a == b and a != c
 
 
+def test_llama_stepper_matches_the_model_forward(reasoner, he_tile):
+    """The lean Llama steps give the logits of the model's own forward through its KV cache, step by step,
+    and the decoder with and without them picks the same tokens."""
+    import torch
+
+    from pathvlm.vlm import llama_step
+    from pathvlm.vlm.decode import decode_tokens
+
+    model = reasoner.model
+    assert llama_step.supports(model)
+    inputs, _ = reasoner._prepare([he_tile], Q)
+    with torch.inference_mode():
+        out = model(**inputs, use_cache=True, logits_to_keep=1)
+        stepper = llama_step.LlamaStepper(model, out.cache, 8)
+        cache, token = out.cache, int(out.logits[0, -1].argmax())
+        for _ in range(8):
+            lean = stepper.step(token)
+            ref = model(input_ids=torch.tensor([[token]]), cache=cache, use_cache=True, logits_to_keep=1)
+            cache = ref.cache
+            assert torch.allclose(lean, ref.logits[:, -1], atol=1e-5, rtol=1e-4)
+            token = int(ref.logits[0, -1].argmax())
+    assert (list(decode_tokens(model, inputs, 16, [-1])) ==
+            list(decode_tokens(model, inputs, 16, [-1], lean_steps=False)))
+
+
+def test_llama_stepper_declines_other_arithmetic():
+    """Other language models, scaled RoPE or biased projections keep the model's own forward."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, Qwen2Config
+
+    from pathvlm.vlm import llama_step
+
+    def vlm(cfg):
+        lm = SimpleNamespace(config=cfg, rotary_emb=object(), layers=[])
+        return SimpleNamespace(model=SimpleNamespace(language_model=lm), lm_head=object())
+
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    assert llama_step.supports(vlm(LlamaConfig(**small)))
+    assert not llama_step.supports(vlm(Qwen2Config(**small)))
+    assert not llama_step.supports(vlm(LlamaConfig(**small, rope_parameters={"rope_type": "linear", "factor": 2.0,
+                                                                              "rope_theta": 10000.0})))
+    assert not llama_step.supports(vlm(LlamaConfig(**small, attention_bias=True)))
+    assert not llama_step.supports(SimpleNamespace(model=SimpleNamespace()))
+
+
 def test_bf16_precision_option(tiny_reasoner_dir, he_tile):
     import torch
 

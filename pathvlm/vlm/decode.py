@@ -3,7 +3,8 @@ through the KV cache, with greedy or temperature/top-p sampling.
 
 ``model.generate`` does the same arithmetic but pays a per-token toll (logits processors, stopping
 criteria, cache bookkeeping) that dominates a 135M model on a CPU; this loop is token-for-token equal
-to greedy ``generate`` (tested) and is what ``pathvlm.chat`` uses for one image at a time.
+to greedy ``generate`` (tested) and is what ``pathvlm.chat`` uses for one image at a time. For Llama
+language models the steps after the prefill skip the module stack too (``llama_step``).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import threading
 from typing import Iterator
 
 import torch
+
+from pathvlm.vlm import llama_step
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -27,8 +30,10 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: tor
 
 @torch.inference_mode()
 def decode_tokens(model, inputs: dict, max_new_tokens: int, eos_token_ids, temperature: float = 0.0,
-                  top_p: float = 1.0, seed: int | None = None, stop: threading.Event | None = None) -> Iterator[int]:
-    """Yield new token ids for one request (batch of 1) until an end token, ``max_new_tokens`` or ``stop``."""
+                  top_p: float = 1.0, seed: int | None = None, stop: threading.Event | None = None,
+                  lean_steps: bool = True) -> Iterator[int]:
+    """Yield new token ids for one request (batch of 1) until an end token, ``max_new_tokens`` or ``stop``.
+    With ``lean_steps``, a Llama language model decodes through ``llama_step`` after the prefill."""
     if inputs["input_ids"].shape[0] != 1:
         raise ValueError("decode_tokens takes one request; use model.generate for batches")
     eos = set(eos_token_ids if isinstance(eos_token_ids, (list, tuple, set)) else [eos_token_ids])
@@ -37,15 +42,21 @@ def decode_tokens(model, inputs: dict, max_new_tokens: int, eos_token_ids, tempe
         generator = torch.Generator(device=inputs["input_ids"].device).manual_seed(seed)
     out = model(input_ids=inputs["input_ids"], pixel_values=inputs.get("pixel_values"),
                 attention_mask=inputs.get("attention_mask"), use_cache=True, logits_to_keep=1)
-    cache = out.cache
+    cache, logits = out.cache, out.logits[:, -1]
+    stepper = None
+    if lean_steps and llama_step.supports(model) and cache is not None:
+        stepper = llama_step.LlamaStepper(model, cache, max_new_tokens)
     for _ in range(max_new_tokens):
-        token = _pick(out.logits[:, -1], temperature, top_p, generator)
+        token = _pick(logits, temperature, top_p, generator)
         tid = int(token)
         yield tid
         if tid in eos or (stop is not None and stop.is_set()):
             return
-        out = model(input_ids=token.view(1, 1), cache=cache, use_cache=True, logits_to_keep=1)
-        cache = out.cache
+        if stepper is not None:
+            logits = stepper.step(tid)
+        else:
+            out = model(input_ids=token.view(1, 1), cache=cache, use_cache=True, logits_to_keep=1)
+            cache, logits = out.cache, out.logits[:, -1]
 
 
 def stream_text(tokenizer, token_ids: Iterator[int], collected: list | None = None) -> Iterator[str]:
