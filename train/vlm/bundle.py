@@ -44,16 +44,20 @@ def paired_lines(rows: list[dict]) -> list[str]:
     """Each stage against the one before it, on the same questions (exact McNemar test)."""
     from train.vlm.evaluate import paired_comparison
 
+    main = [r for r in rows if not r["stage"].startswith("ablation")]
+    # each stage against the one before it; an ablation of the last stage against where that stage started
+    pairs = list(zip(main, main[1:])) + [(main[-2], r) for r in rows if r not in main and len(main) > 1]
     out = []
-    for a, b in zip(rows, rows[1:]):
+    for a, b in pairs:
         if a.get("correct") and b.get("correct") and len(a["correct"]) == len(b["correct"]):
             c = paired_comparison(a["correct"], b["correct"])
             out.append(f"| {a['stage']} -> {b['stage']} | {c['n']} | {c['gained']} | {c['lost']} | "
                        f"{c['accuracy_change']:+.3f} | {c['mcnemar_p']:.2g} |")
     if not out:
         return []
-    return ["", "Each stage against the one before it on the same questions: questions it gets right that the "
-            "earlier stage missed (gained) and the reverse (lost), with the exact two-sided McNemar p-value.", "",
+    return ["", "Each stage against the one before it on the same questions (an ablation against the stage it "
+            "started from): questions it gets right that the earlier one missed (gained) and the reverse (lost), "
+            "with the exact two-sided McNemar p-value.", "",
             "| comparison | questions | gained | lost | accuracy change | McNemar p |", "|---|---|---|---|---|---|", *out]
 
 
