@@ -209,3 +209,21 @@ def test_grpo_prompt_screening(tiny_reasoner_dir, built_fixture_data, tmp_path, 
     assert pick_screened(pool, [0, 1, 0, 1, 0, 1], 4, 0.75, seed=0)[0]["x"] == chosen["x"]
     with pytest.raises(Exception, match="screen_hard_fraction"):
         pick_screened(pool, [0] * 6, 4, 1.5, seed=0)
+
+
+def test_error_analysis_sorts_perception_from_reasoning():
+    from pathvlm.data.knowledge import KnowledgeBase
+    from train.vlm.error_analysis import classify
+
+    kb = KnowledgeBase.load()
+    obs = {label: kb.observations(label) for label in kb.classes}
+    aca, benign = obs["colon adenocarcinoma"], obs["benign colonic tissue"]
+    mcq = {"label": "colon adenocarcinoma", "answer_type": "option_letter"}
+    yn = {"label": "colon adenocarcinoma", "answer_type": "yes_no"}
+    assert classify(mcq, f"<think>{aca} This fits colon adenocarcinoma, which is option B.</think><answer>B</answer>",
+                    True, obs) == "correct"
+    assert classify(mcq, f"<think>{aca} ...option C.</think><answer>C</answer>", False, obs) == "wrong_letter"
+    assert classify(yn, f"<think>{aca} These features are those of benign colonic tissue.</think><answer>yes</answer>",
+                    False, obs) == "wrong_verdict"
+    assert classify(yn, f"<think>{benign}</think><answer>no</answer>", False, obs) == "wrong_tissue"
+    assert classify(yn, "<answer>yes</answer>", False, obs) == "no_description"

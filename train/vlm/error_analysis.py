@@ -1,0 +1,73 @@
+"""Where a stage's closed-question errors come from: perception or reasoning.
+
+Each held-out question (the evaluation hook's seeded subset) is answered greedily; a wrong answer is
+sorted by its reasoning block, matched against the knowledge base's observations for each class:
+
+- ``wrong_tissue``: the think block describes another class than the tile's (a perception error);
+- ``wrong_letter`` / ``wrong_verdict``: it describes the right class, then names the wrong option
+  letter or the wrong yes/no (a reasoning error, what verifiable-reward RL can fix);
+- ``no_description``: no class's observations appear.
+
+    python -m train.vlm.error_analysis runs/vlm/nano-sft [--samples 192] [--max-new-tokens 160]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+
+def described_class(text: str, observations: dict[str, str]) -> str | None:
+    """The class whose knowledge-base observations open the completion's reasoning, or None."""
+    hits = [label for label, obs in observations.items() if obs and obs.split(".")[0] in text]
+    return hits[0] if len(hits) == 1 else None
+
+
+def classify(row: dict, text: str, correct: bool, observations: dict[str, str]) -> str:
+    if correct:
+        return "correct"
+    seen = described_class(text, observations)
+    if seen is None:
+        return "no_description"
+    if seen != row["label"]:
+        return "wrong_tissue"
+    return "wrong_letter" if row["answer_type"] == "option_letter" else "wrong_verdict"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run")
+    ap.add_argument("--samples", type=int, default=None, help="default: the run's eval_samples")
+    ap.add_argument("--max-new-tokens", type=int, default=160)
+    args = ap.parse_args(argv)
+
+    from pathvlm.chat import Reasoner
+    from pathvlm.data.knowledge import KnowledgeBase
+    from pathvlm.rewards import accuracy_reward
+    from pathvlm.vlm.build import load_vlm
+    from train.vlm.config import VLMTrainConfig
+    from train.vlm.data import closed_questions
+
+    run = Path(args.run)
+    cfg = VLMTrainConfig(**json.loads((run / "results.json").read_text())["config"])
+    rows = closed_questions(cfg, cfg.eval_split, args.samples or cfg.eval_samples)
+    kb = KnowledgeBase.load()
+    observations = {label: kb.observations(label) for label in kb.classes}
+    model, processor = load_vlm(str(run / "final"))
+    results = Reasoner(model, processor, name="errors").chat_batch(
+        [r["image"] for r in rows], [r["prompt"] for r in rows], max_new_tokens=args.max_new_tokens,
+        batch_size=cfg.eval_batch_size, progress=True)
+    texts = [r.text for r in results]
+    correct = accuracy_reward(texts, answer=[r["answer"] for r in rows], answer_type=[r["answer_type"] for r in rows],
+                              options=[r["options"] for r in rows])
+    kinds = [classify(r, t, bool(c), observations) for r, t, c in zip(rows, texts, correct)]
+    summary = {"n": len(rows), "accuracy": sum(correct) / len(rows), "kinds": dict(Counter(kinds)),
+               "examples": {k: next(t for t, kk in zip(texts, kinds) if kk == k) for k in set(kinds) if k != "correct"}}
+    (run / "errors.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "examples"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
