@@ -44,10 +44,10 @@ def main(argv=None) -> int:
 
     from pathvlm.chat import Reasoner
     from pathvlm.data.knowledge import KnowledgeBase
-    from pathvlm.rewards import accuracy_reward
     from pathvlm.vlm.build import load_vlm
     from train.vlm.config import VLMTrainConfig
     from train.vlm.data import closed_questions
+    from train.vlm.evaluate import answer_and_score
 
     run = Path(args.run)
     cfg = VLMTrainConfig(**json.loads((run / "results.json").read_text())["config"])
@@ -55,13 +55,11 @@ def main(argv=None) -> int:
     kb = KnowledgeBase.load()
     observations = {label: kb.observations(label) for label in kb.classes}
     model, processor = load_vlm(str(run / "final"))
-    results = Reasoner(model, processor, name="errors").chat_batch(
-        [r["image"] for r in rows], [r["prompt"] for r in rows], max_new_tokens=args.max_new_tokens,
-        batch_size=cfg.eval_batch_size, progress=True)
+    results, correct = answer_and_score(Reasoner(model, processor, name="errors"), rows, args.max_new_tokens,
+                                        cfg.eval_batch_size, progress=True)
     texts = [r.text for r in results]
-    correct = accuracy_reward(texts, answer=[r["answer"] for r in rows], answer_type=[r["answer_type"] for r in rows],
-                              options=[r["options"] for r in rows])
-    kinds = [classify(r, t, bool(c), observations) for r, t, c in zip(rows, texts, correct)]
+    meta = [{"label": lab, "answer_type": t} for lab, t in zip(rows["label"], rows["answer_type"])]
+    kinds = [classify(m, t, bool(c), observations) for m, t, c in zip(meta, texts, correct)]
     summary = {"n": len(rows), "accuracy": sum(correct) / len(rows), "kinds": dict(Counter(kinds)),
                "examples": {k: next(t for t, kk in zip(texts, kinds) if kk == k) for k in set(kinds) if k != "correct"}}
     (run / "errors.json").write_text(json.dumps(summary, indent=2))

@@ -29,31 +29,37 @@ def paired_comparison(before: list[int], after: list[int]) -> dict:
             "mcnemar_p": p}
 
 
+def answer_and_score(reasoner, rows, max_new_tokens: int, batch_size: int, images=None, progress: bool = False):
+    """Greedy answers to ``rows`` (a dataset of closed questions: ``prompt``, ``answer``, ``answer_type``,
+    ``options``, and ``image`` unless ``images`` replaces them), scored as the accuracy reward scores them:
+    ``(results, correct)``. Columns are read whole, so each image is decoded once."""
+    results = reasoner.chat_batch(list(images if images is not None else rows["image"]), list(rows["prompt"]),
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    correct = accuracy_reward([r.text for r in results], answer=list(rows["answer"]),
+                              answer_type=list(rows["answer_type"]), options=list(rows["options"]))
+    return results, correct
+
+
 def closed_question_accuracy(model, processor, cfg, controls=("blank", "noise")) -> dict:
     from train.vlm.data import closed_questions, control_image
 
     rows = closed_questions(cfg, cfg.eval_split, cfg.eval_samples)
     reasoner = Reasoner(model.eval(), processor, name="eval")
-    convs = [r["prompt"] for r in rows]
-    results = reasoner.chat_batch([r["image"] for r in rows], convs, max_new_tokens=cfg.eval_max_new_tokens,
-                                  batch_size=cfg.eval_batch_size, progress=True)
-    texts = [r.text for r in results]
-    correct = accuracy_reward(texts, answer=[r["answer"] for r in rows], answer_type=[r["answer_type"] for r in rows],
-                              options=[r["options"] for r in rows])
+    limits = dict(max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size)
+    results, correct = answer_and_score(reasoner, rows, progress=True, **limits)
+    types = list(rows["answer_type"])
     out = {"n": len(rows), "accuracy": sum(correct) / len(rows),
-           "by_type": {t: sum(c for c, r in zip(correct, rows) if r["answer_type"] == t) /
-                       max(1, sum(1 for r in rows if r["answer_type"] == t)) for t in ("option_letter", "yes_no")},
+           "by_type": {t: sum(c for c, ty in zip(correct, types) if ty == t) / max(1, types.count(t))
+                       for t in ("option_letter", "yes_no")},
            "max_new_tokens": cfg.eval_max_new_tokens, "decoding": "greedy", "split": cfg.eval_split,
            "correct": [int(c) for c in correct],  # per question, for paired comparisons between stages
-           "examples": [{"question": c[-1]["content"][-1]["text"], "answer": r["answer"], "completion": t}
-                        for c, r, t in zip(convs[:3], rows, texts)]}
+           "examples": [{"question": p[-1]["content"][-1]["text"], "answer": a, "completion": r.text}
+                        for p, a, r in zip(list(rows["prompt"])[:3], rows["answer"], results)]}
     answers = [res.answer.strip().lower() for res in results]
     for kind in controls:
-        ctrl = reasoner.chat_batch([control_image(kind, seed=i) for i in range(len(rows))], convs,
-                                   max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size)
+        ctrl, ok = answer_and_score(reasoner, rows, images=[control_image(kind, seed=i) for i in range(len(rows))],
+                                    **limits)
         got = [res.answer.strip().lower() for res in ctrl]
-        ok = accuracy_reward([r.text for r in ctrl], answer=[r["answer"] for r in rows],
-                             answer_type=[r["answer_type"] for r in rows], options=[r["options"] for r in rows])
         out[f"control_{kind}"] = {
             "answer_changed": sum(a != b for a, b in zip(answers, got)) / len(rows),
             "abstained": sum(CANNOT_DETERMINE in g for g in got) / len(rows),

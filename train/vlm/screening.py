@@ -25,23 +25,19 @@ def screen_prompts(cfg, pool, out: Path, progress: bool = True) -> dict:
         if saved.get("pool_size") == len(pool):
             return saved
     from pathvlm.chat import Reasoner
-    from pathvlm.rewards import accuracy_reward
     from pathvlm.vlm.adapters import apply_bundle
     from pathvlm.vlm.build import load_vlm
+    from train.vlm.evaluate import answer_and_score
 
     model, processor = load_vlm(cfg.model)
     if cfg.init_adapter:
         apply_bundle(model, cfg.init_adapter)
-    reasoner = Reasoner(model, processor, name="screening")
-    results = reasoner.chat_batch(list(pool["image"]), list(pool["prompt"]), max_new_tokens=cfg.max_completion_length,
-                                  batch_size=cfg.eval_batch_size, progress=progress)
-    correct = accuracy_reward([r.text for r in results], answer=list(pool["answer"]),
-                              answer_type=list(pool["answer_type"]), options=list(pool["options"]))
+    _, correct = answer_and_score(Reasoner(model, processor, name="screening"), pool, cfg.max_completion_length,
+                                  cfg.eval_batch_size, progress=progress)
     saved = {"pool_size": len(pool), "correct": [int(c) for c in correct],
              "pool_accuracy": sum(correct) / max(1, len(pool))}
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(saved, indent=1))
-    del model
     return saved
 
 
@@ -59,3 +55,11 @@ def pick_screened(pool, correct: list[int], n: int, hard_fraction: float, seed: 
     take_passed = min(len(passed), n - take_missed)
     chosen = sorted(rng.sample(missed, take_missed) + rng.sample(passed, take_passed))
     return pool.select(chosen), {"missed": take_missed, "answered": take_passed, "pool_missed": len(missed)}
+
+
+def screen_and_pick(cfg, pool, out: Path):
+    """Screen ``pool`` (saved or answered now) and pick ``cfg.max_train_samples`` prompts from it:
+    ``(chosen, summary)``."""
+    found = screen_prompts(cfg, pool, out)
+    chosen, counts = pick_screened(pool, found["correct"], cfg.max_train_samples, cfg.screen_hard_fraction, cfg.seed)
+    return chosen, {"pool_accuracy": found["pool_accuracy"], "pool_size": found["pool_size"], **counts}

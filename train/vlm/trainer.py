@@ -199,13 +199,11 @@ def run_stage(cfg: VLMTrainConfig) -> dict:
     else:
         screened, screening = None, {}
         if cfg.screen_prompts:
-            def screened(pool):
-                from train.vlm.screening import pick_screened, screen_prompts
+            from train.vlm.screening import screen_and_pick
 
-                found = screen_prompts(cfg, pool, out)
-                chosen, counts = pick_screened(pool, found["correct"], cfg.max_train_samples,
-                                               cfg.screen_hard_fraction, cfg.seed)
-                screening.update(pool_accuracy=found["pool_accuracy"], pool_size=found["pool_size"], **counts)
+            def screened(pool):
+                chosen, summary = screen_and_pick(cfg, pool, out)
+                screening.update(summary)
                 return chosen
 
         n = cfg.screen_prompts or cfg.max_train_samples
