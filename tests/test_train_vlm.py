@@ -1,6 +1,7 @@
 """PathVLM stages on a tiny model: align, SFT and GRPO steps change the weights they should, adapters
 chain between stages, LoRA merge keeps outputs, resume picks the last complete checkpoint."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,6 +125,14 @@ def test_resume_uses_last_complete_checkpoint(tmp_path):
     assert last_complete_checkpoint(tmp_path / "none") is None
 
 
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parent.parent / "train/recipes/vlm").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_committed_recipes_load(recipe):
+    from train.vlm.config import load_config
+
+    assert load_config(recipe).stage in recipe.stem  # valid fields and values; nano_grpo*.yaml are grpo recipes
+
+
 def test_config_errors(tmp_path):
     from pathvlm.errors import PathVLMError
     from train.vlm.config import load_config
@@ -131,6 +140,9 @@ def test_config_errors(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text("stage: grpo\nnum_generations: 1\n")
     with pytest.raises(PathVLMError, match="num_generations"):
+        load_config(p)
+    p.write_text("stage: grpo\nnum_generations: 6\nbatch_size: 8\n")
+    with pytest.raises(PathVLMError, match="multiple of num_generations"):
         load_config(p)
     p.write_text("stage: sft\nbogus: 1\n")
     with pytest.raises(PathVLMError, match="unknown field"):

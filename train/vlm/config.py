@@ -96,4 +96,7 @@ def load_config(path: str | Path, overrides: dict | None = None, stage: str | No
         raise PathVLMError(f"{p}: screen_prompts needs max_train_samples (how many screened prompts to train on)")
     if cfg.stage == "grpo" and cfg.num_generations < 2:
         raise PathVLMError(f"{p}: GRPO needs num_generations >= 2 (advantages compare completions of one prompt)")
+    if cfg.stage == "grpo" and cfg.batch_size % cfg.num_generations:
+        raise PathVLMError(f"{p}: batch_size ({cfg.batch_size}) must be a multiple of num_generations "
+                           f"({cfg.num_generations}): each step holds whole groups")
     return cfg

@@ -29,9 +29,13 @@ def screen_prompts(cfg, pool, out: Path, progress: bool = True) -> dict:
     from pathvlm.vlm.build import load_vlm
     from train.vlm.evaluate import answer_and_score
 
+    import torch
+
     model, processor = load_vlm(cfg.model)
     if cfg.init_adapter:
         apply_bundle(model, cfg.init_adapter)
+    if torch.cuda.is_available():  # the trainer will train on the GPU: screen there too
+        model.to("cuda")
     _, correct = answer_and_score(Reasoner(model, processor, name="screening"), pool, cfg.max_completion_length,
                                   cfg.eval_batch_size, progress=progress)
     saved = {"pool_size": len(pool), "correct": [int(c) for c in correct],
