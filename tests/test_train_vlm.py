@@ -235,6 +235,13 @@ def test_error_analysis_sorts_perception_from_reasoning():
     assert classify(mcq, f"<think>{aca} This fits colon adenocarcinoma, which is option B.</think><answer>B</answer>",
                     True, obs) == "correct"
     assert classify(mcq, f"<think>{aca} ...option C.</think><answer>C</answer>", False, obs) == "wrong_letter"
+    mcq["options"] = ["benign colonic tissue", "colon adenocarcinoma", "ovarian stroma"]
+    assert classify(mcq, f"<think>{aca} This fits colon adenocarcinoma, which is option A.</think><answer>A</answer>",
+                    False, obs) == "wrong_lookup"
+    assert classify(mcq, f"<think>{aca} This fits benign colonic tissue, which is option A.</think><answer>A</answer>",
+                    False, obs) == "wrong_conclusion"
+    assert classify(mcq, f"<think>{aca} This fits colon adenocarcinoma, which is option B.</think><answer>A</answer>",
+                    False, obs) == "wrong_letter"
     assert classify(yn, f"<think>{aca} These features are those of benign colonic tissue.</think><answer>yes</answer>",
                     False, obs) == "wrong_verdict"
     assert classify(yn, f"<think>{benign}</think><answer>no</answer>", False, obs) == "wrong_tissue"

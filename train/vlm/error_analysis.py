@@ -5,7 +5,9 @@ sorted by its reasoning block, matched against the knowledge base's observations
 
 - ``wrong_tissue``: the think block describes another class than the tile's (a perception error);
 - ``wrong_letter`` / ``wrong_verdict``: it describes the right class, then names the wrong option
-  letter or the wrong yes/no (a reasoning error, what verifiable-reward RL can fix);
+  letter or the wrong yes/no (a reasoning error, what verifiable-reward RL can fix). A wrong letter is
+  split further where the reasoning ends "This fits X, which is option L": ``wrong_lookup`` (X is the
+  tile's class, but L is not its option) and ``wrong_conclusion`` (X is another class);
 - ``no_description``: no class's observations appear.
 
     python -m train.vlm.error_analysis runs/vlm/nano-sft [--samples 192] [--max-new-tokens 160]
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +27,9 @@ def described_class(text: str, observations: dict[str, str]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
+CONCLUSION_RE = re.compile(r"fits (.+?), which is option ([A-Z])\b")
+
+
 def classify(row: dict, text: str, correct: bool, observations: dict[str, str]) -> str:
     if correct:
         return "correct"
@@ -32,7 +38,17 @@ def classify(row: dict, text: str, correct: bool, observations: dict[str, str]) 
         return "no_description"
     if seen != row["label"]:
         return "wrong_tissue"
-    return "wrong_letter" if row["answer_type"] == "option_letter" else "wrong_verdict"
+    if row["answer_type"] != "option_letter":
+        return "wrong_verdict"
+    found = CONCLUSION_RE.search(text)
+    if found is None or not row.get("options"):
+        return "wrong_letter"
+    named, letter = found.group(1).strip().lower(), found.group(2)
+    if named != row["label"].lower():
+        return "wrong_conclusion"
+    index = ord(letter) - ord("A")
+    right = index < len(row["options"]) and row["options"][index].lower() == named
+    return "wrong_letter" if right else "wrong_lookup"  # right lookup, then another letter in <answer>
 
 
 def main(argv=None) -> int:
@@ -58,12 +74,15 @@ def main(argv=None) -> int:
     results, correct = answer_and_score(Reasoner(model, processor, name="errors"), rows, args.max_new_tokens,
                                         cfg.eval_batch_size, progress=True)
     texts = [r.text for r in results]
-    meta = [{"label": lab, "answer_type": t} for lab, t in zip(rows["label"], rows["answer_type"])]
+    meta = [{"label": lab, "answer_type": t, "options": o}
+            for lab, t, o in zip(rows["label"], rows["answer_type"], rows["options"])]
     kinds = [classify(m, t, bool(c), observations) for m, t, c in zip(meta, texts, correct)]
     summary = {"n": len(rows), "accuracy": sum(correct) / len(rows), "kinds": dict(Counter(kinds)),
-               "examples": {k: next(t for t, kk in zip(texts, kinds) if kk == k) for k in set(kinds) if k != "correct"}}
+               "examples": {k: next(t for t, kk in zip(texts, kinds) if kk == k) for k in set(kinds) if k != "correct"},
+               "wrong": [{"question": p[-1]["content"][-1]["text"], "answer": a, "kind": k, "completion": t}
+                         for p, a, k, t in zip(rows["prompt"], rows["answer"], kinds, texts) if k != "correct"]}
     (run / "errors.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "examples"}, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("examples", "wrong")}, indent=2))
     return 0
 
 
