@@ -223,6 +223,21 @@ def test_grpo_prompt_screening(tiny_reasoner_dir, built_fixture_data, tmp_path, 
         pick_screened(pool, [0] * 6, 4, 1.5, seed=0)
 
 
+def test_bundle_pairs_each_stage_with_the_one_before_and_ablations_with_their_start():
+    from train.vlm.bundle import paired_lines
+
+    def row(stage, d, start, correct):
+        return {"stage": stage, "dir": d, "started_from": start, "correct": correct}
+
+    rows = [row("align", "r/a", None, [0, 0, 0, 0]), row("sft", "r/s", "r/a", [1, 1, 0, 0]),
+            row("grpo (g1)", "r/g1", "r/s", [1, 1, 1, 0]), row("grpo (g2)", "r/g2", "r/g1", [1, 1, 1, 1]),
+            row("ablation: x", "r/x", "r/s", [0, 0, 0, 0])]
+    table = [line for line in paired_lines(rows) if line.startswith("| ") and "->" in line]
+    assert [line.split(" | ")[0][2:] for line in table] == [
+        "align -> sft", "sft -> grpo (g1)", "grpo (g1) -> grpo (g2)", "sft -> ablation: x"]
+    assert table[-1].split(" | ")[2:4] == ["0", "2"]  # the ablation lost sft's two right answers
+
+
 def test_error_analysis_sorts_perception_from_reasoning():
     from pathvlm.data.knowledge import KnowledgeBase
     from train.vlm.error_analysis import classify

@@ -22,7 +22,9 @@ def _row(stage_dir: Path) -> dict:
     ev = res.get("eval", {})
     if (stage_dir / "eval.json").exists():  # re-evaluated after training (python -m train.vlm.evaluate)
         ev = json.loads((stage_dir / "eval.json").read_text())
-    row = {"stage": res["stage"], "dir": str(stage_dir), "steps": res["steps"], "train_samples": res["train_samples"],
+    init = (res.get("config") or {}).get("init_adapter")
+    row = {"stage": res["stage"], "dir": str(stage_dir), "started_from": str(Path(init).parent) if init else None,
+           "steps": res["steps"], "train_samples": res["train_samples"],
            "train_seconds": round(res["train_seconds"], 1), "trainable_params": res["trainable_params"],
            "accuracy": ev.get("accuracy"), "by_type": ev.get("by_type"), "eval_n": ev.get("n"),
            "eval_max_new_tokens": ev.get("max_new_tokens"), "correct": ev.get("correct")}
@@ -45,8 +47,13 @@ def paired_lines(rows: list[dict]) -> list[str]:
     from train.vlm.evaluate import paired_comparison
 
     main = [r for r in rows if not r["stage"].startswith("ablation")]
-    # each stage against the one before it; an ablation of the last stage against where that stage started
-    pairs = list(zip(main, main[1:])) + [(main[-2], r) for r in rows if r not in main and len(main) > 1]
+
+    def start_of(ablation):  # the main stage whose adapter the ablation continued, else the last stage's start
+        same = [m for m in main if ablation.get("started_from") and Path(m["dir"]) == Path(ablation["started_from"])]
+        return same[0] if same else main[-2]
+
+    # each stage against the one before it; an ablation against the stage it started from
+    pairs = list(zip(main, main[1:])) + [(start_of(r), r) for r in rows if r not in main and len(main) > 1]
     out = []
     for a, b in pairs:
         if a.get("correct") and b.get("correct") and len(a["correct"]) == len(b["correct"]):
@@ -107,7 +114,12 @@ def main(argv=None) -> int:
     ap.add_argument("--ablation", nargs="*", default=[], help="more run folders reported as ablations (not bundled)")
     args = ap.parse_args(argv)
     dirs = [Path(d) for d in args.stages]
-    rows = [_row(d) for d in dirs] + [{**_row(Path(d)), "stage": f"ablation: {Path(d).name}"} for d in args.ablation]
+    rows = [_row(d) for d in dirs]
+    names = [r["stage"] for r in rows]
+    for r in rows:  # a stage run twice (two GRPO rounds) is told apart by its run folder
+        if names.count(r["stage"]) > 1:
+            r["stage"] = f"{r['stage']} ({Path(r['dir']).name})"
+    rows += [{**_row(Path(d)), "stage": f"ablation: {Path(d).name}"} for d in args.ablation]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{NAME}.safetensors"
