@@ -257,6 +257,12 @@ def test_error_analysis_sorts_perception_from_reasoning():
                     False, obs) == "wrong_conclusion"
     assert classify(mcq, f"<think>{aca} This fits colon adenocarcinoma, which is option B.</think><answer>A</answer>",
                     False, obs) == "wrong_letter"
+    scan = "A. benign colonic tissue: no. B. colon adenocarcinoma: yes, so the answer is B."
+    assert classify(mcq, f"<think>{aca} {scan}</think><answer>B</answer>", True, obs) == "correct"
+    assert classify(mcq, f"<think>{aca} A. benign colonic tissue: yes, so the answer is A.</think><answer>A</answer>",
+                    False, obs) == "wrong_conclusion"
+    assert classify(mcq, f"<think>{aca} A. colon adenocarcinoma: yes, so the answer is A.</think><answer>A</answer>",
+                    False, obs) == "wrong_lookup"
     assert classify(yn, f"<think>{aca} These features are those of benign colonic tissue.</think><answer>yes</answer>",
                     False, obs) == "wrong_verdict"
     assert classify(yn, f"<think>{benign}</think><answer>no</answer>", False, obs) == "wrong_tissue"

@@ -6,8 +6,9 @@ sorted by its reasoning block, matched against the knowledge base's observations
 - ``wrong_tissue``: the think block describes another class than the tile's (a perception error);
 - ``wrong_letter`` / ``wrong_verdict``: it describes the right class, then names the wrong option
   letter or the wrong yes/no (a reasoning error, what verifiable-reward RL can fix). A wrong letter is
-  split further where the reasoning ends "This fits X, which is option L": ``wrong_lookup`` (X is the
-  tile's class, but L is not its option) and ``wrong_conclusion`` (X is another class);
+  split further where the reasoning picks an option ("L. X: yes" in the option scan, or "This fits X,
+  which is option L"): ``wrong_lookup`` (X is the tile's class, but L is not its option) and
+  ``wrong_conclusion`` (X is another class);
 - ``no_description``: no class's observations appear.
 
     python -m train.vlm.error_analysis runs/vlm/nano-sft [--samples 192] [--max-new-tokens 160]
@@ -27,6 +28,8 @@ def described_class(text: str, observations: dict[str, str]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
+# the option scan ("B. colon adenocarcinoma: yes, so the answer is B"), or the earlier "fits X, which is option L"
+SCAN_RE = re.compile(r"\b([A-Z])\. ([^.:]+): yes\b")
 CONCLUSION_RE = re.compile(r"fits (.+?), which is option ([A-Z])\b")
 
 
@@ -40,10 +43,11 @@ def classify(row: dict, text: str, correct: bool, observations: dict[str, str]) 
         return "wrong_tissue"
     if row["answer_type"] != "option_letter":
         return "wrong_verdict"
-    found = CONCLUSION_RE.search(text)
-    if found is None or not row.get("options"):
+    scan, found = SCAN_RE.search(text), CONCLUSION_RE.search(text)
+    if (scan is None and found is None) or not row.get("options"):
         return "wrong_letter"
-    named, letter = found.group(1).strip().lower(), found.group(2)
+    named, letter = (scan.group(2), scan.group(1)) if scan else (found.group(1), found.group(2))
+    named = named.strip().lower()
     if named != row["label"].lower():
         return "wrong_conclusion"
     index = ord(letter) - ord("A")
