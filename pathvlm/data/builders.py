@@ -45,13 +45,6 @@ def mcq_text(question: str, options: list[str]) -> str:
     return "\n".join(lines)
 
 
-def option_scan(options: list[str], correct: int) -> str:
-    """"A. x: no. B. y: yes, so the answer is B." -- each option judged in turn, up to the right one."""
-    steps = [f"{string.ascii_uppercase[i]}. {o}: no." for i, o in enumerate(options[:correct])]
-    letter = string.ascii_uppercase[correct]
-    return " ".join(steps + [f"{letter}. {options[correct]}: yes, so the answer is {letter}."])
-
-
 def build_clip(rows, kb: KnowledgeBase, seed: int, captions_per_image: int = 1):
     for row in rows:
         if row["image"] is None:
@@ -99,11 +92,9 @@ def build_sft(rows, kb: KnowledgeBase, seed: int):
                        cot(f"{obs} {verdict}", "yes" if yes else "no"))
             options, correct = kb.options(label, rng)
             letter = string.ascii_uppercase[correct]
-            # the reasoning goes down the options in order, copying each one and judging it against the
-            # description (a yes/no step), and stops at the match: the final letter is copied from a few tokens
-            # back, never looked up from the class name (a small LM's lookup drifts to the last option)
+            # the reasoning names the option it picked, so the final letter is copied rather than recalled
             yield _sft(row, "mcq", mcq_text(f"Which diagnosis best fits this {e['stain']} image?", options)
-                       + f"\n{FORMAT_INSTRUCTION}", cot(f"{obs} {option_scan(options, correct)}", letter))
+                       + f"\n{FORMAT_INSTRUCTION}", cot(f"{obs} This fits {label}, which is option {letter}.", letter))
             yield _sft(row, "open", f"What does this image show? {FORMAT_INSTRUCTION}", cot(obs, label))
             yield _sft(row, "report", "Write a structured pathology report for this image.",
                        cot(obs, kb.report(label)))

@@ -6,8 +6,8 @@ sorted by its reasoning block, matched against the knowledge base's observations
 - ``wrong_tissue``: the think block describes another class than the tile's (a perception error);
 - ``wrong_letter`` / ``wrong_verdict``: it describes the right class, then names the wrong option
   letter or the wrong yes/no (a reasoning error, what verifiable-reward RL can fix). A wrong letter is
-  split further where the reasoning picks an option ("L. X: yes" in the option scan, or "This fits X,
-  which is option L"): ``wrong_lookup`` (X is the tile's class, but L is not its option) and
+  split further where the reasoning picks an option ("This fits X, which is option L", or "L. X: yes"
+  in the option-scan format tried at commit 1613377): ``wrong_lookup`` (X is the tile's class, but L is not its option) and
   ``wrong_conclusion`` (X is another class);
 - ``no_description``: no class's observations appear.
 
@@ -28,7 +28,7 @@ def described_class(text: str, observations: dict[str, str]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-# the option scan ("B. colon adenocarcinoma: yes, so the answer is B"), or the earlier "fits X, which is option L"
+# "fits X, which is option L" (the nano data), or the option scan ("B. colon adenocarcinoma: yes, so the answer is B")
 SCAN_RE = re.compile(r"\b([A-Z])\. ([^.:]+): yes\b")
 CONCLUSION_RE = re.compile(r"fits (.+?), which is option ([A-Z])\b")
 
