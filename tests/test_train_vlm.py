@@ -44,6 +44,11 @@ def test_align_then_sft_then_grpo_chain(tiny_reasoner_dir, built_fixture_data, t
     assert all(torch.equal(s[k], a[k]) for k in a if k.startswith("model.vision_tower."))
     assert json.loads((tmp_path / "sft" / "results.json").read_text())["steps"] == 2
     assert "control_blank" in sft["eval"]
+    from safetensors.torch import load_file
+
+    snapshot = load_file(str(tmp_path / "sft" / "checkpoint-2" / "adapter.safetensors"))  # written at each save
+    final_adapter = load_file(sft["adapter"])
+    assert snapshot.keys() == final_adapter.keys() and all(torch.equal(snapshot[k], final_adapter[k]) for k in snapshot)
 
     grpo = run_stage(cfg_for("grpo", tiny_reasoner_dir, built_fixture_data, tmp_path / "grpo",
                              init_adapter=sft["adapter"], rewards=["accuracy", "format", "length"], lr=1e-1,

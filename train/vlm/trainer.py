@@ -122,6 +122,28 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name[len(CKPT_PREFIX):]), default=None)
 
 
+def adapter_snapshots(cfg: VLMTrainConfig):
+    """A callback that writes ``checkpoint-N/adapter.safetensors`` at every save: the projector and LoRA factors,
+    fp16, about 12 MB for pathvlm-nano. A run stopped before its end (a time limit, a lost machine) still leaves
+    an adapter that ``init_adapter``, ``apply_bundle`` and the evaluation take, small enough to copy off a GPU box."""
+    from transformers import TrainerCallback
+
+    from pathvlm.vlm.adapters import export_bundle
+
+    class AdapterSnapshots(TrainerCallback):
+        def on_save(self, args, state, control, model=None, **kwargs):
+            folder = Path(args.output_dir) / f"{CKPT_PREFIX}{state.global_step}"
+            if state.is_world_process_zero and model is not None and folder.is_dir():
+                try:
+                    export_bundle(model, folder / "adapter.safetensors",
+                                  {"stage": cfg.stage, "step": str(state.global_step), "init_adapter": cfg.init_adapter})
+                except Exception as e:  # a sharded (FSDP/ZeRO-3) model: the full checkpoint is still there
+                    print(f"warning: no adapter snapshot at step {state.global_step} ({type(e).__name__}: {e})")
+            return control
+
+    return AdapterSnapshots()
+
+
 # -- trainer arguments --------------------------------------------------------------------------------
 def _precision(cfg: VLMTrainConfig) -> dict:
     use_bf16 = cfg.mixed_precision == "bf16" or (
@@ -209,6 +231,8 @@ def run_stage(cfg: VLMTrainConfig) -> dict:
         n = cfg.screen_prompts or cfg.max_train_samples
         train_ds = data.grpo_dataset(cfg, cfg.train_split, n, screened=screened)
         trainer = grpo_trainer(cfg, model, processor, train_ds)
+    if cfg.lora or cfg.train_projector:
+        trainer.add_callback(adapter_snapshots(cfg))
     resume = last_complete_checkpoint(out)
     if resume is not None:
         print(f"resuming from {resume}")
