@@ -256,18 +256,17 @@ def test_error_analysis_sorts_perception_from_reasoning():
                     True, obs) == "correct"
     assert classify(mcq, f"<think>{aca} ...option C.</think><answer>C</answer>", False, obs) == "wrong_letter"
     mcq["options"] = ["benign colonic tissue", "colon adenocarcinoma", "ovarian stroma"]
-    assert classify(mcq, f"<think>{aca} This fits colon adenocarcinoma, which is option A.</think><answer>A</answer>",
-                    False, obs) == "wrong_lookup"
-    assert classify(mcq, f"<think>{aca} This fits benign colonic tissue, which is option A.</think><answer>A</answer>",
-                    False, obs) == "wrong_conclusion"
-    assert classify(mcq, f"<think>{aca} This fits colon adenocarcinoma, which is option B.</think><answer>A</answer>",
-                    False, obs) == "wrong_letter"
     scan = "A. benign colonic tissue: no. B. colon adenocarcinoma: yes, so the answer is B."
-    assert classify(mcq, f"<think>{aca} {scan}</think><answer>B</answer>", True, obs) == "correct"
-    assert classify(mcq, f"<think>{aca} A. benign colonic tissue: yes, so the answer is A.</think><answer>A</answer>",
-                    False, obs) == "wrong_conclusion"
-    assert classify(mcq, f"<think>{aca} A. colon adenocarcinoma: yes, so the answer is A.</think><answer>A</answer>",
-                    False, obs) == "wrong_lookup"
+    cases = [  # (reasoning after the description, final answer, correct, kind)
+        ("This fits colon adenocarcinoma, which is option A.", "A", False, "wrong_lookup"),
+        ("This fits benign colonic tissue, which is option A.", "A", False, "wrong_conclusion"),
+        ("This fits colon adenocarcinoma, which is option B.", "A", False, "wrong_letter"),
+        (scan, "B", True, "correct"),  # the option-scan format
+        ("A. benign colonic tissue: yes, so the answer is A.", "A", False, "wrong_conclusion"),
+        ("A. colon adenocarcinoma: yes, so the answer is A.", "A", False, "wrong_lookup"),
+    ]
+    for reasoning, letter, correct, kind in cases:
+        assert classify(mcq, f"<think>{aca} {reasoning}</think><answer>{letter}</answer>", correct, obs) == kind, reasoning
     assert classify(yn, f"<think>{aca} These features are those of benign colonic tissue.</think><answer>yes</answer>",
                     False, obs) == "wrong_verdict"
     assert classify(yn, f"<think>{benign}</think><answer>no</answer>", False, obs) == "wrong_tissue"

@@ -86,17 +86,22 @@ def load_config(path: str | Path, overrides: dict | None = None, stage: str | No
         if data.get("stage", stage) != stage:
             raise PathVLMError(f"{p} is a '{data['stage']}' recipe; run it with `pathvlm train {data['stage']}`")
         cfg.stage = stage
-    if cfg.stage not in STAGES:
-        raise PathVLMError(f"{p}: stage must be one of {', '.join(STAGES)}")
-    if cfg.mixed_precision not in ("auto", "no", "bf16"):
-        raise PathVLMError(f"{p}: mixed_precision must be auto, no or bf16")
-    if not 0 <= cfg.screen_hard_fraction <= 1:
-        raise PathVLMError(f"{p}: screen_hard_fraction must be between 0 and 1")
-    if cfg.screen_prompts and not cfg.max_train_samples:
-        raise PathVLMError(f"{p}: screen_prompts needs max_train_samples (how many screened prompts to train on)")
-    if cfg.stage == "grpo" and cfg.num_generations < 2:
-        raise PathVLMError(f"{p}: GRPO needs num_generations >= 2 (advantages compare completions of one prompt)")
-    if cfg.stage == "grpo" and cfg.batch_size % cfg.num_generations:
-        raise PathVLMError(f"{p}: batch_size ({cfg.batch_size}) must be a multiple of num_generations "
-                           f"({cfg.num_generations}): each step holds whole groups")
+    validate(cfg, str(p))
     return cfg
+
+
+def validate(cfg: VLMTrainConfig, where: str = "config") -> None:
+    """The checks every run passes, whether its config came from a recipe or was built in code."""
+    if cfg.stage not in STAGES:
+        raise PathVLMError(f"{where}: stage must be one of {', '.join(STAGES)}")
+    if cfg.mixed_precision not in ("auto", "no", "bf16"):
+        raise PathVLMError(f"{where}: mixed_precision must be auto, no or bf16")
+    if not 0 <= cfg.screen_hard_fraction <= 1:
+        raise PathVLMError(f"{where}: screen_hard_fraction must be between 0 and 1")
+    if cfg.screen_prompts and not cfg.max_train_samples:
+        raise PathVLMError(f"{where}: screen_prompts needs max_train_samples (how many screened prompts to train on)")
+    if cfg.stage == "grpo" and cfg.num_generations < 2:
+        raise PathVLMError(f"{where}: GRPO needs num_generations >= 2 (advantages compare completions of one prompt)")
+    if cfg.stage == "grpo" and cfg.batch_size % cfg.num_generations:
+        raise PathVLMError(f"{where}: batch_size ({cfg.batch_size}) must be a multiple of num_generations "
+                           f"({cfg.num_generations}): each step holds whole groups")

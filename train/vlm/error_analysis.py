@@ -81,10 +81,13 @@ def main(argv=None) -> int:
     meta = [{"label": lab, "answer_type": t, "options": o}
             for lab, t, o in zip(rows["label"], rows["answer_type"], rows["options"])]
     kinds = [classify(m, t, bool(c), observations) for m, t, c in zip(meta, texts, correct)]
+    wrong = [{"question": p[-1]["content"][-1]["text"], "answer": a, "kind": k, "completion": t}
+             for p, a, k, t in zip(rows["prompt"], rows["answer"], kinds, texts) if k != "correct"]
+    examples = {}
+    for w in wrong:  # the first wrong answer of each kind
+        examples.setdefault(w["kind"], w["completion"])
     summary = {"n": len(rows), "accuracy": sum(correct) / len(rows), "kinds": dict(Counter(kinds)),
-               "examples": {k: next(t for t, kk in zip(texts, kinds) if kk == k) for k in set(kinds) if k != "correct"},
-               "wrong": [{"question": p[-1]["content"][-1]["text"], "answer": a, "kind": k, "completion": t}
-                         for p, a, k, t in zip(rows["prompt"], rows["answer"], kinds, texts) if k != "correct"]}
+               "examples": examples, "wrong": wrong}
     (run / "errors.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("examples", "wrong")}, indent=2))
     return 0

@@ -24,12 +24,12 @@ def screen_prompts(cfg, pool, out: Path, progress: bool = True) -> dict:
         saved = json.loads(path.read_text())
         if saved.get("pool_size") == len(pool):
             return saved
+    import torch
+
     from pathvlm.chat import Reasoner
     from pathvlm.vlm.adapters import apply_bundle
     from pathvlm.vlm.build import load_vlm
     from train.vlm.evaluate import answer_and_score
-
-    import torch
 
     model, processor = load_vlm(cfg.model)
     if cfg.init_adapter:

@@ -188,8 +188,6 @@ def reward_functions(cfg: VLMTrainConfig) -> list:
 def grpo_trainer(cfg: VLMTrainConfig, model, processor, train_ds):
     from trl import GRPOConfig, GRPOTrainer
 
-    if cfg.batch_size % cfg.num_generations:
-        raise PathVLMError(f"batch_size ({cfg.batch_size}) must be a multiple of num_generations ({cfg.num_generations})")
     args = GRPOConfig(**common_args(cfg), num_generations=cfg.num_generations,
                       max_completion_length=cfg.max_completion_length, beta=cfg.beta, temperature=cfg.temperature,
                       use_vllm=cfg.use_vllm, reward_weights=cfg.reward_weights or None, log_completions=False)
@@ -203,8 +201,10 @@ def run_stage(cfg: VLMTrainConfig) -> dict:
 
     from train.vlm import data
     from train.vlm.evaluate import closed_question_accuracy
+    from train.vlm.config import validate
     from train.vlm.plots import plot_curves
 
+    validate(cfg)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
