@@ -88,6 +88,40 @@ def test_abstention_copies(tiny_reasoner_dir, built_fixture_data, tmp_path):
     assert answers.count(ABSTAIN_ANSWER) == round(0.2 * len(sft_dataset(cfg(0.0), "train")))
 
 
+def test_balance_option_letters(tiny_reasoner_dir, built_fixture_data, tmp_path):
+    """Rotated multiple-choice prompts keep their question and options, name the same right option under its
+    new letter in text, options and answer alike, and spread the right letters evenly; other rows are untouched."""
+    from collections import Counter
+
+    from train.vlm.data import balance_option_letters, grpo_dataset, rotate_options
+
+    cfg = cfg_for("grpo", tiny_reasoner_dir, built_fixture_data, tmp_path)
+    plain = grpo_dataset(cfg, "train")
+    # the fixture's letters are as the builder drew them: skewed, so there is something to balance
+    mcq = [i for i, t in enumerate(plain["answer_type"]) if t == "option_letter"]
+    assert len(mcq) >= 8
+    skewed = plain.map(lambda r, i: rotate_options(r, 3) if i in mcq else r, with_indices=True)
+    balanced = balance_option_letters(skewed, seed=0)
+    assert Counter(skewed.select(mcq)["answer"]) == {"D": len(mcq)}
+    counts = Counter(balanced.select(mcq)["answer"])
+    assert set(counts) == set("ABCD") and max(counts.values()) - min(counts.values()) <= 1
+    for old, new in zip(plain, balanced):
+        text = new["prompt"][-1]["content"][-1]["text"]
+        if old["answer_type"] != "option_letter":
+            assert new == old
+            continue
+        right = old["options"]["ABCD".index(old["answer"])]
+        assert new["options"]["ABCD".index(new["answer"])] == right and sorted(new["options"]) == sorted(old["options"])
+        assert f"\n{new['answer']}. {right}\n" in text
+        assert text.split("\n")[0] == old["prompt"][-1]["content"][-1]["text"].split("\n")[0]
+    assert balance_option_letters(skewed, seed=0)["answer"] == balanced["answer"]  # seeded
+    on = grpo_dataset(cfg_for("grpo", tiny_reasoner_dir, built_fixture_data, tmp_path, balance_letters=True), "train")
+    assert Counter(on.select(mcq)["answer"]) == Counter(balance_option_letters(plain, seed=0).select(mcq)["answer"])
+    broken = dict(plain[mcq[0]], options=["not", "the", "listed", "options"])
+    with pytest.raises(Exception, match="not listed"):
+        rotate_options(broken, 0)
+
+
 def test_adapter_bundle_reproduces_merged_model(tiny_reasoner_dir, built_fixture_data, tmp_path):
     """LoRA merge keeps outputs: the merged folder, the live peft model and base + bundle agree."""
     from pathvlm.vlm.adapters import apply_bundle

@@ -66,6 +66,9 @@ class VLMTrainConfig:
         "help": "GRPO: the starting policy answers this many training prompts (greedy) first, and "
                 "max_train_samples is filled mostly with the ones it missed (0: no screening)"})
     screen_hard_fraction: float = 0.75  # share of the GRPO prompts taken from the missed ones
+    balance_letters: bool = field(default=False, metadata={
+        "help": "GRPO: rotate multiple-choice options so the right letters are spread evenly over A-D "
+                "(the screened prompts cluster on the letters the policy misses)"})
     # evaluation hook: closed questions on held-out groups (greedy, batched)
     eval_samples: int = 64
     eval_max_new_tokens: int = 96

@@ -4,10 +4,13 @@
 - sft: ``images`` + ``messages`` with ``<think>...</think><answer>...</answer>`` answers, from ``sft/``,
   optionally with abstention copies (blank or noise image -> "cannot determine");
 - grpo: ``image`` + conversational ``prompt`` + the answer columns the rewards read, from ``grpo/``,
-  optionally with abstention copies whose verifiable answer is "cannot determine";
+  optionally with the multiple-choice letters balanced and with abstention copies whose verifiable
+  answer is "cannot determine";
 - text: ``text`` rows for continued pretraining of the language model.
 """
 from __future__ import annotations
+
+import string
 
 import numpy as np
 from PIL import Image
@@ -79,6 +82,43 @@ def sft_dataset(cfg, split: str, n: int = 0):
     return ds.remove_columns(["task"])
 
 
+def rotate_options(row: dict, target: int) -> dict:
+    """The multiple-choice ``row`` with its options rotated so the right one is option ``target`` (0 = A):
+    prompt text, ``options`` and ``answer`` move together; the distractors keep their cyclic order."""
+    options, k = list(row["options"]), len(row["options"])
+    old_block = "\n".join(f"{string.ascii_uppercase[i]}. {o}" for i, o in enumerate(options))
+    right = string.ascii_uppercase.index(row["answer"])
+    shift = (target - right) % k
+    new_options = options[-shift:] + options[:-shift] if shift else options
+    new_block = "\n".join(f"{string.ascii_uppercase[i]}. {o}" for i, o in enumerate(new_options))
+    prompt = [dict(m) for m in row["prompt"]]
+    parts = [dict(c) for c in prompt[-1]["content"]]
+    texts = [c for c in parts if c.get("type") == "text" and old_block in (c.get("text") or "")]
+    if len(texts) != 1:
+        raise PathVLMError(f"row {row.get('id', '?')}: its options are not listed as 'A. ...' lines in the prompt")
+    texts[0]["text"] = texts[0]["text"].replace(old_block, new_block)
+    prompt[-1]["content"] = parts
+    return {**row, "prompt": prompt, "options": new_options, "answer": string.ascii_uppercase[target]}
+
+
+def balance_option_letters(ds, seed: int):
+    """Rotate the options of the multiple-choice rows so the right letters are spread evenly (A, B, C, D, A,
+    ... in a seeded order). Screening picks the prompts the policy missed, and those cluster on a few
+    letters (C and D for pathvlm-nano's SFT stage); trained on them as they are, GRPO learns that the late
+    letters pay and drifts there on every question. Balanced, only reading the options pays."""
+    import random
+
+    mcq = [i for i, t in enumerate(ds["answer_type"]) if t == "option_letter"]
+    if not mcq:
+        return ds
+    sizes = [len(o) for o in ds.select(mcq)["options"]]
+    targets = [j % min(sizes) for j in range(len(mcq))]
+    random.Random(seed).shuffle(targets)
+    target_of = dict(zip(mcq, targets))
+    return ds.map(lambda row, i: rotate_options(row, target_of[i]) if i in target_of else row,
+                  with_indices=True, desc="balance option letters")
+
+
 def grpo_dataset(cfg, split: str, n: int = 0, screened=None):
     """GRPO prompts (``screened``: an optional ``dataset -> dataset`` choice made before the abstention
     copies, see ``train.vlm.screening``); with ``abstain_fraction``, copies of closed questions on a blank or noise image whose
@@ -89,6 +129,8 @@ def grpo_dataset(cfg, split: str, n: int = 0, screened=None):
     ds = ds.select_columns(keep)
     if screened is not None:
         ds = screened(ds)
+    if cfg.balance_letters:
+        ds = balance_option_letters(ds, cfg.seed)
     if cfg.abstain_fraction > 0:
         ds = _abstention_copies(ds, cfg, lambda row: row["answer_type"] in ("option_letter", "yes_no"),
                                 lambda row, image, kind: {"image": image, "answer": CANNOT_DETERMINE,
