@@ -122,6 +122,46 @@ def test_balance_option_letters(tiny_reasoner_dir, built_fixture_data, tmp_path)
         rotate_options(broken, 0)
 
 
+def test_counterparts_turn_the_answer_on_the_same_image(tiny_reasoner_dir, built_fixture_data, tmp_path):
+    """Each turnable closed question gets a partner on the same image whose right answer differs: yes/no about
+    the tissue's own class <-> another class, the right option two letters on; other rows get none."""
+    import random
+
+    import numpy as np
+
+    from train.vlm.data import YES_NO_QUESTION, add_counterparts, counterpart, grpo_dataset
+
+    plain = grpo_dataset(cfg_for("grpo", tiny_reasoner_dir, built_fixture_data, tmp_path), "train")
+    paired = add_counterparts(plain, seed=0)
+    classes = sorted(set(plain["label"]) - {None})
+    turned = 0
+    for row in plain:
+        partner = counterpart(row, classes, random.Random(0))
+        if partner is None:
+            assert row["answer_type"] not in ("option_letter",)
+            continue
+        turned += 1
+        assert partner["answer"] != row["answer"] and np.array_equal(np.asarray(partner["image"]), np.asarray(row["image"]))
+        text = partner["prompt"][-1]["content"][-1]["text"]
+        if row["answer_type"] == "yes_no":
+            asked = YES_NO_QUESTION.match(text).group("asked")
+            assert (asked == row["label"]) == (partner["answer"] == "yes")
+            assert text.split("?", 1)[1] == row["prompt"][-1]["content"][-1]["text"].split("?", 1)[1]
+        else:
+            right = row["options"]["ABCD".index(row["answer"])]
+            assert partner["answer"] == "ABCD"[("ABCD".index(row["answer"]) + 2) % 4]
+            assert partner["options"]["ABCD".index(partner["answer"])] == right and f"{partner['answer']}. {right}" in text
+    yes_no = [r for r in plain if r["answer_type"] == "yes_no"]
+    assert turned > len(yes_no) // 2 and any(r["answer"] == "yes" for r in yes_no) and any(r["answer"] == "no" for r in yes_no)
+    assert len(paired) == len(plain) + turned
+    on = grpo_dataset(cfg_for("grpo", tiny_reasoner_dir, built_fixture_data, tmp_path, counterparts=True), "train")
+    assert len(on) == len(paired)
+    # a yes/no question that names no class (a PathVQA-style one) cannot be turned
+    odd = dict(yes_no[0], prompt=[{"role": "user", "content": [{"type": "image", "text": None},
+                                                               {"type": "text", "text": "Is there necrosis?"}]}])
+    assert counterpart(odd, classes, random.Random(0)) is None
+
+
 def test_adapter_bundle_reproduces_merged_model(tiny_reasoner_dir, built_fixture_data, tmp_path):
     """LoRA merge keeps outputs: the merged folder, the live peft model and base + bundle agree."""
     from pathvlm.vlm.adapters import apply_bundle
@@ -145,6 +185,19 @@ def test_adapter_bundle_reproduces_merged_model(tiny_reasoner_dir, built_fixture
     assert torch.allclose(b, c, atol=1e-4)  # base + merged bundle == the live LoRA model loaded from it
     assert torch.allclose(a, b, atol=2e-2)  # the fp16 bundle == the fp32 merged folder, to fp16 precision
     assert not torch.allclose(a, base_logits(tiny_reasoner_dir, x), atol=1e-3)  # and training did change outputs
+    # `python -m train.vlm.evaluate` on a run brought back as its adapter alone: base + adapter
+    import shutil
+
+    from train.vlm.evaluate import load_run
+
+    only_adapter = tmp_path / "brought-back"
+    only_adapter.mkdir()
+    shutil.copy(tmp_path / "sft" / "adapter.safetensors", only_adapter)
+    with torch.no_grad():
+        assert torch.equal(load_run(only_adapter, cfg)[0](**x).logits, b)
+        assert torch.equal(load_run(tmp_path / "sft", cfg)[0](**x).logits, a)
+    with pytest.raises(Exception, match="neither final/ nor adapter.safetensors"):
+        load_run(tmp_path / "x" / "missing", cfg)
 
 
 def base_logits(folder, x):

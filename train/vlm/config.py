@@ -69,6 +69,9 @@ class VLMTrainConfig:
     balance_letters: bool = field(default=False, metadata={
         "help": "GRPO: rotate multiple-choice options so the right letters are spread evenly over A-D "
                 "(the screened prompts cluster on the letters the policy misses)"})
+    counterparts: bool = field(default=False, metadata={
+        "help": "GRPO: pair each closed question with its counterpart on the same image whose right answer "
+                "differs (yes <-> no, the right option two letters on), so no answer prior pays"})
     # evaluation hook: closed questions on held-out groups (greedy, batched)
     eval_samples: int = 64
     eval_max_new_tokens: int = 96

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import re
 import string
 
 import numpy as np
@@ -119,6 +120,60 @@ def balance_option_letters(ds, seed: int):
                   with_indices=True, desc="balance option letters")
 
 
+YES_NO_QUESTION = re.compile(r"^Is this (?P<asked>.+?)\? Answer yes or no\.")
+
+
+def _asked(row) -> str | None:
+    text = row["prompt"][-1]["content"][-1].get("text") or ""
+    m = YES_NO_QUESTION.match(text)
+    return m.group("asked") if m else None
+
+
+def counterpart(row: dict, classes: list[str], rng) -> dict | None:
+    """The same image with the question turned so the other answer is right: a yes/no question about the
+    tissue's own class <-> one about another class; a multiple-choice question with the right option moved
+    two letters on. ``None`` where the row cannot be turned (a free-text question, an unknown label)."""
+    if row["answer_type"] == "option_letter":
+        k = len(row["options"])
+        return rotate_options(row, (string.ascii_uppercase.index(row["answer"]) + k // 2) % k)
+    asked, label = (_asked(row), row.get("label")) if row["answer_type"] == "yes_no" else (None, None)
+    if asked is None or not label:
+        return None
+    if row["answer"] == "yes":
+        others = [c for c in classes if c != label]
+        if not others:
+            return None
+        turned, answer = rng.choice(others), "no"
+    else:
+        turned, answer = label, "yes"
+    prompt = [dict(m) for m in row["prompt"]]
+    parts = [dict(c) for c in prompt[-1]["content"]]
+    parts[-1]["text"] = parts[-1]["text"].replace(f"Is this {asked}?", f"Is this {turned}?", 1)
+    prompt[-1]["content"] = parts
+    return {**row, "prompt": prompt, "answer": answer}
+
+
+def add_counterparts(ds, seed: int):
+    """``ds`` plus, for every closed question that can be turned, its counterpart on the same image (see
+    ``counterpart``). Balanced pairs are the VQA v2 answer to language
+    priors: a policy that drifts to "no" or to one letter loses on one question of every pair, so GRPO's
+    advantages push back, and only reading the image pays on both."""
+    import random
+
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    yes_no = [r for r in ds if r["answer_type"] == "yes_no"]
+    classes = sorted({r["label"] for r in yes_no if r.get("label")} | {a for a in map(_asked, yes_no) if a})
+    rows = []
+    for row in ds:
+        rows.append(row)
+        turned = counterpart(row, classes, rng)
+        if turned is not None:
+            rows.append(turned)
+    return Dataset.from_list(rows, features=ds.features)
+
+
 def grpo_dataset(cfg, split: str, n: int = 0, screened=None):
     """GRPO prompts (``screened``: an optional ``dataset -> dataset`` choice made before the abstention
     copies, see ``train.vlm.screening``); with ``abstain_fraction``, copies of closed questions on a blank or noise image whose
@@ -131,6 +186,8 @@ def grpo_dataset(cfg, split: str, n: int = 0, screened=None):
         ds = screened(ds)
     if cfg.balance_letters:
         ds = balance_option_letters(ds, cfg.seed)
+    if cfg.counterparts:
+        ds = add_counterparts(ds, cfg.seed)
     if cfg.abstain_fraction > 0:
         ds = _abstention_copies(ds, cfg, lambda row: row["answer_type"] in ("option_letter", "yes_no"),
                                 lambda row, image, kind: {"image": image, "answer": CANNOT_DETERMINE,

@@ -69,17 +69,33 @@ def closed_question_accuracy(model, processor, cfg, controls=("blank", "noise"))
     return out
 
 
+def load_run(run, cfg):
+    """A finished stage's merged ``final/`` folder, else ``cfg.model`` with the run's ``adapter.safetensors``."""
+    from pathvlm.errors import PathVLMError
+    from pathvlm.vlm.adapters import apply_bundle
+    from pathvlm.vlm.build import load_vlm
+
+    if (run / "final").is_dir():
+        return load_vlm(str(run / "final"))
+    if not (run / "adapter.safetensors").is_file():
+        raise PathVLMError(f"{run}: neither final/ nor adapter.safetensors to evaluate")
+    model, processor = load_vlm(cfg.model)
+    apply_bundle(model, str(run / "adapter.safetensors"))
+    return model, processor
+
+
 def main(argv=None) -> int:
     """Re-run the evaluation hook on finished stages with other decoding limits (same questions):
 
         python -m train.vlm.evaluate runs/vlm/nano-align runs/vlm/nano-sft runs/vlm/nano-grpo --max-new-tokens 160
 
-    writes ``eval.json`` in each run folder (``results.json`` keeps the in-training evaluation)."""
+    writes ``eval.json`` in each run folder (``results.json`` keeps the in-training evaluation). A run folder
+    without ``final/`` (a run cut short, or one trained elsewhere and brought back as its adapter) is
+    evaluated as its starting model plus ``adapter.safetensors``."""
     import argparse
     import json
     from pathlib import Path
 
-    from pathvlm.vlm.build import load_vlm
     from train.vlm.config import VLMTrainConfig
 
     ap = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,7 +109,7 @@ def main(argv=None) -> int:
         cfg.eval_max_new_tokens = args.max_new_tokens
         if args.samples:
             cfg.eval_samples = args.samples
-        model, processor = load_vlm(str(run / "final"))
+        model, processor = load_run(run, cfg)
         result = closed_question_accuracy(model, processor, cfg)
         (run / "eval.json").write_text(json.dumps(result, indent=2, default=str))
         print(f"{run}: accuracy {result['accuracy']:.3f} {result['by_type']} (n={result['n']}, "
