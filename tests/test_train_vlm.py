@@ -358,3 +358,18 @@ def test_error_analysis_sorts_perception_from_reasoning():
                     False, obs) == "wrong_verdict"
     assert classify(yn, f"<think>{benign}</think><answer>no</answer>", False, obs) == "wrong_tissue"
     assert classify(yn, "<answer>yes</answer>", False, obs) == "no_description"
+
+
+def test_sampled_evaluation_is_seeded(tiny_reasoner_dir, built_fixture_data, tmp_path):
+    """`evaluate --temperature T` samples the answers GRPO trains on, reproducibly for a seed."""
+    from pathvlm.vlm.build import load_vlm
+    from train.vlm.evaluate import closed_question_accuracy
+
+    model, proc = load_vlm(str(tiny_reasoner_dir))
+    cfg = cfg_for("grpo", tiny_reasoner_dir, built_fixture_data, tmp_path, eval_samples=4, eval_max_new_tokens=6)
+    first = closed_question_accuracy(model, proc, cfg, (), temperature=1.0)
+    again = closed_question_accuracy(model, proc, cfg, (), temperature=1.0)
+    greedy = closed_question_accuracy(model, proc, cfg, ())
+    assert first["decoding"] == "sampled, temperature 1.0" and greedy["decoding"] == "greedy"
+    assert [e["completion"] for e in first["examples"]] == [e["completion"] for e in again["examples"]]
+    assert [e["completion"] for e in first["examples"]] != [e["completion"] for e in greedy["examples"]]

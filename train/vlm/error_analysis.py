@@ -64,17 +64,16 @@ def main(argv=None) -> int:
 
     from pathvlm.chat import Reasoner
     from pathvlm.data.knowledge import KnowledgeBase
-    from pathvlm.vlm.build import load_vlm
     from train.vlm.config import VLMTrainConfig
     from train.vlm.data import closed_questions
-    from train.vlm.evaluate import answer_and_score
+    from train.vlm.evaluate import answer_and_score, load_run
 
     run = Path(args.run)
     cfg = VLMTrainConfig(**json.loads((run / "results.json").read_text())["config"])
     rows = closed_questions(cfg, cfg.eval_split, args.samples or cfg.eval_samples)
     kb = KnowledgeBase.load()
     observations = {label: kb.observations(label) for label in kb.classes}
-    model, processor = load_vlm(str(run / "final"))
+    model, processor = load_run(run, cfg)
     results, correct = answer_and_score(Reasoner(model, processor, name="errors"), rows, args.max_new_tokens,
                                         cfg.eval_batch_size, progress=True)
     texts = [r.text for r in results]

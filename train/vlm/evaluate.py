@@ -29,29 +29,36 @@ def paired_comparison(before: list[int], after: list[int]) -> dict:
             "mcnemar_p": p}
 
 
-def answer_and_score(reasoner, rows, max_new_tokens: int, batch_size: int, images=None, progress: bool = False):
-    """Greedy answers to ``rows`` (a dataset of closed questions: ``prompt``, ``answer``, ``answer_type``,
-    ``options``, and ``image`` unless ``images`` replaces them), scored as the accuracy reward scores them:
+def answer_and_score(reasoner, rows, max_new_tokens: int, batch_size: int, images=None, progress: bool = False,
+                     temperature: float = 0.0, seed: int | None = None):
+    """Greedy (with ``temperature``: sampled, seeded) answers to ``rows`` (a dataset of closed questions:
+    ``prompt``, ``answer``, ``answer_type``, ``options``, and ``image`` unless ``images`` replaces them), scored as the accuracy reward scores them:
     ``(results, correct)``. Columns are read whole, so each image is decoded once."""
     results = reasoner.chat_batch(list(images if images is not None else rows["image"]), list(rows["prompt"]),
-                                  max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                                  temperature=temperature, seed=seed)
     correct = accuracy_reward([r.text for r in results], answer=list(rows["answer"]),
                               answer_type=list(rows["answer_type"]), options=list(rows["options"]))
     return results, correct
 
 
-def closed_question_accuracy(model, processor, cfg, controls=("blank", "noise")) -> dict:
+def closed_question_accuracy(model, processor, cfg, controls=("blank", "noise"), temperature: float = 0.0) -> dict:
+    """Accuracy on held-out closed questions, greedy by default. With ``temperature`` the answers are
+    sampled (seeded): the accuracy of the completions GRPO trains on, which can move the other way from
+    the greedy one."""
     from train.vlm.data import closed_questions, control_image
 
     rows = closed_questions(cfg, cfg.eval_split, cfg.eval_samples)
     reasoner = Reasoner(model.eval(), processor, name="eval")
-    limits = dict(max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size)
+    limits = dict(max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size, temperature=temperature,
+                  seed=cfg.seed if temperature else None)
     results, correct = answer_and_score(reasoner, rows, progress=True, **limits)
     types = list(rows["answer_type"])
     out = {"n": len(rows), "accuracy": sum(correct) / len(rows),
            "by_type": {t: sum(c for c, ty in zip(correct, types) if ty == t) / max(1, types.count(t))
                        for t in ("option_letter", "yes_no")},
-           "max_new_tokens": cfg.eval_max_new_tokens, "decoding": "greedy", "split": cfg.eval_split,
+           "max_new_tokens": cfg.eval_max_new_tokens, "split": cfg.eval_split,
+           "decoding": f"sampled, temperature {temperature}" if temperature else "greedy",
            "correct": [int(c) for c in correct],  # per question, for paired comparisons between stages
            "examples": [{"question": p[-1]["content"][-1]["text"], "answer": a, "completion": r.text}
                         for p, a, r in zip(list(rows["prompt"])[:3], rows["answer"], results)]}
@@ -102,6 +109,9 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--samples", type=int, default=None, help="default: the run's eval_samples")
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="sample at this temperature (seeded) instead of greedy decoding; writes eval-t{T}.json, "
+                         "no image controls")
     args = ap.parse_args(argv)
     for run in map(Path, args.runs):
         saved = json.loads((run / "results.json").read_text())["config"]
@@ -110,10 +120,12 @@ def main(argv=None) -> int:
         if args.samples:
             cfg.eval_samples = args.samples
         model, processor = load_run(run, cfg)
-        result = closed_question_accuracy(model, processor, cfg)
-        (run / "eval.json").write_text(json.dumps(result, indent=2, default=str))
+        controls = () if args.temperature else ("blank", "noise")
+        result = closed_question_accuracy(model, processor, cfg, controls, temperature=args.temperature)
+        name = f"eval-t{args.temperature:g}.json" if args.temperature else "eval.json"
+        (run / name).write_text(json.dumps(result, indent=2, default=str))
         print(f"{run}: accuracy {result['accuracy']:.3f} {result['by_type']} (n={result['n']}, "
-              f"max_new_tokens={cfg.eval_max_new_tokens})")
+              f"max_new_tokens={cfg.eval_max_new_tokens}, {result['decoding']})")
     return 0
 
 
