@@ -40,9 +40,18 @@ def assistant(text: str) -> dict:
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
+def option_lines(options: list[str]) -> str:
+    """``A. first\nB. second ...``: how every multiple-choice prompt lists its options."""
+    return "\n".join(f"{string.ascii_uppercase[i]}. {o}" for i, o in enumerate(options))
+
+
 def mcq_text(question: str, options: list[str]) -> str:
-    lines = [question] + [f"{string.ascii_uppercase[i]}. {o}" for i, o in enumerate(options)]
-    return "\n".join(lines)
+    return f"{question}\n{option_lines(options)}"
+
+
+def yes_no_text(asked: str) -> str:
+    """The closed question about one class; GRPO's counterparts (train/vlm/data.py) turn it to another."""
+    return f"Is this {asked}? Answer yes or no."
 
 
 def build_clip(rows, kb: KnowledgeBase, seed: int, captions_per_image: int = 1):
@@ -88,7 +97,7 @@ def build_sft(rows, kb: KnowledgeBase, seed: int):
             asked = label if rng.random() < 0.5 else rng.choice([c for c in kb.classes if c != label])
             yes = asked == label
             verdict = f"These features {'are' if yes else 'are not'} those of {asked}."
-            yield _sft(row, "yes_no", f"Is this {asked}? Answer yes or no. {FORMAT_INSTRUCTION}",
+            yield _sft(row, "yes_no", f"{yes_no_text(asked)} {FORMAT_INSTRUCTION}",
                        cot(f"{obs} {verdict}", "yes" if yes else "no"))
             options, correct = kb.options(label, rng)
             letter = string.ascii_uppercase[correct]
@@ -126,7 +135,7 @@ def build_grpo(rows, kb: KnowledgeBase, seed: int):
             yield _grpo(row, "mcq", mcq_text(f"Which diagnosis best fits this {e['stain']} image?", options),
                         string.ascii_uppercase[correct], "option_letter", options)
             asked = label if rng.random() < 0.5 else rng.choice([c for c in kb.classes if c != label])
-            yield _grpo(row, "yes_no", f"Is this {asked}? Answer yes or no.", "yes" if asked == label else "no", "yes_no")
+            yield _grpo(row, "yes_no", yes_no_text(asked), "yes" if asked == label else "no", "yes_no")
             yield _grpo(row, "class", "Which tissue class is shown? Answer with the class name only.", label,
                         "class", list(kb.classes))
         elif row["task"] == "vqa_closed":

@@ -4,8 +4,8 @@
 - sft: ``images`` + ``messages`` with ``<think>...</think><answer>...</answer>`` answers, from ``sft/``,
   optionally with abstention copies (blank or noise image -> "cannot determine");
 - grpo: ``image`` + conversational ``prompt`` + the answer columns the rewards read, from ``grpo/``,
-  optionally with the multiple-choice letters balanced and with abstention copies whose verifiable
-  answer is "cannot determine";
+  optionally with the multiple-choice letters balanced, same-image counterparts with the other answer,
+  and abstention copies whose verifiable answer is "cannot determine";
 - text: ``text`` rows for continued pretraining of the language model.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pathvlm.chat import CANNOT_DETERMINE
+from pathvlm.data.builders import option_lines, yes_no_text
 from pathvlm.data.inspect import load_split
 from pathvlm.errors import PathVLMError
 
@@ -83,23 +84,26 @@ def sft_dataset(cfg, split: str, n: int = 0):
     return ds.remove_columns(["task"])
 
 
+def _replace_in_question(row: dict, old: str, new: str) -> list:
+    """A copy of ``row["prompt"]`` whose one text part holding ``old`` holds ``new`` instead."""
+    prompt = [dict(m) for m in row["prompt"]]
+    parts = [dict(c) for c in prompt[-1]["content"]]
+    texts = [c for c in parts if c.get("type") == "text" and old in (c.get("text") or "")]
+    if len(texts) != 1:
+        raise PathVLMError(f"row {row.get('id', '?')}: {old!r} is not listed in its question")
+    texts[0]["text"] = texts[0]["text"].replace(old, new, 1)
+    prompt[-1]["content"] = parts
+    return prompt
+
+
 def rotate_options(row: dict, target: int) -> dict:
     """The multiple-choice ``row`` with its options rotated so the right one is option ``target`` (0 = A):
     prompt text, ``options`` and ``answer`` move together; the distractors keep their cyclic order."""
-    options, k = list(row["options"]), len(row["options"])
-    old_block = "\n".join(f"{string.ascii_uppercase[i]}. {o}" for i, o in enumerate(options))
-    right = string.ascii_uppercase.index(row["answer"])
-    shift = (target - right) % k
-    new_options = options[-shift:] + options[:-shift] if shift else options
-    new_block = "\n".join(f"{string.ascii_uppercase[i]}. {o}" for i, o in enumerate(new_options))
-    prompt = [dict(m) for m in row["prompt"]]
-    parts = [dict(c) for c in prompt[-1]["content"]]
-    texts = [c for c in parts if c.get("type") == "text" and old_block in (c.get("text") or "")]
-    if len(texts) != 1:
-        raise PathVLMError(f"row {row.get('id', '?')}: its options are not listed as 'A. ...' lines in the prompt")
-    texts[0]["text"] = texts[0]["text"].replace(old_block, new_block)
-    prompt[-1]["content"] = parts
-    return {**row, "prompt": prompt, "options": new_options, "answer": string.ascii_uppercase[target]}
+    options = list(row["options"])
+    shift = (target - string.ascii_uppercase.index(row["answer"])) % len(options)
+    turned = options[-shift:] + options[:-shift] if shift else options
+    return {**row, "prompt": _replace_in_question(row, option_lines(options), option_lines(turned)),
+            "options": turned, "answer": string.ascii_uppercase[target]}
 
 
 def balance_option_letters(ds, seed: int):
@@ -120,12 +124,11 @@ def balance_option_letters(ds, seed: int):
                   with_indices=True, desc="balance option letters")
 
 
-YES_NO_QUESTION = re.compile(r"^Is this (?P<asked>.+?)\? Answer yes or no\.")
+YES_NO_QUESTION = re.compile("^" + re.escape(yes_no_text("@@")).replace("@@", "(?P<asked>.+?)"))
 
 
-def _asked(row) -> str | None:
-    text = row["prompt"][-1]["content"][-1].get("text") or ""
-    m = YES_NO_QUESTION.match(text)
+def _asked(prompt) -> str | None:
+    m = YES_NO_QUESTION.match(prompt[-1]["content"][-1].get("text") or "")
     return m.group("asked") if m else None
 
 
@@ -136,7 +139,7 @@ def counterpart(row: dict, classes: list[str], rng) -> dict | None:
     if row["answer_type"] == "option_letter":
         k = len(row["options"])
         return rotate_options(row, (string.ascii_uppercase.index(row["answer"]) + k // 2) % k)
-    asked, label = (_asked(row), row.get("label")) if row["answer_type"] == "yes_no" else (None, None)
+    asked, label = (_asked(row["prompt"]), row.get("label")) if row["answer_type"] == "yes_no" else (None, None)
     if asked is None or not label:
         return None
     if row["answer"] == "yes":
@@ -146,25 +149,21 @@ def counterpart(row: dict, classes: list[str], rng) -> dict | None:
         turned, answer = rng.choice(others), "no"
     else:
         turned, answer = label, "yes"
-    prompt = [dict(m) for m in row["prompt"]]
-    parts = [dict(c) for c in prompt[-1]["content"]]
-    parts[-1]["text"] = parts[-1]["text"].replace(f"Is this {asked}?", f"Is this {turned}?", 1)
-    prompt[-1]["content"] = parts
-    return {**row, "prompt": prompt, "answer": answer}
+    return {**row, "prompt": _replace_in_question(row, yes_no_text(asked), yes_no_text(turned)), "answer": answer}
 
 
 def add_counterparts(ds, seed: int):
     """``ds`` plus, for every closed question that can be turned, its counterpart on the same image (see
-    ``counterpart``). Balanced pairs are the VQA v2 answer to language
-    priors: a policy that drifts to "no" or to one letter loses on one question of every pair, so GRPO's
-    advantages push back, and only reading the image pays on both."""
+    ``counterpart``). Balanced pairs are the VQA v2 answer to language priors: a policy that drifts to
+    "no" or to one letter loses on one question of every pair, so GRPO's advantages push back, and only
+    reading the image pays on both."""
     import random
 
     from datasets import Dataset
 
     rng = random.Random(seed)
-    yes_no = [r for r in ds if r["answer_type"] == "yes_no"]
-    classes = sorted({r["label"] for r in yes_no if r.get("label")} | {a for a in map(_asked, yes_no) if a})
+    yes_no = [(p, lab) for p, lab, t in zip(ds["prompt"], ds["label"], ds["answer_type"]) if t == "yes_no"]
+    classes = sorted({lab for _, lab in yes_no if lab} | {a for a in (_asked(p) for p, _ in yes_no) if a})
     rows = []
     for row in ds:
         rows.append(row)

@@ -32,8 +32,9 @@ def paired_comparison(before: list[int], after: list[int]) -> dict:
 def answer_and_score(reasoner, rows, max_new_tokens: int, batch_size: int, images=None, progress: bool = False,
                      temperature: float = 0.0, seed: int | None = None):
     """Greedy (with ``temperature``: sampled, seeded) answers to ``rows`` (a dataset of closed questions:
-    ``prompt``, ``answer``, ``answer_type``, ``options``, and ``image`` unless ``images`` replaces them), scored as the accuracy reward scores them:
-    ``(results, correct)``. Columns are read whole, so each image is decoded once."""
+    ``prompt``, ``answer``, ``answer_type``, ``options``, and ``image`` unless ``images`` replaces them),
+    scored as the accuracy reward scores them: ``(results, correct)``. Columns are read whole, so each image
+    is decoded once."""
     results = reasoner.chat_batch(list(images if images is not None else rows["image"]), list(rows["prompt"]),
                                   max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
                                   temperature=temperature, seed=seed)
