@@ -37,14 +37,65 @@ class ChatRequestError(PathVLMError):
     """A chat request that cannot be answered as given (the message says why)."""
 
 
+DEFAULT_NEW_TOKENS = 256  # generated tokens when a request names no number (capped by the model's limit)
+MAX_NEW_TOKENS_CEILING = 4096  # no model gets a larger output cap than this by default
+
+
 @dataclass(frozen=True)
 class ChatLimits:
+    """Per-request limits. :func:`load_reasoner` derives them from the model (:func:`derive_limits`); these
+    defaults apply only to a ``ChatLimits()`` built by hand."""
     max_prompt_tokens: int = 1024
     max_new_tokens: int = 512
     max_images: int = 4
     max_image_pixels: int = 25_000_000  # about 5000 x 5000: patches, not whole slides
     max_image_bytes: int = 32 * 1024 * 1024
     max_message_chars: int = 8000
+
+
+def context_length(model) -> int | None:
+    """The language model's context (``max_position_embeddings``), wherever the config keeps it."""
+    cfg = model.config
+    for c in (getattr(cfg, "text_config", None), cfg):
+        n = getattr(c, "max_position_embeddings", None) if c is not None else None
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def image_tokens_max(model, processor) -> int:
+    """The most prompt tokens one image can take with this processor: a fixed count for LLaVA-style and PathVLM
+    models, ``max_pixels / (patch * merge)^2`` (+ start/end markers) for Qwen2/2.5-VL, whose processor resizes
+    every image to at most ``max_pixels``."""
+    ip = getattr(processor, "image_processor", None)
+    patch, merge = getattr(ip, "patch_size", None), getattr(ip, "merge_size", None)
+    max_pixels = getattr(ip, "max_pixels", None)
+    size = getattr(ip, "size", None)
+    if max_pixels is None and size is not None:  # transformers 5 keeps max_pixels as size["longest_edge"]
+        max_pixels = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+    if max_pixels and patch and merge:
+        return int(max_pixels) // (int(patch) * int(merge)) ** 2 + 2
+    n = getattr(processor, "image_seq_length", None) or getattr(model.config, "image_seq_length", None)
+    return int(n) if n else 1
+
+
+def derive_limits(model, processor, base: ChatLimits | None = None) -> ChatLimits:
+    """Limits that fit this model: output up to a quarter of its context (at most ``MAX_NEW_TOKENS_CEILING``),
+    the prompt up to the rest, and as many images (up to ``base.max_images``) as fit the prompt at the image
+    processor's largest size. Original-format LLaVA-1.5 models take one image, as they were trained."""
+    from dataclasses import replace
+
+    base = base or ChatLimits()
+    context = context_length(model)
+    if not context:
+        return base
+    max_new = max(1, min(MAX_NEW_TOKENS_CEILING, context // 4))
+    max_prompt = context - max_new
+    per_image = image_tokens_max(model, processor)
+    max_images = max(1, min(base.max_images, (max_prompt - 256) // max(per_image, 1)))
+    if getattr(processor, "llava_info", None):
+        max_images = 1
+    return replace(base, max_prompt_tokens=max_prompt, max_new_tokens=max_new, max_images=max_images)
 
 
 @dataclass
@@ -136,9 +187,11 @@ def normalise_messages(messages, n_images: int, limits: ChatLimits) -> list[dict
 class Reasoner:
     """A loaded PathVLM and its processor; thread-safe (one generation at a time)."""
 
-    def __init__(self, model, processor, name: str = "", limits: ChatLimits | None = None):
+    def __init__(self, model, processor, name: str = "", limits: ChatLimits | None = None,
+                 default_system: str | None = None):
         self.model, self.processor, self.name = model, processor, name
-        self.limits = limits or ChatLimits()
+        self.limits = limits or derive_limits(model, processor)
+        self.default_system = default_system  # the model card's system prompt, used when a request sends none
         self._lock = threading.Lock()
 
     @property
@@ -146,10 +199,23 @@ class Reasoner:
         return next(self.model.parameters()).device
 
     # -- building inputs
-    def _prepare(self, images, messages):
+    def _with_system(self, messages, system: str | None = None):
+        """``system`` (if given) replaces any system message; else the model's default goes in when none is sent."""
+        if not isinstance(messages, (list, tuple)):
+            return messages
+        if system is not None:
+            if not isinstance(system, str):
+                raise ChatRequestError("the system prompt must be text")
+            rest = [m for m in messages if not (isinstance(m, dict) and m.get("role") == "system")]
+            return [{"role": "system", "content": system}] + rest if system.strip() else rest
+        if self.default_system and not any(isinstance(m, dict) and m.get("role") == "system" for m in messages):
+            return [{"role": "system", "content": self.default_system}] + list(messages)
+        return messages
+
+    def _prepare(self, images, messages, system: str | None = None):
         images = list(images or [])
         imgs = [_image(im, self.limits, i) for i, im in enumerate(images)]
-        msgs = normalise_messages(messages, len(imgs), self.limits)
+        msgs = normalise_messages(self._with_system(messages, system), len(imgs), self.limits)
         text = self._template(msgs)
         if self._count(text, len(imgs)) > 4 * self.limits.max_prompt_tokens:  # refuse huge prompts before any work
             raise ChatRequestError(f"the prompt is far over the limit of {self.limits.max_prompt_tokens} tokens")
@@ -169,18 +235,23 @@ class Reasoner:
                                                   chat_template=template)
 
     def _count(self, text: str, n_images: int) -> int:
+        exact = getattr(self.processor, "count_prompt_tokens", None)  # LLaVA's own tokenisation
+        if callable(exact):
+            return exact(text)
         ids = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
         return len(ids) + n_images * (getattr(self.processor, "image_seq_length", 1) - 1)
 
-    def count_prompt_tokens(self, messages, n_images: int = 1) -> int:
-        msgs = normalise_messages(messages, n_images, self.limits)
+    def count_prompt_tokens(self, messages, n_images: int = 1, system: str | None = None) -> int:
+        msgs = normalise_messages(self._with_system(messages, system), n_images, self.limits)
         return self._count(self._template(msgs), n_images)
 
     def _gen_kwargs(self, max_new_tokens, temperature, top_p):
         if max_new_tokens is None:
-            max_new_tokens = self.limits.max_new_tokens
+            max_new_tokens = min(DEFAULT_NEW_TOKENS, self.limits.max_new_tokens)
         if not 1 <= int(max_new_tokens) <= self.limits.max_new_tokens:
-            raise ChatRequestError(f"max_new_tokens must be between 1 and {self.limits.max_new_tokens}")
+            raise ChatRequestError(f"max_new_tokens must be between 1 and {self.limits.max_new_tokens} for this model "
+                                   f"(a quarter of its {context_length(self.model) or '?'}-token context, at most "
+                                   f"{MAX_NEW_TOKENS_CEILING})")
         if temperature is None or temperature < 0 or not (0 < top_p <= 1):
             raise ChatRequestError("temperature must be >= 0 and top_p in (0, 1]")
         kw = {"max_new_tokens": int(max_new_tokens), "use_cache": True}
@@ -191,10 +262,12 @@ class Reasoner:
         return kw
 
     # -- chat
-    def chat(self, images, messages, stream: bool = False, max_new_tokens: int | None = 256,
-             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
-        """Answer the last user message about ``images``; a :class:`ChatResult`, or text pieces with ``stream``."""
-        inputs, n_prompt = self._prepare(images, messages)
+    def chat(self, images, messages, stream: bool = False, max_new_tokens: int | None = None,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, system: str | None = None):
+        """Answer the last user message about ``images``; a :class:`ChatResult`, or text pieces with ``stream``.
+        ``system`` sets the system prompt (else a system message in ``messages``, else the model's default);
+        ``max_new_tokens`` defaults to 256 or the model's cap if lower."""
+        inputs, n_prompt = self._prepare(images, messages, system)
         kw = self._gen_kwargs(max_new_tokens, temperature, top_p)
         if self.lean:
             return self._chat_lean(inputs, n_prompt, kw, temperature, top_p, seed, stream)
@@ -244,7 +317,7 @@ class Reasoner:
 
         return pieces()
 
-    def chat_batch(self, images: list, conversations: list, max_new_tokens: int | None = 256,
+    def chat_batch(self, images: list, conversations: list, max_new_tokens: int | None = None,
                    temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                    batch_size: int = 16, progress: bool = False) -> list[ChatResult]:
         """Answer many single-image requests, ``batch_size`` at a time (left padding; greedy output equals
@@ -265,7 +338,7 @@ class Reasoner:
             imgs, texts, counts = [], [], []
             for j in range(s, min(s + batch_size, len(images))):
                 img = _image(images[j], self.limits, 0)
-                msgs = normalise_messages(conversations[j], 1, self.limits)
+                msgs = normalise_messages(self._with_system(conversations[j]), 1, self.limits)
                 text = self._template(msgs)
                 counts.append(self._count(text, 1))
                 if counts[-1] > self.limits.max_prompt_tokens:
@@ -340,11 +413,15 @@ class Reasoner:
         return pieces()
 
     # -- report
-    def report(self, image, max_new_tokens: int = 160, specimen: str = "H&E-stained tissue patch") -> ChatResult:
+    def report(self, image, max_new_tokens: int = 160, specimen: str = "H&E-stained tissue patch",
+               system: str | None = None) -> ChatResult:
         """A structured report (Specimen / Microscopic findings / Impression) for one patch, as markdown."""
         im = _image(image, self.limits, 0)
-        findings = self.chat([im], [{"role": "user", "content": REPORT_DESCRIBE}], max_new_tokens=max_new_tokens)
-        diagnosis = self.chat([im], [{"role": "user", "content": REPORT_DIAGNOSE}], max_new_tokens=max_new_tokens)
+        max_new_tokens = min(max_new_tokens, self.limits.max_new_tokens)
+        findings = self.chat([im], [{"role": "user", "content": REPORT_DESCRIBE}], max_new_tokens=max_new_tokens,
+                             system=system)
+        diagnosis = self.chat([im], [{"role": "user", "content": REPORT_DIAGNOSE}], max_new_tokens=max_new_tokens,
+                              system=system)
         impression = diagnosis.answer or CANNOT_DETERMINE
         text = "\n".join([
             "# Pathology report (research use only)", "",
@@ -369,32 +446,36 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def load_reasoner(source: str = "pathvlm-nano", device: str = "cpu", limits: ChatLimits | None = None,
-                  precision: str = "fp32") -> Reasoner:
-    """A :class:`Reasoner` for a bundled name or a save_pretrained folder (cached per source, device and
-    precision). ``precision="bf16"`` halves the weight traffic of decoding (faster on CPUs with bf16 support;
-    answers can differ slightly from fp32)."""
+                  precision: str = "fp32", vision_tower: str | None = None, template: str | None = None) -> Reasoner:
+    """A :class:`Reasoner` for a bundled name or a folder (cached per source, device and precision): a
+    save_pretrained image-text-to-text folder, or an original-format LLaVA checkpoint (Quilt-LLaVA, LLaVA-Med,
+    PathGen-LLaVA), converted once into the cache (``vision_tower``: its CLIP folder if ``mm_vision_tower`` is not
+    found; ``template``: ``vicuna_v1`` or ``mistral_instruct`` instead of the family default).
+    ``precision="bf16"`` halves the weight traffic of decoding (faster on CPUs with bf16 support; answers can
+    differ slightly from fp32). Limits are derived from the model (:func:`derive_limits`) unless given."""
     import torch
 
     from pathvlm.vlm.build import load_vlm
+    from pathvlm.vlm.model_cards import default_system_prompt
 
     if precision not in PRECISIONS:
         raise ChatRequestError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    key = (source, str(device), precision)
+    key = (source, str(device), precision, vision_tower, template)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            model, processor = load_vlm(source, device=device,
-                                        dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
-            _CACHE[key] = Reasoner(model, processor, name=source)
+            model, processor = load_vlm(source, device=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
+                                        vision_tower=vision_tower, template=template)
+            _CACHE[key] = Reasoner(model, processor, name=source, default_system=default_system_prompt(source, model))
         reasoner = _CACHE[key]
     if limits is not None:
-        reasoner = Reasoner(reasoner.model, reasoner.processor, reasoner.name, limits)
+        reasoner = Reasoner(reasoner.model, reasoner.processor, reasoner.name, limits, reasoner.default_system)
         reasoner._lock = _CACHE[key]._lock
     return reasoner
 
 
 def chat(images, messages, stream: bool = False, model: str = "pathvlm-nano", device: str = "cpu",
          precision: str = "fp32", **kwargs):
-    """One call: load (cached) ``model`` and answer; see :meth:`Reasoner.chat`."""
+    """One call: load (cached) ``model`` and answer; see :meth:`Reasoner.chat` (``system=`` sets the system prompt)."""
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     if images is not None and not isinstance(images, (list, tuple)):

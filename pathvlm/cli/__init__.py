@@ -13,7 +13,7 @@ import sys
 
 from pathvlm import __version__
 
-COMMANDS = ["models", "tasks", "classify", "index", "search", "gallery", "export", "data", "train", "chat", "eval", "demo", "serve"]
+COMMANDS = ["models", "tasks", "classify", "index", "search", "gallery", "export", "data", "train", "chat", "convert", "eval", "demo", "serve"]
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -9,9 +9,18 @@ def add_parser(sub):
     p.add_argument("image", help="an image file (PNG, JPEG, TIFF...)")
     p.add_argument("question", nargs="?", help="the question; omit with --report")
     p.add_argument("--model", default="pathvlm-nano",
-                   help="a bundled reasoner (pathvlm-nano, pathvlm-nano-untrained) or a save_pretrained folder")
+                   help="a bundled reasoner (pathvlm-nano, pathvlm-nano-untrained), a save_pretrained folder, or an "
+                        "original-format LLaVA folder (Quilt-LLaVA, LLaVA-Med, PathGen-LLaVA; converted once, cached)")
+    p.add_argument("--system", default=None,
+                   help="system prompt (default: the model's own, e.g. Patho-R1's <think>/<answer> prompt; '' for none)")
+    p.add_argument("--vision-tower", default=None, metavar="DIR",
+                   help="original LLaVA only: the CLIP folder its mm_vision_tower names, if not found by itself")
+    p.add_argument("--template", default=None, choices=["vicuna_v1", "mistral_instruct"],
+                   help="original LLaVA only: conversation template (default: vicuna_v1 for Llama, mistral_instruct "
+                        "for Mistral checkpoints)")
     p.add_argument("--report", action="store_true", help="write a structured report (Specimen / Findings / Impression)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens to generate (default: 256, or the model's cap if lower: a quarter of its context)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (reproducible)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None, help="seed for sampling (temperature > 0)")
@@ -34,10 +43,12 @@ def run(args) -> int:
 
     if not args.report and not (args.question or "").strip():
         raise ChatRequestError("give a question after the image, or --report for a structured report")
-    reasoner = load_reasoner(args.model, device=args.device, precision=args.precision)
-    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    reasoner = load_reasoner(args.model, device=args.device, precision=args.precision, vision_tower=args.vision_tower,
+                             template=args.template)
+    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+               system=args.system)
     if args.report:
-        rep = reasoner.report(args.image, max_new_tokens=args.max_new_tokens)
+        rep = reasoner.report(args.image, max_new_tokens=args.max_new_tokens or 160, system=args.system)
         if args.out:
             Path(args.out).write_text(rep.text)
         print(json.dumps(asdict(rep), indent=2) if args.json else rep.text)

@@ -99,8 +99,13 @@ def build_from_sources(clip_source: str = "pathclip-nano", lm_source: str = "def
     return model, processor
 
 
-def load_vlm(source: str = "pathvlm-nano", device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """Load a reasoner by name or folder; returns ``(model, processor)`` in eval mode."""
+def load_vlm(source: str = "pathvlm-nano", device: str = "cpu", dtype: torch.dtype = torch.float32,
+             vision_tower: str | None = None, template: str | None = None):
+    """Load a reasoner by name or folder; returns ``(model, processor)`` in eval mode.
+
+    An original-format LLaVA folder (Quilt-LLaVA, LLaVA-Med, PathGen-LLaVA) is converted once into the cache
+    (``pathvlm.vlm.llava_original``); ``vision_tower`` names its CLIP folder when ``mm_vision_tower`` cannot be
+    found, ``template`` overrides its conversation template (``vicuna_v1``, ``mistral_instruct``)."""
     import pathvlm.vlm  # noqa: F401  (Auto registration)
 
     if not isinstance(source, str) or not source.strip():
@@ -121,15 +126,40 @@ def load_vlm(source: str = "pathvlm-nano", device: str = "cpu", dtype: torch.dty
             known = ", ".join(NAMED_REASONERS)
             raise SourceError(f"reasoner '{source}' is neither a bundled name ({known}) nor a save_pretrained "
                               "folder with config.json")
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from pathvlm.vlm.llava_original import ensure_converted, is_original_llava
 
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype)
-            processor = AutoProcessor.from_pretrained(str(folder))
-        except (OSError, ValueError, KeyError) as e:
-            raise SourceError(f"{folder}: could not load as an image-text-to-text model ({e})") from None
-        model.pathvlm_source = {"folder": str(folder)}
+        original = folder
+        if is_original_llava(folder):
+            folder = ensure_converted(folder, vision_tower=vision_tower, template=template)
+        model, processor = _load_folder(folder, dtype)
+        model.pathvlm_source = {"folder": str(original), **({"converted": str(folder)} if folder != original else {})}
     model.to(device=device, dtype=dtype).eval()
     model.pathvlm_name = source
     return model, processor
 
+
+
+def _load_folder(folder: Path, dtype: torch.dtype = torch.float32):
+    """A save_pretrained image-text-to-text folder with the Auto classes (never remote code); a converted
+    original LLaVA gets LLaVA's own tokenisation back (``pathvlm_llava.json``)."""
+    import json
+
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from pathvlm.vlm.llava_processing import LlavaOriginalProcessor, read_sidecar
+
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except ValueError as e:
+        raise SourceError(f"{folder}/config.json is not valid JSON ({e})") from None
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype)
+        processor = AutoProcessor.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        kind = cfg.get("model_type")
+        raise SourceError(f"{folder}: could not load as an image-text-to-text model (config model_type {kind!r}): "
+                          f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+    info = read_sidecar(folder)
+    if info and info.get("format") == "llava-original":
+        processor = LlavaOriginalProcessor.from_processor(processor, info)
+    return model, processor
