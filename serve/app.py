@@ -114,12 +114,14 @@ def build_ui(service: PathVLMService):
         history.append({"role": "user", "content": text.strip()})
         return "", history
 
-    def respond(history, image_path):
+    def respond(history, image_path, system=""):
         history = list(history or [])
         messages = history_to_messages(history)
         if not messages or messages[-1]["role"] != "user":
             yield gr.skip(), gr.skip()  # no new question (an empty message was refused)
             return
+        if system and system.strip():  # else the model's own default (e.g. Patho-R1's <think>/<answer> prompt)
+            messages = [{"role": "system", "content": system.strip()}] + messages
         images, evidence = [], []
         try:
             if image_path is not None:
@@ -254,12 +256,19 @@ def build_ui(service: PathVLMService):
                         regen = gr.Button("Regenerate", elem_id="chat-regenerate", interactive=has_reasoner)
                         clear = gr.Button("Clear", elem_id="chat-clear")
                     gr.Examples(EXAMPLE_PROMPTS, inputs=msg, label="Example questions")
+                    with gr.Accordion("System prompt (optional)", open=False):
+                        default_system = getattr(getattr(service.generator, "reasoner", None), "default_system", None)
+                        system = gr.Textbox(placeholder=default_system or "none: the model's own behaviour",
+                                            show_label=False, lines=2, max_lines=8, elem_id="chat-system",
+                                            info="Sent as the system message; empty = the model's default"
+                                                 + (" (shown above)" if default_system else ""))
             for trigger in (msg.submit, send.click):
                 trigger(add_user_message, [msg, chatbot, chat_image], [msg, chatbot]).success(
-                    respond, [chatbot, chat_image], [chatbot, evidence], concurrency_limit=gen_limit,
+                    respond, [chatbot, chat_image, system], [chatbot, evidence], concurrency_limit=gen_limit,
                     concurrency_id="generate")
             regen.click(drop_last_answer, [chatbot], [chatbot]).success(
-                respond, [chatbot, chat_image], [chatbot, evidence], concurrency_limit=gen_limit, concurrency_id="generate")
+                respond, [chatbot, chat_image, system], [chatbot, evidence], concurrency_limit=gen_limit,
+                concurrency_id="generate")
             clear.click(lambda: ([], [], ""), None, [chatbot, evidence, msg], queue=False)
             chat_image.change(lambda: ([], []), None, [chatbot, evidence], queue=False)
 

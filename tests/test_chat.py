@@ -141,7 +141,7 @@ def test_closing_a_stream_stops_generation(reasoner, he_tile):
     calls = []
     hook = reasoner.model.register_forward_hook(lambda *a: calls.append(1))
     try:
-        it = reasoner.chat([he_tile], Q, max_new_tokens=400, stream=True)
+        it = reasoner.chat([he_tile], Q, max_new_tokens=reasoner.limits.max_new_tokens, stream=True)
         next(it)
         it.close()  # the client went away after the first piece
     finally:

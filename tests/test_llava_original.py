@@ -296,3 +296,24 @@ def test_sft_step_from_converted_llava(llava_env, built_fixture_data, tmp_path):
     assert not any(k.startswith("model.vision_tower.") for k in changed)
     assert (Path(res["final"]) / "pathvlm_llava.json").exists()  # the fine-tuned folder keeps LLaVA's tokenisation
     assert type(load_vlm(res["final"])[1]).__name__ == "LlavaOriginalProcessor"
+
+
+@pytest.mark.parametrize("config,match", [
+    ({"model_type": "mystery_vlm"}, "never runs a checkpoint's own code"),
+    ({"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2},
+     "has no image input"),
+    ({"architectures": ["CLIPModel"], "model_type": "clip"}, "not a reasoner"),
+    ({}, "no model_type"),
+])
+def test_folders_that_are_not_reasoners_are_named(tmp_path, capsys, config, match):
+    """No traceback and no hint that leads nowhere (no 'upgrade transformers'): the message says what the folder is."""
+    from pathvlm.cli import main
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    img = tmp_path / "tile.png"
+    L.reference_image().save(img)
+    assert main(["chat", str(img), "What is this?", "--model", str(folder), "--no-stream"]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err and "out of date" not in err and "upgrade" not in err

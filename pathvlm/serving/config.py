@@ -29,9 +29,11 @@ DEFAULT_REASONER = "pathvlm-nano"
 class ServeLimits:
     max_upload_bytes: int = field(default=10_000_000, metadata={"help": "largest image upload in bytes (413 above)"})
     max_image_pixels: int = field(default=25_000_000, metadata={"help": "largest decoded image (a bomb check)"})
-    max_prompt_tokens: int = field(default=2048, metadata={"help": "longest prompt (the reasoner's own limit applies too)"})
+    max_prompt_tokens: int = field(default=8192, metadata={"help": "longest prompt the server takes; the model's own "
+                                                           "limit (its context less max_new_tokens) applies too"})
     max_prompt_chars: int = field(default=20_000, metadata={"help": "longest conversation text before tokenising"})
-    max_new_tokens: int = field(default=512, metadata={"help": "cap on generated tokens per request"})
+    max_new_tokens: int = field(default=2048, metadata={"help": "cap on generated tokens per request; the model's own "
+                                                        "cap (a quarter of its context, at most 4096) applies too"})
     max_images: int = field(default=1, metadata={"help": "images per chat request"})
     max_labels: int = field(default=64, metadata={"help": "classes per zero-shot request"})
     max_k: int = field(default=50, metadata={"help": "largest k for search"})

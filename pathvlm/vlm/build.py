@@ -152,6 +152,7 @@ def _load_folder(folder: Path, dtype: torch.dtype = torch.float32):
         cfg = json.loads((folder / "config.json").read_text())
     except ValueError as e:
         raise SourceError(f"{folder}/config.json is not valid JSON ({e})") from None
+    _check_reasoner_kind(folder, cfg)
     try:
         model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype)
         processor = AutoProcessor.from_pretrained(str(folder))
@@ -163,3 +164,26 @@ def _load_folder(folder: Path, dtype: torch.dtype = torch.float32):
     if info and info.get("format") == "llava-original":
         processor = LlavaOriginalProcessor.from_processor(processor, info)
     return model, processor
+
+
+def _check_reasoner_kind(folder: Path, cfg: dict) -> None:
+    """Name what a folder is when it is not a reasoner this transformers can build without remote code."""
+    import transformers
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    kind = cfg.get("model_type") if isinstance(cfg, dict) else None
+    supported = ("pathvlm folders, transformers image-text-to-text checkpoints (e.g. llava, qwen2_5_vl for Patho-R1, "
+                 "qwen2_vl, idefics3) and original-format LLaVA (model_type llava, llava_llama, llava_mistral)")
+    if not kind:
+        raise SourceError(f"{folder}/config.json has no model_type; a reasoner folder is one of: {supported}")
+    if kind == "pathvlm" or kind in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return
+    if kind in ("clip", "clip_vision_model", "siglip", "open_clip") or (folder / "open_clip_config.json").exists():
+        raise SourceError(f"{folder}: a {kind!r} image-text encoder, not a reasoner: use it with classify, search and "
+                          "index (--model), or as the vision tower of a LLaVA conversion (--vision-tower)")
+    if kind in CONFIG_MAPPING:
+        raise SourceError(f"{folder}: a {kind!r} model, which has no image input: chat needs a vision-language "
+                          f"checkpoint (vision tower + language model); supported: {supported}")
+    raise SourceError(f"{folder}: model_type {kind!r} is not an architecture transformers {transformers.__version__} "
+                      f"implements, and pathvlm never runs a checkpoint's own code; supported: {supported}")
