@@ -261,13 +261,13 @@ def test_real_7b_dimensions_have_full_key_coverage(family):
 
 
 def test_sft_step_from_converted_llava(llava_env, built_fixture_data, tmp_path):
-    """One ``pathvlm train sft`` step from a converted LLaVA: LoRA on the LM and the projector change, the vision
+    """One ``pathvlm train sft`` step (the command, on the nano SFT recipe made tiny) from a converted LLaVA: LoRA on the LM and the projector change, the vision
     tower does not; the loss is on the answer and its </s> (LLaVA's masking), with LLaVA's tokenisation."""
     from pathvlm.vlm.build import load_vlm
     from pathvlm.vlm.llava_original import convert
 
     from train.vlm.config import VLMTrainConfig
-    from train.vlm.trainer import prepare_model, run_stage
+    from train.vlm.trainer import prepare_model
 
     out = convert(llava_env["llama"], tmp_path / "quilt-hf", vision_tower=llava_env["tower"], progress=False)
     cfg = VLMTrainConfig(stage="sft", model=str(out), data=str(built_fixture_data), output_dir=str(tmp_path / "sft"),
@@ -287,7 +287,15 @@ def test_sft_step_from_converted_llava(llava_env, built_fixture_data, tmp_path):
     answer = answer if isinstance(answer, str) else "".join(p.get("text") or "" for p in answer)
     assert learned.replace(" ", "") == (answer + "</s>").replace(" ", "")
     assert int((ids == processor.image_token_id).sum()) == processor.image_seq_length
-    res = run_stage(cfg)
+    from pathvlm.cli import main
+
+    recipe = Path(__file__).resolve().parent.parent / "train" / "recipes" / "vlm" / "nano_sft.yaml"
+    sets = {"model": str(out), "init_adapter": "null", "data": str(built_fixture_data), "output_dir": cfg.output_dir,
+            "batch_size": 2, "max_steps": 1, "lr": 5e-2, "lora_rank": 4, "lora_alpha": 8, "eval_samples": 0,
+            "report_to": "none", "save_steps": 1, "max_length": 1024, "warmup_ratio": 0.0, "max_train_samples": 0}
+    assert main(["train", "sft", "--config", str(recipe)] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]) == 0
+    res = json.loads((Path(cfg.output_dir) / "results.json").read_text())
+    assert res["steps"] == 1
     before = load_vlm(str(out))[0].state_dict()
     after = load_vlm(res["final"])[0].state_dict()
     changed = [k for k in after if not torch.equal(before[k], after[k])]
@@ -317,3 +325,17 @@ def test_folders_that_are_not_reasoners_are_named(tmp_path, capsys, config, matc
     assert main(["chat", str(img), "What is this?", "--model", str(folder), "--no-stream"]) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err and "out of date" not in err and "upgrade" not in err
+
+
+def test_batched_answers_equal_single_ones(llava_env):
+    """chat_batch (left padding, as evaluation uses it) gives the greedy answers chat gives one by one."""
+    from pathvlm.chat import load_reasoner
+
+    r = load_reasoner(str(llava_env["llama"]))
+    image = L.reference_image()
+    convs = [[{"role": "user", "content": "What is shown in this image?"}],
+             [{"role": "user", "content": "Describe the histological features of this image in detail, please."}]]
+    batch = r.chat_batch([image, image], convs, max_new_tokens=6)
+    single = [r.chat([image], c, max_new_tokens=6) for c in convs]
+    assert [b.text for b in batch] == [s.text for s in single]
+    assert [b.prompt_tokens for b in batch] == [s.prompt_tokens for s in single]
