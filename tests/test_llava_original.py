@@ -193,12 +193,17 @@ def test_vision_tower_inside_the_checkpoint_and_missing_tower_message(llava_env,
     ({"mm_projector_type": "linear"}, "mlp2x_gelu"),
     ({"image_aspect_ratio": "anyres"}, "anyres"),
     ({"mm_vision_select_feature": "cls"}, "mm_vision_select_feature"),
+    ({"model_type": "llava_mpt"}, "MPT"),
+    ("lora", "merge_lora_weights.py"),
 ])
 def test_unsupported_checkpoints_are_named(tmp_path, change, match):
     from pathvlm.errors import SourceError
-    from pathvlm.vlm.llava_original import read_original
+    from pathvlm.vlm.llava_original import is_original_llava, read_original
 
-    folder = L.write_original_llava(tmp_path / "odd", "llama", **change)
+    folder = L.write_original_llava(tmp_path / "odd", "llama", **(change if isinstance(change, dict) else {}))
+    if change == "lora":
+        (folder / "adapter_config.json").write_text("{}")
+    assert is_original_llava(folder)
     with pytest.raises(SourceError, match=match):
         read_original(folder)
 

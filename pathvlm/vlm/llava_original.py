@@ -44,6 +44,8 @@ from pathvlm.paths import home
 from pathvlm.vlm.llava_templates import DEFAULT_TEMPLATE, chat_template, get_template
 
 MODEL_TYPES = {"llava": "llama", "llava_llama": "llama", "llava_mistral": "mistral"}
+UNSUPPORTED_TYPES = {"llava_mpt": "LLaVA on MPT (custom remote code) is not supported",
+                     "llava_mixtral": "LLaVA on Mixtral is not supported", "llava_qwen": "LLaVA on Qwen is not supported"}
 IMAGE_TOKEN = "<image>"
 LLAVA_EXTRA_TOKENS = {"patch": "<im_patch>", "start": "<im_start>", "end": "<im_end>"}
 SHARD_BYTES = 2 * 1024 ** 3
@@ -68,6 +70,8 @@ def is_original_llava(folder: str | Path) -> bool:
     cfg = read_config(Path(folder))
     if not cfg:
         return False
+    if cfg.get("model_type") in UNSUPPORTED_TYPES:
+        return True  # read_original names why
     return cfg.get("model_type") in MODEL_TYPES and "text_config" not in cfg and (
         "mm_vision_tower" in cfg or "mm_hidden_size" in cfg or cfg.get("model_type") != "llava")
 
@@ -90,6 +94,13 @@ def read_original(folder: str | Path, template: str | None = None) -> OriginalLl
     cfg = read_config(folder)
     if cfg is None:
         raise SourceError(f"{folder}: no readable config.json")
+    if cfg.get("model_type") in UNSUPPORTED_TYPES:
+        raise SourceError(f"{folder}: {UNSUPPORTED_TYPES[cfg['model_type']]} (supported: model_type "
+                          f"{', '.join(MODEL_TYPES)})")
+    if (folder / "non_lora_trainables.bin").exists() or (folder / "adapter_config.json").exists():
+        raise SourceError(f"{folder}: a LoRA-only LLaVA checkpoint (adapter_config.json / non_lora_trainables.bin) "
+                          "that needs its base model; merge it first with LLaVA's scripts/merge_lora_weights.py "
+                          "(--model-path THIS --model-base BASE --save-model-path MERGED), then use MERGED")
     family = MODEL_TYPES.get(cfg.get("model_type"))
     if family is None:
         raise SourceError(f"{folder}: model_type {cfg.get('model_type')!r} is not an original LLaVA checkpoint "

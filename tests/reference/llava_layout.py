@@ -7,9 +7,10 @@ Only torch, safetensors and json are imported: the same code runs under transfor
 Layouts, as published (config keys, file names, shard index and state-dict keys):
 
 - ``llama`` (Quilt-LLaVA v1.5, PathGen-LLaVA, LLaVA v1.5): ``config.json`` with ``model_type: "llava"``
-  (PathGen-LLaVA: ``llava_llama``), ``architectures: ["LlavaLlamaForCausalLM"]``, the flat Llama fields and
-  the ``mm_*`` keys; weights in ``pytorch_model-0000K-of-0000N.bin`` shards with
-  ``pytorch_model.bin.index.json`` (PathGen-LLaVA: ``model-*.safetensors``); keys ``model.embed_tokens``,
+  (LLaVA <= 1.1 training code; 1.2 writes ``llava_llama``, as PathGen-LLaVA has), ``architectures:
+  ["LlavaLlamaForCausalLM"]``, the flat Llama fields and the ``mm_*`` keys; weights in
+  ``pytorch_model-0000K-of-0000N.bin`` shards with ``pytorch_model.bin.index.json`` (as liuhaotian/llava-v1.5-7b;
+  newer saves use ``model-*.safetensors``, as PathGen-LLaVA); keys ``model.embed_tokens``,
   ``model.layers.*``, ``model.norm``, ``lm_head`` and ``model.mm_projector.{0,2}`` (``mlp2x_gelu``), no
   vision weights; the tokenizer is ``tokenizer.model`` (sentencepiece) + ``tokenizer_config.json`` +
   ``special_tokens_map.json``, no ``tokenizer.json``.
