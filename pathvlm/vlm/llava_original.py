@@ -161,7 +161,12 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             raise SourceError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
         return
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # pre-zipfile (torch < 1.6) files cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise SourceError(f"{path}: not a readable PyTorch weights file ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200]})") from None
