@@ -249,9 +249,10 @@ class Reasoner:
         if max_new_tokens is None:
             max_new_tokens = min(DEFAULT_NEW_TOKENS, self.limits.max_new_tokens)
         if not 1 <= int(max_new_tokens) <= self.limits.max_new_tokens:
-            raise ChatRequestError(f"max_new_tokens must be between 1 and {self.limits.max_new_tokens} for this model "
-                                   f"(a quarter of its {context_length(self.model) or '?'}-token context, at most "
-                                   f"{MAX_NEW_TOKENS_CEILING})")
+            context = context_length(self.model)
+            why = (f" for this model (a quarter of its {context}-token context, at most {MAX_NEW_TOKENS_CEILING})"
+                   if context and self.limits.max_new_tokens == min(MAX_NEW_TOKENS_CEILING, context // 4) else "")
+            raise ChatRequestError(f"max_new_tokens must be between 1 and {self.limits.max_new_tokens}{why}")
         if temperature is None or temperature < 0 or not (0 < top_p <= 1):
             raise ChatRequestError("temperature must be >= 0 and top_p in (0, 1]")
         kw = {"max_new_tokens": int(max_new_tokens), "use_cache": True}

@@ -344,3 +344,13 @@ def test_batched_answers_equal_single_ones(llava_env):
     single = [r.chat([image], c, max_new_tokens=6) for c in convs]
     assert [b.text for b in batch] == [s.text for s in single]
     assert [b.prompt_tokens for b in batch] == [s.prompt_tokens for s in single]
+
+
+def test_llava_options_on_other_reasoners_are_refused(tiny_reasoner_dir):
+    from pathvlm.errors import SourceError
+    from pathvlm.vlm.build import load_vlm
+
+    with pytest.raises(SourceError, match="original-format LLaVA"):
+        load_vlm(str(tiny_reasoner_dir), template="vicuna_v1")
+    with pytest.raises(SourceError, match="original-format LLaVA"):
+        load_vlm("pathvlm-nano", vision_tower="/tmp")

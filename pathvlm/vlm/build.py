@@ -112,6 +112,8 @@ def load_vlm(source: str = "pathvlm-nano", device: str = "cpu", dtype: torch.dty
         raise SourceError("empty reasoner source; try 'pathvlm-nano' or a save_pretrained folder")
     source = source.strip()
     if source in NAMED_REASONERS:
+        if vision_tower is not None or template is not None:
+            raise SourceError(f"{source}: --vision-tower and --template apply to original-format LLaVA folders only")
         spec = NAMED_REASONERS[source]
         model, processor = build_from_sources(spec.clip, spec.lm, seed=spec.seed)
         if spec.weights is not None:
@@ -131,6 +133,9 @@ def load_vlm(source: str = "pathvlm-nano", device: str = "cpu", dtype: torch.dty
         original = folder
         if is_original_llava(folder):
             folder = ensure_converted(folder, vision_tower=vision_tower, template=template)
+        elif vision_tower is not None or template is not None:
+            raise SourceError(f"{folder}: --vision-tower and --template apply to original-format LLaVA folders "
+                              "(config.json with mm_vision_tower); this folder loads as it is")
         model, processor = _load_folder(folder, dtype)
         model.pathvlm_source = {"folder": str(original), **({"converted": str(folder)} if folder != original else {})}
     model.to(device=device, dtype=dtype).eval()
