@@ -447,25 +447,36 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def load_reasoner(source: str = "pathvlm-nano", device: str = "cpu", limits: ChatLimits | None = None,
-                  precision: str = "fp32", vision_tower: str | None = None, template: str | None = None) -> Reasoner:
+                  precision: str = "fp32", vision_tower: str | None = None, template: str | None = None,
+                  quantize: str | None = None) -> Reasoner:
     """A :class:`Reasoner` for a bundled name or a folder (cached per source, device and precision): a
     save_pretrained image-text-to-text folder, or an original-format LLaVA checkpoint (Quilt-LLaVA, LLaVA-Med,
     PathGen-LLaVA), converted once into the cache (``vision_tower``: its CLIP folder if ``mm_vision_tower`` is not
     found; ``template``: ``vicuna_v1`` or ``mistral_instruct`` instead of the family default).
     ``precision="bf16"`` halves the weight traffic of decoding (faster on CPUs with bf16 support; answers can
-    differ slightly from fp32). Limits are derived from the model (:func:`derive_limits`) unless given."""
+    differ slightly from fp32). ``quantize="int8"`` stores the language model's linear weights as int8 and decodes
+    with torch's int8 CPU kernels (``pathvlm.vlm.quantize``; about 2x the tokens/s of fp32 on a CPU, accuracy
+    measured in docs/benchmarks.md). Limits are derived from the model (:func:`derive_limits`) unless given."""
     import torch
 
     from pathvlm.vlm.build import load_vlm
     from pathvlm.vlm.model_cards import default_system_prompt
+    from pathvlm.vlm.quantize import QUANTIZE_MODES, quantize_language_model
 
     if precision not in PRECISIONS:
         raise ChatRequestError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    key = (source, str(device), precision, vision_tower, template)
+    quantize = (quantize or "none").lower()
+    if quantize not in QUANTIZE_MODES:
+        raise ChatRequestError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, not {quantize!r}")
+    if quantize != "none" and precision != "fp32":
+        raise ChatRequestError(f"quantize {quantize} keeps float32 activations: use it with precision fp32")
+    key = (source, str(device), precision, vision_tower, template, quantize)
     with _CACHE_LOCK:
         if key not in _CACHE:
             model, processor = load_vlm(source, device=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
                                         vision_tower=vision_tower, template=template)
+            if quantize != "none":
+                quantize_language_model(model, quantize)
             _CACHE[key] = Reasoner(model, processor, name=source, default_system=default_system_prompt(source, model))
         reasoner = _CACHE[key]
     if limits is not None:
@@ -475,13 +486,13 @@ def load_reasoner(source: str = "pathvlm-nano", device: str = "cpu", limits: Cha
 
 
 def chat(images, messages, stream: bool = False, model: str = "pathvlm-nano", device: str = "cpu",
-         precision: str = "fp32", **kwargs):
+         precision: str = "fp32", quantize: str | None = None, **kwargs):
     """One call: load (cached) ``model`` and answer; see :meth:`Reasoner.chat` (``system=`` sets the system prompt)."""
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     if images is not None and not isinstance(images, (list, tuple)):
         images = [images]
-    return load_reasoner(model, device, precision=precision).chat(images, messages, stream=stream, **kwargs)
+    return load_reasoner(model, device, precision=precision, quantize=quantize).chat(images, messages, stream=stream, **kwargs)
 
 
 class _CallableModule(types.ModuleType):

@@ -13,6 +13,9 @@ def add_parser(sub):
     p.add_argument("--clip", default=None, help="PathCLIP source for classification and search (default pathclip-nano)")
     p.add_argument("--reasoner", default=None,
                    help="reasoner: pathvlm-nano (default), a saved model folder, or 'none' (chat and reports off)")
+    p.add_argument("--quantize", default=None, choices=["none", "int8"],
+                   help="the local reasoner's language-model weights on CPU: int8 decodes about 2x faster (torch's int8 "
+                        "kernels; accuracy cost in docs/benchmarks.md)")
     p.add_argument("--backend-url", default=None,
                    help="send generation to an external OpenAI-compatible server (vLLM, TGI) at this URL")
     p.add_argument("--backend-model", default=None, help="model name to ask the backend for")
@@ -39,7 +42,7 @@ def run(args):
         limits["max_upload_bytes"] = int(args.max_upload_mb * 1_000_000)
     token = args.token or os.environ.get("PATHVLM_SERVE_TOKEN")
     config = load_serve_config(
-        args.config, host=args.host, port=args.port, clip=args.clip, reasoner=args.reasoner,
+        args.config, host=args.host, port=args.port, clip=args.clip, reasoner=args.reasoner, quantize=args.quantize,
         backend_url=args.backend_url, backend_model=args.backend_model, gallery=args.gallery, index=args.index,
         device=args.device, auth=args.auth, token=token, share=args.share, limits=limits,
     )

@@ -40,13 +40,13 @@ class LocalReasoner:
 
     kind = "local"
 
-    def __init__(self, source: str, device: str = "cpu"):
+    def __init__(self, source: str, device: str = "cpu", quantize: str = "none"):
         try:
             from pathvlm import chat
         except ImportError as e:
             raise PathVLMError(f"the reasoner is not available in this pathvlm ({e}); start with --reasoner none") from None
         self._chat = chat
-        self.reasoner = chat.load_reasoner(source=source, device=device)
+        self.reasoner = chat.load_reasoner(source=source, device=device, quantize=quantize)
         self.name = Path(source).name if Path(source).exists() else source
 
     @property

@@ -6,6 +6,7 @@ YAML layout (every field optional)::
     port: 7860
     clip: pathclip-nano
     reasoner: pathvlm-nano        # a bundled name, a saved folder, or "none"
+    quantize: none                # int8: the local reasoner decodes with int8 language-model weights (CPU)
     backend_url: null             # an external OpenAI-compatible server (vLLM, TGI) for generation
     gallery: null                 # folder of tiles (default: the demo gallery, built on first use)
     limits:
@@ -57,6 +58,7 @@ class ServeConfig:
     gallery: str | None = None
     index: str | None = None
     device: str = "cpu"
+    quantize: str = "none"  # the local reasoner's language-model weights: none or int8 (pathvlm.vlm.quantize)
     auth: str | None = None   # "user:pass" for the web app and HTTP basic auth on the API
     token: str | None = None  # bearer token for the API (and the web app's password)
     share: bool = False
@@ -71,6 +73,11 @@ class ServeConfig:
             raise PathVLMError("--token must be at least 8 characters")
         if self.share and not self.auth_enabled:
             raise PathVLMError("--share publishes the app on the internet: it is refused unless --auth or --token is set")
+        from pathvlm.vlm.quantize import QUANTIZE_MODES
+
+        if str(self.quantize).lower() not in QUANTIZE_MODES:
+            raise PathVLMError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, not {self.quantize!r}")
+        self.quantize = str(self.quantize).lower()
         if self.reasoner is not None and self.reasoner.strip().lower() in ("none", "off", ""):
             self.reasoner = "none"
 

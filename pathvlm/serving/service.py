@@ -106,7 +106,7 @@ class PathVLMService:
             source = config.reasoner or DEFAULT_REASONER
             say(f"loading reasoner {source} ...")
             try:
-                generator = LocalReasoner(source, device=config.device)
+                generator = LocalReasoner(source, device=config.device, quantize=config.quantize)
             except PathVLMError as e:
                 if config.reasoner is not None:
                     raise  # asked for by name: a clear error, not a silent fallback

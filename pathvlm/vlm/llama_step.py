@@ -5,6 +5,8 @@ products per layer; what it costs on top of reading the weights is Python and di
 calls, attention-mask and position bookkeeping, cache objects growing by ``torch.cat``. This stepper
 keeps only the arithmetic: the same weights (shared, not copied), RMSNorm, rotary embeddings from
 the model's own ``inv_freq``, scaled-dot-product attention over a preallocated KV buffer, SwiGLU.
+Projections go through ``quantize.linear_fn``: the float weight with ``F.linear``, or a quantised layer's
+kernel when the model was loaded with ``quantize`` (``pathvlm.vlm.quantize``).
 It applies only where that arithmetic is exactly the model's (``supports``); elsewhere the caller
 keeps using the model's forward. Greedy output equals ``generate`` (tested).
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from pathvlm.vlm.quantize import linear_fn
 
 
 def _language_model(model):
@@ -42,6 +46,12 @@ class LlamaStepper:
         self.embed = lm.embed_tokens.weight
         self.norm_w, self.norm_eps = lm.norm.weight, lm.norm.variance_epsilon
         self.layers = lm.layers
+        # one callable per projection: F.linear on the shared float weight, or a quantised layer's kernel
+        self.proj = [{name: linear_fn(getattr(part, name)) for part, names in
+                      ((layer.self_attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
+                       (layer.mlp, ("gate_proj", "up_proj", "down_proj"))) for name in names}
+                     for layer in self.layers]
+        self.head_fn = linear_fn(self.head)
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.pos = cache.get_seq_length()
@@ -83,19 +93,18 @@ class LlamaStepper:
         h = self.embed[token_id].view(1, 1, -1)
         cos, sin = self.cos[p].view(1, 1, 1, -1), self.sin[p].view(1, 1, 1, -1)
         for i, layer in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
+            attn, proj = layer.self_attn, self.proj[i]
             x = self._rms(h, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-            q = F.linear(x, attn.q_proj.weight).view(1, 1, self.heads, self.head_dim).transpose(1, 2)
-            k = F.linear(x, attn.k_proj.weight).view(1, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = F.linear(x, attn.v_proj.weight).view(1, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = proj["q_proj"](x).view(1, 1, self.heads, self.head_dim).transpose(1, 2)
+            k = proj["k_proj"](x).view(1, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = proj["v_proj"](x).view(1, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             self.k[i][:, :, p:p + 1] = self._rope(k, cos, sin)
             self.v[i][:, :, p:p + 1] = v
             out = F.scaled_dot_product_attention(self._rope(q, cos, sin), self.k[i][:, :, :p + 1],
                                                  self.v[i][:, :, :p + 1], scale=attn.scaling,
                                                  enable_gqa=self.heads != self.kv_heads)
-            h = h + F.linear(out.transpose(1, 2).reshape(1, 1, -1), attn.o_proj.weight)
+            h = h + proj["o_proj"](out.transpose(1, 2).reshape(1, 1, -1))
             x = self._rms(h, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
-            h = h + F.linear(F.silu(F.linear(x, mlp.gate_proj.weight)) * F.linear(x, mlp.up_proj.weight),
-                             mlp.down_proj.weight)
+            h = h + proj["down_proj"](F.silu(proj["gate_proj"](x)) * proj["up_proj"](x))
         self.pos += 1
-        return F.linear(self._rms(h, self.norm_w, self.norm_eps), self.head.weight)[:, -1]
+        return self.head_fn(self._rms(h, self.norm_w, self.norm_eps))[:, -1]

@@ -18,15 +18,15 @@ def _entropy(values) -> float:
 
 def paired_comparison(before: list[int], after: list[int]) -> dict:
     """Two stages scored on the same questions: how many each gets right that the other misses, and the
-    exact two-sided McNemar p-value (a binomial test on those discordant questions)."""
-    if len(before) != len(after):
-        raise ValueError(f"paired comparison needs the same questions ({len(before)} vs {len(after)})")
-    gained = sum(1 for a, b in zip(before, after) if not a and b)
-    lost = sum(1 for a, b in zip(before, after) if a and not b)
-    n, k = gained + lost, min(gained, lost)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
-    return {"n": len(before), "gained": gained, "lost": lost, "accuracy_change": (gained - lost) / len(before),
-            "mcnemar_p": p}
+    exact two-sided McNemar p-value (a binomial test on those discordant questions; scipy, ``pathvlm.evals.stats``)."""
+    from pathvlm.evals.stats import mcnemar_exact
+
+    try:
+        t = mcnemar_exact(before, after)
+    except ValueError:
+        raise ValueError(f"paired comparison needs the same questions ({len(before)} vs {len(after)})") from None
+    return {"n": t["n"], "gained": t["gained"], "lost": t["lost"],
+            "accuracy_change": (t["gained"] - t["lost"]) / t["n"], "mcnemar_p": t["p_value"]}
 
 
 def answer_and_score(reasoner, rows, max_new_tokens: int, batch_size: int, images=None, progress: bool = False,
