@@ -7,6 +7,10 @@ def add_parser(sub):
     b.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
                    help="a ${VAR} used in the recipe (e.g. --set SHARED=../shared/data)")
     b.add_argument("--limit", type=int, help="read at most N records per source (quick runs)")
+    b.add_argument("--workers", type=int, default=1,
+                   help="processes for decoding and hashing images, hashing captions and writing shards (-1: all "
+                        "CPUs); the output is byte-identical for any number")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars (logs, benchmarks)")
     b.set_defaults(func=run_build)
     s = dsub.add_parser("show", help="print (and plot) samples of a built dataset")
     s.add_argument("folder", help="a built recipe folder or one of its datasets (e.g. runs/data/nano/sft)")
@@ -37,7 +41,7 @@ def run_build(args):
         for s in recipe.sources:
             s.limit = args.limit
     out = Path(args.out or f"runs/data/{recipe.name}")
-    card = build_recipe(recipe, out, recipe_path=args.recipe)
+    card = build_recipe(recipe, out, recipe_path=args.recipe, workers=args.workers, progress=not args.no_progress)
     print((out / "data_card.md").read_text().split("## Example rows")[0])
     print(f"wrote {out} ({sum(sum(v.values()) for v in card['outputs'].values())} rows; data card {out / 'data_card.md'})")
     return 0

@@ -22,6 +22,7 @@ from pathvlm.data import dedup, text_clean
 from pathvlm.data.builders import BUILDERS
 from pathvlm.data.config import RecipeConfig
 from pathvlm.data.knowledge import KnowledgeBase
+from pathvlm.data.parallel import ordered_map, resolve_workers
 from pathvlm.data.sources import Malformed, get_adapter
 from pathvlm.data.splits import assign_splits, audit_leakage, require_no_leakage
 from pathvlm.errors import ImageError, PathVLMError
@@ -105,29 +106,48 @@ class ImageRef:
         return encode_image(raw, self.max_side, max_pixels=None)[0]
 
 
-def load_images(rows, recipe, malformed, examples, log: StageLog, progress: bool):
-    out, cache = [], {}
-    for r in _progress(rows, total=len(rows), desc="loading images", enabled=progress):
-        path = r["image_path"]
-        if r["image"] is None and not path:
+def _load_one(task):
+    """One distinct image (a path, or bytes cut from a wheel's image): ``(sha256, dHash, None)`` or
+    ``(None, reason, message)``. Runs in a worker process with ``--workers``."""
+    path, data, max_side, max_pixels = task
+    try:
+        raw = data if data is not None else Path(path).read_bytes()
+        stored, img = encode_image(raw, max_side, max_pixels)
+        return hashlib.sha256(stored).hexdigest(), dedup.dhash(img), None
+    except (OSError, ImageError) as e:
+        reason = "missing image" if isinstance(e, FileNotFoundError) else "unreadable image"
+        return None, reason, str(e)
+
+
+def load_images(rows, recipe, malformed, examples, log: StageLog, progress: bool, workers: int = 1):
+    """Decode, hash and check every distinct image once (on ``workers`` processes), then attach the results."""
+    c = recipe.curation
+    keys, tasks = {}, []
+    for r in rows:
+        if r["image"] is None and not r["image_path"]:
+            continue
+        key = r["image_path"] or hashlib.sha256(r["image"]).hexdigest()
+        if key not in keys:
+            keys[key] = len(tasks)
+            tasks.append((r["image_path"] if r["image"] is None else None, r["image"], c.max_image_side, c.max_pixels))
+    loaded = ordered_map(_load_one, tasks, workers, progress=progress, desc="loading images")
+    cache = {}
+    for key, i in keys.items():
+        digest, extra, err = loaded[i]
+        path, data = tasks[i][0], tasks[i][1]
+        if digest is None:
+            cache[key] = (None, extra, err)
+        else:
+            cache[key] = (ImageRef(digest, path=path, data=data, max_side=c.max_image_side), digest, extra)
+    out = []
+    for r in rows:
+        if r["image"] is None and not r["image_path"]:
             if recipe.require_images:
                 malformed[f"{r['source']}: missing image"] += 1
                 continue
             out.append({**r, "image_sha256": "", "dhash": None})
             continue
-        key = path or hashlib.sha256(r["image"]).hexdigest()
-        if key not in cache:
-            try:
-                raw = r["image"] if r["image"] is not None else Path(path).read_bytes()
-                data, img = encode_image(raw, recipe.curation.max_image_side, recipe.curation.max_pixels)
-                digest = hashlib.sha256(data).hexdigest()
-                ref = ImageRef(digest, path=path if r["image"] is None else None,
-                               data=raw if r["image"] is not None else None, max_side=recipe.curation.max_image_side)
-                cache[key] = (ref, digest, dedup.dhash(img))
-            except (OSError, ImageError) as e:
-                reason = "missing image" if isinstance(e, FileNotFoundError) else "unreadable image"
-                cache[key] = (None, reason, str(e))
-        data, digest, extra = cache[key]
+        data, digest, extra = cache[r["image_path"] or hashlib.sha256(r["image"]).hexdigest()]
         if data is None:
             if recipe.require_images:
                 malformed[f"{r['source']}: {digest}"] += 1
@@ -197,7 +217,7 @@ def curate_text(rows, recipe, malformed, log: StageLog, card: dict):
     return out
 
 
-def deduplicate(rows, recipe, log: StageLog, card: dict):
+def deduplicate(rows, recipe, log: StageLog, card: dict, workers: int = 1):
     c = recipe.curation
     n_in = len(rows)
     # exact duplicates: same image bytes and same text / question
@@ -212,8 +232,8 @@ def deduplicate(rows, recipe, log: StageLog, card: dict):
     # near-duplicate images (dHash): one cluster -> one group, so they land in the same split
     img_ids = sorted({r["image_sha256"] for r in out if r["image_sha256"]})
     hashes = {r["image_sha256"]: r["dhash"] for r in out if r["image_sha256"]}
-    pairs = dedup.near_duplicate_pairs([hashes[h] for h in img_ids], c.image_near_duplicate_bits)
-    clusters = dedup.duplicate_clusters(len(img_ids), pairs)
+    near = dedup.near_duplicates([hashes[h] for h in img_ids], c.image_near_duplicate_bits)
+    clusters = dedup.duplicate_clusters(len(img_ids), near.edges)
     root_of = {h: img_ids[clusters[i]] for i, h in enumerate(img_ids)}
     groups_by_root = defaultdict(set)
     for r in out:
@@ -239,15 +259,18 @@ def deduplicate(rows, recipe, log: StageLog, card: dict):
             filtered.append(r)
         out = filtered
     # near-duplicate captions (SimHash), reported
-    caps = [r for r in out if r["task"] == "caption" and r["text"]]
-    text_pairs = dedup.near_duplicate_pairs([dedup.simhash(r["text"]) for r in caps], c.text_near_duplicate_bits)
-    log.add("deduplicate", n_in, len(out), exact_duplicates=exact, near_duplicate_image_pairs=len(pairs),
+    caps = [r for r in out if r["task"] == "caption" and r["text"]] if c.text_near_duplicates else []
+    text_near = dedup.near_duplicates(ordered_map(dedup.simhash, [r["text"] for r in caps], workers),
+                                      c.text_near_duplicate_bits)
+    log.add("deduplicate", n_in, len(out), exact_duplicates=exact, near_duplicate_image_pairs=near.pair_count,
             groups_merged=len(merge), near_duplicates_dropped=near_dropped,
-            near_duplicate_caption_pairs=len(text_pairs))
-    card["duplicates"] = {"exact_rows": exact, "near_duplicate_image_pairs": len(pairs),
+            near_duplicate_caption_pairs=text_near.pair_count if c.text_near_duplicates else "not searched")
+    card["duplicates"] = {"exact_rows": exact, "near_duplicate_image_pairs": near.pair_count,
                           "groups_merged_by_image_similarity": len(merge),
-                          "near_duplicate_images_dropped": near_dropped, "near_duplicate_caption_pairs": len(text_pairs),
-                          "caption_pair_examples": [[caps[i]["text"][:120], caps[j]["text"][:120]] for i, j in text_pairs[:3]]}
+                          "near_duplicate_images_dropped": near_dropped,
+                          "near_duplicate_caption_pairs": text_near.pair_count if c.text_near_duplicates else None,
+                          "caption_pair_examples": [[caps[i]["text"][:120], caps[j]["text"][:120]]
+                                                    for i, j in text_near.edges[:3]]}
     return out, hashes
 
 
@@ -268,9 +291,8 @@ def split_rows(rows, recipe, log: StageLog, card: dict):
     first_row = {}
     for i, r in enumerate(rows):
         first_row.setdefault(r["image_sha256"], i)
-    pairs = dedup.near_duplicate_pairs([r["dhash"] for r in (rows[first_row[h]] for h in img_ids)],
-                                       recipe.curation.image_near_duplicate_bits)
-    row_pairs = [(first_row[img_ids[i]], first_row[img_ids[j]]) for i, j in pairs]
+    near = dedup.near_duplicates([rows[first_row[h]]["dhash"] for h in img_ids], recipe.curation.image_near_duplicate_bits)
+    row_pairs = [(first_row[img_ids[i]], first_row[img_ids[j]]) for i, j in near.edges]
     report = audit_leakage(rows, row_pairs)
     card["leakage_audit"] = report.summary()
     card["splits"] = {"rows": dict(sorted(sizes.items())), "groups": dict(sorted(groups.items()))}
@@ -279,7 +301,11 @@ def split_rows(rows, recipe, log: StageLog, card: dict):
     return rows
 
 
-def build_recipe(recipe: RecipeConfig, out: str | Path, progress: bool = True, recipe_path: str | None = None) -> dict:
+def build_recipe(recipe: RecipeConfig, out: str | Path, progress: bool = True, recipe_path: str | None = None,
+                 workers: int = 1) -> dict:
+    """Build ``recipe`` into ``out``. ``workers`` processes decode and hash images, hash captions and write shards
+    (``pathvlm.data.parallel``); the output files and data card are byte-identical for any worker count."""
+    workers = resolve_workers(workers)
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -292,9 +318,9 @@ def build_recipe(recipe: RecipeConfig, out: str | Path, progress: bool = True, r
     log.add("read_sources", sum(v["records"] for v in per_source.values()) + sum(malformed.values()), len(rows))
     if not rows:
         raise PathVLMError("the recipe's sources gave no usable rows: " + json.dumps(dict(malformed)))
-    rows = load_images(rows, recipe, malformed, malformed_examples, log, progress)
+    rows = load_images(rows, recipe, malformed, malformed_examples, log, progress, workers)
     rows = curate_text(rows, recipe, malformed, log, card)
-    rows, _ = deduplicate(rows, recipe, log, card)
+    rows, _ = deduplicate(rows, recipe, log, card, workers)
     rows.sort(key=lambda r: (r["source"], r["id"]))
     rows = split_rows(rows, recipe, log, card)
     kb = KnowledgeBase.load(recipe.knowledge)
@@ -309,7 +335,7 @@ def build_recipe(recipe: RecipeConfig, out: str | Path, progress: bool = True, r
             by_split[b["split"]].append(b)
         outputs[name] = {}
         for split in sorted(by_split):
-            write_parquet(by_split[split], partial / name, split)
+            write_parquet(by_split[split], partial / name, split, workers=workers)
             if recipe.webdataset:
                 write_webdataset(by_split[split], partial / name / "webdataset", split)
             outputs[name][split] = len(by_split[split])

@@ -32,6 +32,7 @@ class CurationConfig:
     image_near_duplicate_bits: int = 4  # dHash Hamming distance; near-duplicates share one group
     drop_near_duplicate_images: bool = False
     text_near_duplicate_bits: int = 3  # SimHash distance; reported
+    text_near_duplicates: bool = True  # search caption near-duplicates (off: image hashes only, for huge builds)
     max_image_side: int = 1024  # larger images are downscaled and stored as PNG
     max_pixels: int = 64_000_000
 

@@ -3,12 +3,15 @@
 Near-duplicates are found with banded lookup: a 64-bit hash is cut into ``bands`` pieces, and
 two hashes within Hamming distance ``< bands`` must agree exactly on at least one piece
 (pigeonhole), so only items sharing a piece are compared. Exact for thresholds below ``bands``.
+:func:`near_duplicates` does the same search at scale (numpy, identical hashes grouped first, ``max_distance + 1``
+pieces) and returns cluster edges plus an exact pair count, so a crowd of alike tiles costs no quadratic pair list.
 """
 from __future__ import annotations
 
 import hashlib
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -83,3 +86,83 @@ def duplicate_clusters(n: int, pairs: list[tuple[int, int]]) -> list[int]:
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
     return [find(i) for i in range(n)]
+
+
+@dataclass
+class NearDuplicates:
+    """The result of :func:`near_duplicates` over ``n`` items.
+
+    ``edges`` are item pairs (i < j, sorted) that link every near-duplicate cluster: all pairs between items of
+    *different* hash values within the distance, one pair per such pair of values (their first items), and a star
+    (first item to each other) inside each group of identical hashes. Union-find over ``edges`` gives exactly the
+    clusters that all pairs would give, but their number grows with the distinct hash values, not with the square
+    of a group of identical hashes (many blank or background tiles hash alike). ``pair_count`` is the exact number
+    of item pairs within the distance, counted without listing them."""
+
+    n: int
+    edges: list[tuple[int, int]]
+    pair_count: int
+
+
+def _band_widths(bits: int, bands: int) -> list[int]:
+    base, extra = divmod(bits, bands)
+    return [base + (1 if b < extra else 0) for b in range(bands)]
+
+
+def _close_pairs_in_runs(values: np.ndarray, keys: np.ndarray, max_distance: int, chunk: int = 2048) -> np.ndarray:
+    """Index pairs (a < b) of ``values`` sharing ``keys`` whose Hamming distance is at most ``max_distance``,
+    compared in blocks (a bucket holding most of the data costs time in proportion, never a pair list in memory)."""
+    order = np.argsort(keys, kind="stable")
+    k = keys[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    ends = np.r_[starts[1:], len(k)]
+    found = []
+    for s, e in zip(starts, ends):
+        if e - s < 2:
+            continue
+        members = order[s:e]
+        vals = values[members]
+        for lo in range(0, len(members), chunk):
+            block = vals[lo:lo + chunk]
+            dist = np.bitwise_count(block[:, None] ^ vals[None, lo:])  # this block against itself and later ones
+            a, b = np.nonzero(dist <= max_distance)
+            keep = b > a  # columns start at lo, so b > a means a later member
+            if keep.any():
+                i, j = members[lo + a[keep]], members[lo + b[keep]]
+                found.append(np.stack([np.minimum(i, j), np.maximum(i, j)], 1))
+    return np.concatenate(found) if found else np.zeros((0, 2), np.int64)
+
+
+def near_duplicates(hashes: list[int], max_distance: int, bits: int = 64) -> NearDuplicates:
+    """All items whose ``bits``-bit hashes differ in at most ``max_distance`` bits, as cluster edges and an exact
+    pair count (see :class:`NearDuplicates`). Exact: identical hashes are grouped first; distinct values are
+    compared by multi-index hashing, the hash cut into ``max_distance + 1`` pieces, of which any two values within
+    the distance share at least one exactly (pigeonhole), so only values sharing a piece are compared."""
+    n = len(hashes)
+    if n == 0:
+        return NearDuplicates(0, [], 0)
+    if max_distance < 0 or max_distance >= bits:
+        raise ValueError(f"max_distance must be in [0, {bits})")
+    h = np.array([int(x) & ((1 << bits) - 1) for x in hashes], dtype=np.uint64)
+    uniq, first, inverse, counts = np.unique(h, return_index=True, return_inverse=True, return_counts=True)
+    edges: set[tuple[int, int]] = set()
+    pair_count = int((counts * (counts - 1) // 2).sum())
+    dup_items = np.flatnonzero(counts[inverse] > 1)
+    for i in dup_items.tolist():  # star inside each group of identical hashes
+        root = int(first[inverse[i]])
+        if i != root:
+            edges.add((min(root, i), max(root, i)))
+    if max_distance > 0 and len(uniq) > 1:
+        pairs = []
+        shift = 0
+        for width in _band_widths(bits, max_distance + 1):
+            keys = (uniq >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+            pairs.append(_close_pairs_in_runs(uniq, keys, max_distance))
+            shift += width
+        allp = np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), np.int64)
+        if len(allp):
+            pair_count += int((counts[allp[:, 0]].astype(np.int64) * counts[allp[:, 1]]).sum())
+            fi, fj = first[allp[:, 0]], first[allp[:, 1]]
+            for i, j in zip(np.minimum(fi, fj).tolist(), np.maximum(fi, fj).tolist()):
+                edges.add((i, j))
+    return NearDuplicates(n, sorted(edges), pair_count)

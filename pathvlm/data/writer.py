@@ -39,32 +39,39 @@ def _image_dict(ref):
     return None if ref is None else {"bytes": _bytes(ref), "path": None}
 
 
-def write_parquet(rows: list[dict], folder: Path, split: str) -> list[Path]:
-    """``folder/{split}-0000i-of-0000n.parquet`` in the hub's layout; loadable with
-    ``datasets.load_dataset("parquet", data_files=...)`` with images decoded."""
+def _write_shard(task) -> str:
+    """One parquet shard: read its images (``ImageRef``) and write the file. Runs in a worker with ``--workers``."""
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
+    rows, features, path = task
+    chunk = []
+    for r in rows:
+        r = dict(r)
+        if "image" in r:
+            r["image"] = _image_dict(r["image"])
+        if "images" in r:
+            r["images"] = [_image_dict(b) for b in r["images"]]
+        chunk.append(r)
+    Dataset.from_list(chunk, features=features).to_parquet(path)
+    return path
+
+
+def write_parquet(rows: list[dict], folder: Path, split: str, workers: int = 1) -> list[Path]:
+    """``folder/{split}-0000i-of-0000n.parquet`` in the hub's layout; loadable with
+    ``datasets.load_dataset("parquet", data_files=...)`` with images decoded. Shards are written by ``workers``
+    processes; each shard's bytes depend only on its rows."""
+    from pathvlm.data.parallel import ordered_map
+
     folder.mkdir(parents=True, exist_ok=True)
     if not rows:
         return []
     features = _features(rows)
     n = (len(rows) + ROWS_PER_SHARD - 1) // ROWS_PER_SHARD
-    paths = []
-    for i in range(n):
-        chunk = []
-        for r in rows[i * ROWS_PER_SHARD:(i + 1) * ROWS_PER_SHARD]:
-            r = dict(r)
-            if "image" in r:
-                r["image"] = _image_dict(r["image"])
-            if "images" in r:
-                r["images"] = [_image_dict(b) for b in r["images"]]
-            chunk.append(r)
-        path = folder / f"{split}-{i:05d}-of-{n:05d}.parquet"
-        Dataset.from_list(chunk, features=features).to_parquet(str(path))
-        paths.append(path)
-    return paths
+    tasks = [(rows[i * ROWS_PER_SHARD:(i + 1) * ROWS_PER_SHARD], features, str(folder / f"{split}-{i:05d}-of-{n:05d}.parquet"))
+             for i in range(n)]
+    return [Path(p) for p in ordered_map(_write_shard, tasks, min(workers, n), chunksize=1)]
 
 
 def write_webdataset(rows: list[dict], folder: Path, split: str) -> list[Path]:

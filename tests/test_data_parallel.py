@@ -1,0 +1,60 @@
+"""`pathvlm data build --workers N` writes the same bytes as one process; the scale near-duplicate search equals
+brute force and keeps a crowd of identical hashes linear."""
+import itertools
+import json
+import random
+
+from pathvlm.data import dedup
+from pathvlm.data.build import build_recipe
+from pathvlm.data.config import load_recipe
+from pathvlm.data.parallel import ordered_map, resolve_workers
+
+
+def _square(x):
+    return x * x
+
+
+def test_ordered_map_keeps_order_for_any_worker_count():
+    items = list(range(50))
+    assert ordered_map(_square, items, 1) == ordered_map(_square, items, 3, chunksize=4) == [x * x for x in items]
+    assert resolve_workers(None) == 1 and resolve_workers(0) == 1 and resolve_workers(-1) >= 1
+
+
+def test_two_workers_build_byte_identical_outputs_and_card(recipe_dir, tmp_path):
+    recipe = load_recipe(recipe_dir / "recipe.yaml")
+    one = build_recipe(recipe, tmp_path / "one", progress=False, workers=1)
+    two = build_recipe(recipe, tmp_path / "two", progress=False, workers=2)
+    assert one["checksums"] == two["checksums"]  # every parquet shard, data_card.json and data_card.md
+    assert (tmp_path / "one" / "data_card.json").read_bytes() == (tmp_path / "two" / "data_card.json").read_bytes()
+    assert json.loads((tmp_path / "two" / "checksums.json").read_text()) == two["checksums"]
+
+
+def test_near_duplicates_equal_brute_force_clusters_and_count():
+    rng = random.Random(0)
+    hashes = []
+    for _ in range(200):
+        h = rng.getrandbits(64)
+        hashes.append(h)
+        for _ in range(rng.randint(0, 2)):
+            x = h
+            for _ in range(rng.randint(0, 6)):
+                x ^= 1 << rng.randrange(64)
+            hashes.append(x)
+    hashes += [hashes[3]] * 15 + [0] * 12 + [1, 3]  # identical crowds and their neighbours
+    for d in (0, 3, 4):
+        brute = [(i, j) for i, j in itertools.combinations(range(len(hashes)), 2) if dedup.hamming(hashes[i], hashes[j]) <= d]
+        nd = dedup.near_duplicates(hashes, d)
+        assert nd.pair_count == len(brute)
+        assert set(nd.edges) <= set(brute)
+        assert dedup.duplicate_clusters(len(hashes), nd.edges) == dedup.duplicate_clusters(len(hashes), brute)
+
+
+def test_alike_hashes_do_not_blow_up():
+    """50,000 tiles with one hash (blank background) plus 20,000 others: the pairs are counted (1.25e9), not
+    listed; the edges that link the cluster grow with the items."""
+    rng = random.Random(1)
+    hashes = [0x0F0F0F0F0F0F0F0F] * 50_000 + [rng.getrandbits(64) for _ in range(20_000)]
+    nd = dedup.near_duplicates(hashes, 4)
+    assert nd.pair_count >= 50_000 * 49_999 // 2
+    assert len(nd.edges) < 60_000
+    assert len(set(dedup.duplicate_clusters(len(hashes), nd.edges)[:50_000])) == 1
