@@ -23,7 +23,6 @@ import csv
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -110,27 +109,32 @@ def make_source(root: Path, n: int, captions: list[str], alike_fraction: float, 
 
 
 def build(recipe: Path, out: Path, workers: int) -> dict:
-    """One ``pathvlm data build`` in a child process: wall seconds and the child's peak RSS."""
-    start = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """One ``pathvlm data build`` in a child process: wall seconds and the peak RSS of the child and its workers
+    together (sampled every 0.1 s with psutil)."""
+    import psutil
+
     cmd = [sys.executable, "-m", "pathvlm", "data", "build", str(recipe), "--out", str(out), "--workers", str(workers),
            "--no-progress"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parent = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            rss = parent.memory_info().rss + sum(c.memory_info().rss for c in parent.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
     seconds = time.perf_counter() - start
+    _, err = proc.communicate()
     if proc.returncode:
-        raise SystemExit(f"build failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
-    # ru_maxrss of RUSAGE_CHILDREN is the largest child so far (KiB): meaningful because sizes grow
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        raise SystemExit(f"build failed ({' '.join(cmd)}):\n{err[-3000:]}")
     card = json.loads((out / "data_card.json").read_text())
     rows = sum(sum(v.values()) for v in card["outputs"].values())
-    return {"seconds": seconds, "rows_written": rows, "peak_rss_gb": max(peak, before) * 1024 / 1e9,
-            "peak_rss_is_this_build": peak > before,
+    return {"seconds": seconds, "rows_written": rows, "peak_rss_gb": peak / 1e9,
             "checksums": json.loads((out / "checksums.json").read_text()),
             "near_duplicate_image_pairs": card["duplicates"]["near_duplicate_image_pairs"]}
-
-
-def peak_rss_of(pid_rusage_kib: int) -> float:
-    return pid_rusage_kib * 1024 / 1e9
 
 
 def main(argv=None) -> int:

@@ -63,11 +63,26 @@ def test_banded_near_duplicate_search_equals_brute_force():
     assert clusters[1] == 0 and clusters[2] == 2
 
 
-def test_simhash_similar_captions_are_close():
-    a = dedup.simhash("Sheets of atypical cells with large hyperchromatic nuclei and frequent mitoses in the stroma")
-    b = dedup.simhash("Sheets of atypical cells with large hyperchromatic nuclei and frequent mitoses in stroma")
-    c = dedup.simhash("Benign colonic mucosa with regular crypts lined by goblet cells and no atypia at all")
-    assert dedup.hamming(a, b) < dedup.hamming(a, c)
+def test_caption_near_duplicates_minhash_lsh():
+    a = ("Low power view showing sheets of atypical cells with large hyperchromatic nuclei and frequent mitoses in "
+         "the stroma of the tumour")
+    b = ("Low power view showing sheets of atypical cells with large hyperchromatic nuclei and frequent mitoses in "
+         "the stroma of this tumour")
+    c = "Benign colonic mucosa with regular crypts lined by goblet cells and no atypia at all"
+    nd = dedup.caption_near_duplicates([a, c, b, a.upper(), c], threshold=0.8)
+    # a ~ b (Jaccard 17/21 of word 3-shingles), a == a.upper() once normalised, c == c
+    assert dedup.duplicate_clusters(5, nd.edges) == [0, 1, 0, 0, 1]
+    assert nd.pair_count == 3 + 1  # {a, b, A} three pairs, {c, c} one
+    assert dedup.caption_near_duplicates([a, c], threshold=0.8).pair_count == 0
+    assert dedup.minhash(a).jaccard(dedup.minhash(b)) > 0.6
+
+
+def test_dhash_is_imagehash():
+    import imagehash
+    from PIL import Image
+
+    img = Image.fromarray((np.arange(64 * 64 * 3) % 251).reshape(64, 64, 3).astype("uint8"))
+    assert dedup.dhash(img) == int(str(imagehash.dhash(img)), 16)
 
 
 def test_group_splits_keep_groups_whole_and_are_order_free():

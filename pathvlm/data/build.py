@@ -260,8 +260,7 @@ def deduplicate(rows, recipe, log: StageLog, card: dict, workers: int = 1):
         out = filtered
     # near-duplicate captions (SimHash), reported
     caps = [r for r in out if r["task"] == "caption" and r["text"]] if c.text_near_duplicates else []
-    text_near = dedup.near_duplicates(ordered_map(dedup.simhash, [r["text"] for r in caps], workers),
-                                      c.text_near_duplicate_bits)
+    text_near = dedup.caption_near_duplicates([r["text"] for r in caps], c.text_near_duplicate_jaccard, workers=workers)
     log.add("deduplicate", n_in, len(out), exact_duplicates=exact, near_duplicate_image_pairs=near.pair_count,
             groups_merged=len(merge), near_duplicates_dropped=near_dropped,
             near_duplicate_caption_pairs=text_near.pair_count if c.text_near_duplicates else "not searched")

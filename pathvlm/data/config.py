@@ -31,7 +31,7 @@ class CurationConfig:
     drop_exact_duplicates: bool = True  # same image bytes and same text/question
     image_near_duplicate_bits: int = 4  # dHash Hamming distance; near-duplicates share one group
     drop_near_duplicate_images: bool = False
-    text_near_duplicate_bits: int = 3  # SimHash distance; reported
+    text_near_duplicate_jaccard: float = 0.8  # captions this similar (word 3-shingles, MinHash LSH) are reported
     text_near_duplicates: bool = True  # search caption near-duplicates (off: image hashes only, for huge builds)
     max_image_side: int = 1024  # larger images are downscaled and stored as PNG
     max_pixels: int = 64_000_000

@@ -1,4 +1,5 @@
-"""Exact and near-duplicate detection for images (perceptual hash) and text (SimHash).
+"""Exact and near-duplicate detection for images (perceptual hash, ``imagehash``) and captions (MinHash LSH,
+``datasketch``).
 
 Near-duplicates are found with banded lookup: a 64-bit hash is cut into ``bands`` pieces, and
 two hashes within Hamming distance ``< bands`` must agree exactly on at least one piece
@@ -26,23 +27,69 @@ def normalise_text(text: str) -> str:
 
 
 def dhash(image: Image.Image, size: int = 8) -> int:
-    """Difference hash: 64 bits of horizontal gradient signs on a 9x8 greyscale thumbnail.
-    Robust to resizing, JPEG re-encoding and small colour changes."""
-    g = np.asarray(image.convert("L").resize((size + 1, size), Image.Resampling.LANCZOS), dtype=np.int16)
-    bits = (g[:, 1:] > g[:, :-1]).flatten()
-    return int("".join("1" if b else "0" for b in bits), 2)
+    """Difference hash (``imagehash.dhash``): 64 bits of horizontal gradient signs on a 9x8 greyscale thumbnail,
+    as an int (the hex string imagehash prints, read as a number). Robust to resizing, JPEG re-encoding and small
+    colour changes."""
+    import imagehash
+
+    return int(str(imagehash.dhash(image, hash_size=size)), 16)
 
 
-def simhash(text: str, bits: int = 64) -> int:
-    """SimHash over word 3-shingles (and words for short texts)."""
+def shingles(text: str) -> set[str]:
+    """Word 3-shingles of the normalised text (its words when it has fewer than three)."""
     words = normalise_text(text).split()
-    feats = [" ".join(words[i:i + 3]) for i in range(max(1, len(words) - 2))] if len(words) >= 3 else words
-    acc = np.zeros(bits, dtype=np.int64)
-    shifts = np.arange(bits, dtype=np.uint64)
-    for f in feats:
-        h = np.uint64(int.from_bytes(hashlib.blake2b(f.encode(), digest_size=8).digest(), "big"))
-        acc += np.where((h >> shifts) & np.uint64(1), 1, -1)
-    return int(sum(1 << i for i in range(bits) if acc[i] > 0))
+    return {" ".join(words[i:i + 3]) for i in range(len(words) - 2)} if len(words) >= 3 else set(words)
+
+
+def minhash(text: str, num_perm: int = 128):
+    """A datasketch ``MinHash`` of the text's word 3-shingles (seed 1: the same text gives the same signature in
+    every process)."""
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=num_perm, seed=1)
+    m.update_batch([s.encode("utf-8") for s in sorted(shingles(text))])
+    return m
+
+
+def caption_near_duplicates(texts: list[str], threshold: float = 0.8, num_perm: int = 128,
+                            workers: int = 1) -> NearDuplicates:
+    """Captions whose word 3-shingle sets have Jaccard similarity >= ``threshold``: datasketch MinHash LSH finds
+    candidates among distinct normalised texts, each candidate is confirmed by its exact Jaccard similarity, and
+    identical texts are grouped first (their pairs counted, not listed). Returns edges and the exact count as
+    :func:`near_duplicates` does."""
+    from datasketch import MinHashLSH
+
+    from pathvlm.data.parallel import ordered_map
+
+    n = len(texts)
+    norm = [normalise_text(t) for t in texts]
+    first: dict[str, int] = {}
+    members: dict[str, int] = {}
+    edges: set[tuple[int, int]] = set()
+    for i, t in enumerate(norm):
+        if t in first:
+            edges.add((first[t], i))
+            members[t] += 1
+        else:
+            first[t], members[t] = i, 1
+    pair_count = sum(m * (m - 1) // 2 for m in members.values())
+    distinct = list(first)
+    if len(distinct) > 1:
+        sigs = ordered_map(minhash, distinct, workers)
+        sets = [shingles(t) for t in distinct]
+        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        for k, sig in enumerate(sigs):
+            lsh.insert(k, sig, check_duplication=False)
+        for a, sig in enumerate(sigs):
+            for b in lsh.query(sig):
+                if b <= a:
+                    continue
+                union = len(sets[a] | sets[b])
+                if union and len(sets[a] & sets[b]) / union >= threshold:
+                    pair_count += members[distinct[a]] * members[distinct[b]]
+                    i, j = first[distinct[a]], first[distinct[b]]
+                    edges.add((min(i, j), max(i, j)))
+    return NearDuplicates(n, sorted(edges), pair_count)
 
 
 def hamming(a: int, b: int) -> int:

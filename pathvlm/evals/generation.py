@@ -71,7 +71,7 @@ def caption_metrics(predictions: list[str], references: list[str]) -> dict:
     spans = [answer_span(p) for p in predictions]
     n = max(1, len(spans))
     return {"bleu4": tm.bleu(spans, references), "rouge_l": sum(tm.rouge_l(p, r) for p, r in zip(spans, references)) / n,
-            "chrf": sum(tm.chrf(p, r) for p, r in zip(spans, references)) / n, "n": len(spans)}
+            "chrf": tm.chrf_corpus(spans, references), "n": len(spans)}
 
 
 def clip_consistency(text_embeddings, image_embeddings) -> float:

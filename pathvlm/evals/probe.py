@@ -1,32 +1,31 @@
-"""Linear probe and few-shot classification on frozen embeddings (deterministic, CPU-friendly)."""
+"""Linear probe and few-shot classification on frozen embeddings (deterministic, CPU-friendly).
+
+The linear probe is scikit-learn's ``LogisticRegression`` set as UNI and CONCH report theirs: multinomial,
+L-BFGS, at most 1,000 iterations, L2 penalty lambda = 100 / (M * C) for M embedding dimensions and C classes
+(scikit-learn's ``C`` is 1 / lambda). ``benchmarks/compare_metrics.py`` compares it with the L-BFGS probe in
+torch that pathvlm used before.
+"""
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 
-def fit_linear_probe(x: np.ndarray, y: list, l2: float = 1e-3, epochs: int = 300, lr: float = 0.1, seed: int = 0):
-    """Multinomial logistic regression by full-batch L-BFGS; returns a predict function."""
+def fit_linear_probe(x: np.ndarray, y: list, seed: int = 0, max_iter: int = 1000):
+    """Fit the probe on ``x`` [N, M] and labels ``y``; returns ``(classes, predict_proba)`` with the classes
+    sorted and ``predict_proba(xq)`` giving [Nq, C] probabilities in that order."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(x, dtype=np.float64)
     classes = sorted(set(y))
+    if len(classes) < 2:
+        raise ValueError(f"a linear probe needs at least two classes, got {classes}")
     idx = {c: i for i, c in enumerate(classes)}
-    X = torch.tensor(np.asarray(x), dtype=torch.float64)
-    Y = torch.tensor([idx[c] for c in y])
-    g = torch.Generator().manual_seed(seed)
-    W = (0.01 * torch.randn(X.shape[1], len(classes), generator=g, dtype=torch.float64)).requires_grad_()
-    b = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=lr, max_iter=epochs, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(X @ W + b, Y) + l2 * (W ** 2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    lam = 100.0 / (x.shape[1] * len(classes))
+    clf = LogisticRegression(C=1.0 / lam, solver="lbfgs", max_iter=max_iter, random_state=seed)
+    clf.fit(x, np.array([idx[c] for c in y]))
 
     def predict_proba(xq: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return torch.softmax(torch.tensor(np.asarray(xq), dtype=torch.float64) @ W + b, -1).numpy()
+        return clf.predict_proba(np.asarray(xq, dtype=np.float64))
 
     return classes, predict_proba
 
