@@ -110,7 +110,7 @@ def make_source(root: Path, n: int, captions: list[str], alike_fraction: float, 
 
 def build(recipe: Path, out: Path, workers: int) -> dict:
     """One ``pathvlm data build`` in a child process: wall seconds and the peak RSS of the child and its workers
-    together (sampled every 0.1 s with psutil)."""
+    together (proportional set size, sampled every 0.1 s with psutil)."""
     import psutil
 
     cmd = [sys.executable, "-m", "pathvlm", "data", "build", str(recipe), "--out", str(out), "--workers", str(workers),
@@ -121,7 +121,8 @@ def build(recipe: Path, out: Path, workers: int) -> dict:
     peak = 0
     while proc.poll() is None:
         try:
-            rss = parent.memory_info().rss + sum(c.memory_info().rss for c in parent.children(recursive=True))
+            # PSS: pages a forked worker shares with its parent count once, split between them
+            rss = sum(p.memory_full_info().pss for p in [parent, *parent.children(recursive=True)])
             peak = max(peak, rss)
         except psutil.Error:
             pass

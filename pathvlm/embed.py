@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pathvlm.errors import ImageError
 from pathvlm.images import DEFAULT_MAX_PIXELS, load_image
+from pathvlm.split_preprocess import split_preprocess
 
 
 class ImageFiles(Dataset):
@@ -62,11 +63,14 @@ def iter_image_embeddings(
     desc: str = "embedding images",
     fast: bool = True,
     precision: str = "fp32",
+    backend: str = "torch",
 ) -> Iterator[EmbeddedBatch]:
     """Yield normalised image embeddings batch by batch (errors reported, never raised).
 
     With ``fast`` the image tower runs through :class:`FastImageEncoder` (BatchNorm folded,
-    channels-last; checked equal to the original within float32 rounding).
+    channels-last; checked equal to the original within float32 rounding), the loader returns uint8 pixels and
+    each batch is normalised at once (``pathvlm.split_preprocess``). ``backend="onnx"`` runs the folded tower in
+    ONNX Runtime instead (``pathvlm.onnx_encode``; optional dependency).
     """
     from pathvlm.fast_encode import FastImageEncoder, default_batch_size
 
@@ -75,9 +79,18 @@ def iter_image_embeddings(
     # Folding copies the tower and checks it with a forward pass: worth it for a gallery, not for
     # the single image of a query, which goes through the model as it is.
     fast = fast and (len(paths) > batch_size or precision != "fp32")
-    encoder = FastImageEncoder(model, precision=precision) if fast else model
+    if backend != "torch":
+        from pathvlm.onnx_encode import onnx_image_encoder
+
+        if precision != "fp32":
+            raise ImageError(f"--backend {backend} computes in fp32; drop --precision {precision}")
+        encoder, fast = onnx_image_encoder(model, backend=backend, device=device), True
+    else:
+        encoder = FastImageEncoder(model, precision=precision) if fast else model
+    # the loader returns uint8 pixels and the batch is normalised in one pass (pathvlm.split_preprocess)
+    split = split_preprocess(preprocess) if fast else None
     loader = DataLoader(
-        ImageFiles(paths, preprocess), batch_size=batch_size, num_workers=num_workers,
+        ImageFiles(paths, split or preprocess), batch_size=batch_size, num_workers=num_workers,
         collate_fn=_collate, persistent_workers=False, prefetch_factor=8 if num_workers else None,
     )
     bar = None
@@ -90,6 +103,8 @@ def iter_image_embeddings(
         for idx, pixels, errors in loader:
             feats = torch.empty(0)
             if pixels is not None:
+                if split is not None:
+                    pixels = split.finish(pixels)
                 feats = encoder.encode_image(pixels.to(device=device, dtype=dtype))
                 feats = F.normalize(feats.float(), dim=-1).cpu()
             if bar is not None:

@@ -15,6 +15,9 @@ def add_parser(sub):
     b.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="image-tower compute precision: bf16 is faster on AVX512-BF16/AMX CPUs and GPUs, "
                         "fp32 matches the model exactly (default)")
+    b.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx: run the image tower in ONNX Runtime (CPU, fp32; pip install 'pathvlm[onnx]'); checked "
+                        "at cosine >= 0.9999 to torch's embeddings, faster on the CPUs measured (docs/benchmarks.md)")
     b.set_defaults(func=run_build)
     i = isub.add_parser("info", help="print an index's model, size and settings")
     i.add_argument("index")
@@ -30,7 +33,7 @@ def run_build(args):
     idx = GalleryIndex.build(
         args.folder, args.out, model, preprocess, source=args.model, batch_size=args.batch_size,
         num_workers=args.workers, ann_threshold=args.ann_threshold or DEFAULT_ANN_THRESHOLD, device=args.device,
-        precision=args.precision,
+        precision=args.precision, backend=args.backend,
     )
     info = idx.info
     print(f"indexed {info['count']} images into {args.out} ({info['ann']['kind']}, dim {info['dim']}, "

@@ -70,6 +70,7 @@ class GalleryIndex:
         progress: bool = True,
         device="cpu",
         precision: str = "fp32",
+        backend: str = "torch",
     ) -> "GalleryIndex":
         """Embed images (a folder or a list of files) into an index at ``out``; resumes a partial build."""
         out = Path(out)
@@ -84,8 +85,8 @@ class GalleryIndex:
         rel = [_relative(p, root) for p in paths]
         if state_file.exists():
             state = json.loads(state_file.read_text())
-            if (state.get("fingerprint"), state.get("items"), state.get("part_size"), state.get("precision", "fp32")) != (
-                    fingerprint, rel, part_size, precision):
+            if (state.get("fingerprint"), state.get("items"), state.get("part_size"), state.get("precision", "fp32"),
+                    state.get("backend", "torch")) != (fingerprint, rel, part_size, precision, backend):
                 raise IndexError_(
                     f"{out}: holds an unfinished build with another model or other images; "
                     "delete the folder or choose another --out"
@@ -93,7 +94,7 @@ class GalleryIndex:
         else:
             parts.mkdir(parents=True, exist_ok=True)
             _write_atomic(state_file, json.dumps({"fingerprint": fingerprint, "items": rel, "part_size": part_size,
-                                                 "precision": precision}))
+                                                 "precision": precision, "backend": backend}))
         done = sorted(parts.glob("part-*.npz"))
         start = len(done) * part_size
         bar_total = len(paths)
@@ -103,7 +104,7 @@ class GalleryIndex:
             chunk = paths[lo:lo + part_size]
             feats, ok, errors = [], [], []
             for batch in iter_image_embeddings(model, preprocess, chunk, batch_size=batch_size, num_workers=num_workers,
-                                               device=device, progress=progress, precision=precision,
+                                               device=device, progress=progress, precision=precision, backend=backend,
                                                desc=f"indexing {lo + 1}-{lo + len(chunk)} of {bar_total}"):
                 feats.append(batch.features.numpy())
                 ok += [lo + i for i in batch.indices]
@@ -111,10 +112,10 @@ class GalleryIndex:
             vec = np.concatenate([f for f in feats if f.size]) if any(f.size for f in feats) else np.zeros((0, 0), np.float32)
             _save_part(parts / f"part-{part_no:05d}.npz", vec, ok, errors)
         root_dir = str(root.resolve()) if root is not None and root.is_dir() else None
-        return cls._finalize(out, root_dir, rel, meta, fingerprint, model, source, ann_threshold, precision)
+        return cls._finalize(out, root_dir, rel, meta, fingerprint, model, source, ann_threshold, precision, backend)
 
     @classmethod
-    def _finalize(cls, out, root_dir, rel, meta, fingerprint, model, source, ann_threshold, precision):
+    def _finalize(cls, out, root_dir, rel, meta, fingerprint, model, source, ann_threshold, precision, backend="torch"):
         vecs, ids, errors = [], [], []
         for part in sorted((out / "parts").glob("part-*.npz")):
             with np.load(part, allow_pickle=False) as z:
@@ -132,7 +133,7 @@ class GalleryIndex:
             "model": {"source": source or getattr(model, "pathvlm_source", None),
                       "name": getattr(model, "pathvlm_name", None), "fingerprint": fingerprint},
             "root": root_dir,
-            "dim": int(emb.shape[1]), "count": len(items), "ann": asdict(ann), "image_precision": precision,
+            "dim": int(emb.shape[1]), "count": len(items), "ann": asdict(ann), "image_precision": precision, "image_backend": backend,
             "skipped": [{"path": rel[i], "error": m} for i, m in errors],
         }
         faiss = __import__("faiss")
