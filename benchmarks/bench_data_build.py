@@ -3,6 +3,7 @@
 each ``--sizes``, once per ``--workers`` count; each build runs in its own process so its peak RSS is its own.
 
     python benchmarks/bench_data_build.py [--sizes 10000 100000 1000000] [--workers 1 2] [--root /tmp/pathvlm-scale]
+                                          [--engines local datatrove ray]
 
 Prints seconds, rows/s, cost per row relative to the smallest size, and peak RSS per build; with two worker
 counts also the speed-up at each size and whether both builds wrote byte-identical files (checksums.json and the
@@ -57,11 +58,12 @@ def arch_captions(shared: Path) -> list[str]:
 
 def tile_jpeg(i: int, rng: np.random.Generator, size: int = 32, alike: bool = False) -> bytes:
     """A small H&E-coloured JPEG: pink stroma with purple nuclei blobs; ``alike`` tiles are nearly blank (their
-    difference hashes all agree), like empty background tiles of a slide."""
+    difference hashes all agree: a smooth shading), like empty background tiles of a slide."""
     from PIL import Image
 
     if alike:
-        base = np.full((size, size, 3), (236, 226, 232), np.float32) + rng.normal(0, 0.6, (size, size, 3))
+        ramp = np.linspace(0, 40, size, dtype=np.float32)[None, :, None]  # a smooth left-to-right shading
+        base = np.full((size, size, 3), (200, 190, 196), np.float32) + ramp + rng.normal(0, 0.6, (size, size, 3))
     else:
         base = np.empty((size, size, 3), np.float32)
         base[:] = (rng.uniform(200, 240), rng.uniform(140, 190), rng.uniform(190, 225))
@@ -108,13 +110,13 @@ def make_source(root: Path, n: int, captions: list[str], alike_fraction: float, 
     return root
 
 
-def build(recipe: Path, out: Path, workers: int) -> dict:
+def build(recipe: Path, out: Path, workers: int, engine: str = "local") -> dict:
     """One ``pathvlm data build`` in a child process: wall seconds and the peak RSS of the child and its workers
     together (proportional set size, sampled every 0.1 s with psutil)."""
     import psutil
 
     cmd = [sys.executable, "-m", "pathvlm", "data", "build", str(recipe), "--out", str(out), "--workers", str(workers),
-           "--no-progress"]
+           "--engine", engine, "--no-progress"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     parent = psutil.Process(proc.pid)
@@ -148,6 +150,8 @@ def main(argv=None) -> int:
                     help="share of nearly blank tiles whose hashes all agree (bucket blow-up check)")
     ap.add_argument("--hash-only-above", type=int, default=200_000,
                     help="from this many rows on, skip the caption near-duplicate report (image hashes only)")
+    ap.add_argument("--engines", nargs="+", default=["local"], choices=["local", "datatrove", "ray"],
+                    help="also build with these engines (image stage as engine tasks, --workers max) and compare")
     ap.add_argument("--keep", action="store_true", help="keep the built datasets (sources are always kept)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
@@ -168,9 +172,10 @@ def main(argv=None) -> int:
         recipe = root / f"recipe-{n}.yaml"
         recipe.write_text(RECIPE.format(n=n, root=src, text_near="false" if n >= args.hash_only_above else "true"))
         runs = {}
-        for w in args.workers:
-            out = root / f"built-{n}-w{w}"
-            runs[w] = build(recipe, out, w)
+        jobs = [(w, "local") for w in args.workers] + [(max(args.workers), e) for e in args.engines if e != "local"]
+        for w, engine in jobs:
+            out = root / f"built-{n}-w{w}-{engine}"
+            runs[w if engine == "local" else engine] = build(recipe, out, w, engine)
             if not args.keep:
                 import shutil
 
@@ -184,7 +189,8 @@ def main(argv=None) -> int:
         for w, r in runs.items():
             per_row = r["seconds"] / n
             base_per_row = base["runs"][w]["seconds"] / base["rows"]
-            print(f"| {n:,} | {w} | {r['seconds']:.1f} | {n / r['seconds']:.0f} | {per_row / base_per_row:.2f}x | "
+            label = w if isinstance(w, int) else f"{max(args.workers)} ({w})"
+            print(f"| {n:,} | {label} | {r['seconds']:.1f} | {n / r['seconds']:.0f} | {per_row / base_per_row:.2f}x | "
                   f"{r['peak_rss_gb']:.2f} | {r['rows_written']:,} | {r['near_duplicate_image_pairs']:,} |", flush=True)
     print()
     ws = sorted(args.workers)
@@ -193,6 +199,12 @@ def main(argv=None) -> int:
             a, b = res["runs"][ws[0]], res["runs"][ws[-1]]
             print(f"{res['rows']:,} rows: {ws[-1]} workers {a['seconds'] / b['seconds']:.2f}x {ws[0]}; byte-identical "
                   f"outputs and data card: {a['checksums'] == b['checksums']}; load average {res['load_average'][0]:.2f}")
+        one = res["runs"][ws[0]]
+        for e in args.engines:
+            if e != "local":
+                r = res["runs"][e]
+                print(f"{res['rows']:,} rows, engine {e}: {one['seconds'] / r['seconds']:.2f}x {ws[0]} local worker(s); "
+                      f"byte-identical to the local build: {r['checksums'] == one['checksums']}")
         for r in res["runs"].values():
             r.pop("checksums")
     if args.json:

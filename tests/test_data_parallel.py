@@ -58,3 +58,23 @@ def test_alike_hashes_do_not_blow_up():
     assert nd.pair_count >= 50_000 * 49_999 // 2
     assert len(nd.edges) < 60_000
     assert len(set(dedup.duplicate_clusters(len(hashes), nd.edges)[:50_000])) == 1
+
+
+def test_datatrove_engine_local_mode_builds_the_same_bytes(recipe_dir, tmp_path):
+    import pytest
+
+    pytest.importorskip("datatrove")
+    recipe = load_recipe(recipe_dir / "recipe.yaml")
+    one = build_recipe(recipe, tmp_path / "one", progress=False, workers=1)
+    dt = build_recipe(recipe, tmp_path / "dt", progress=False, workers=2, engine="datatrove")
+    assert one["checksums"] == dt["checksums"]
+
+
+def test_ray_engine_local_mode_maps_in_order():
+    import pytest
+
+    pytest.importorskip("ray.data")
+    from pathvlm.data.engine import engine_map
+
+    texts = [f"Tumour  Cells, {i}!" for i in range(40)]  # a library function: Ray's workers import it by name
+    assert engine_map(dedup.normalise_text, texts, "ray", workers=2) == [dedup.normalise_text(t) for t in texts]

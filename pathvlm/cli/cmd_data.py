@@ -10,6 +10,9 @@ def add_parser(sub):
     b.add_argument("--workers", type=int, default=1,
                    help="processes for decoding and hashing images, hashing captions and writing shards (-1: all "
                         "CPUs); the output is byte-identical for any number")
+    b.add_argument("--engine", choices=["local", "datatrove", "ray"], default="local",
+                   help="where the image stage runs: local processes (default), datatrove's executors or Ray Data "
+                        "(local mode here; a cluster with their own settings; pip install 'pathvlm[engines]')")
     b.add_argument("--no-progress", action="store_true", help="no progress bars (logs, benchmarks)")
     b.set_defaults(func=run_build)
     s = dsub.add_parser("show", help="print (and plot) samples of a built dataset")
@@ -41,7 +44,8 @@ def run_build(args):
         for s in recipe.sources:
             s.limit = args.limit
     out = Path(args.out or f"runs/data/{recipe.name}")
-    card = build_recipe(recipe, out, recipe_path=args.recipe, workers=args.workers, progress=not args.no_progress)
+    card = build_recipe(recipe, out, recipe_path=args.recipe, workers=args.workers, progress=not args.no_progress,
+                        engine=args.engine)
     print((out / "data_card.md").read_text().split("## Example rows")[0])
     print(f"wrote {out} ({sum(sum(v.values()) for v in card['outputs'].values())} rows; data card {out / 'data_card.md'})")
     return 0

@@ -119,8 +119,10 @@ def _load_one(task):
         return None, reason, str(e)
 
 
-def load_images(rows, recipe, malformed, examples, log: StageLog, progress: bool, workers: int = 1):
-    """Decode, hash and check every distinct image once (on ``workers`` processes), then attach the results."""
+def load_images(rows, recipe, malformed, examples, log: StageLog, progress: bool, workers: int = 1,
+                engine: str = "local"):
+    """Decode, hash and check every distinct image once (on ``workers`` processes, or tasks of ``engine``:
+    ``pathvlm.data.engine``), then attach the results."""
     c = recipe.curation
     keys, tasks = {}, []
     for r in rows:
@@ -130,7 +132,12 @@ def load_images(rows, recipe, malformed, examples, log: StageLog, progress: bool
         if key not in keys:
             keys[key] = len(tasks)
             tasks.append((r["image_path"] if r["image"] is None else None, r["image"], c.max_image_side, c.max_pixels))
-    loaded = ordered_map(_load_one, tasks, workers, progress=progress, desc="loading images")
+    if engine == "local":
+        loaded = ordered_map(_load_one, tasks, workers, progress=progress, desc="loading images")
+    else:
+        from pathvlm.data.engine import engine_map
+
+        loaded = engine_map(_load_one, tasks, engine, workers)
     cache = {}
     for key, i in keys.items():
         digest, extra, err = loaded[i]
@@ -301,9 +308,10 @@ def split_rows(rows, recipe, log: StageLog, card: dict):
 
 
 def build_recipe(recipe: RecipeConfig, out: str | Path, progress: bool = True, recipe_path: str | None = None,
-                 workers: int = 1) -> dict:
+                 workers: int = 1, engine: str = "local") -> dict:
     """Build ``recipe`` into ``out``. ``workers`` processes decode and hash images, hash captions and write shards
-    (``pathvlm.data.parallel``); the output files and data card are byte-identical for any worker count."""
+    (``pathvlm.data.parallel``); the output files and data card are byte-identical for any worker count.
+    ``engine`` ``datatrove`` or ``ray`` runs the image stage on that engine instead (``pathvlm.data.engine``)."""
     workers = resolve_workers(workers)
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
@@ -317,7 +325,7 @@ def build_recipe(recipe: RecipeConfig, out: str | Path, progress: bool = True, r
     log.add("read_sources", sum(v["records"] for v in per_source.values()) + sum(malformed.values()), len(rows))
     if not rows:
         raise PathVLMError("the recipe's sources gave no usable rows: " + json.dumps(dict(malformed)))
-    rows = load_images(rows, recipe, malformed, malformed_examples, log, progress, workers)
+    rows = load_images(rows, recipe, malformed, malformed_examples, log, progress, workers, engine)
     rows = curate_text(rows, recipe, malformed, log, card)
     rows, _ = deduplicate(rows, recipe, log, card, workers)
     rows.sort(key=lambda r: (r["source"], r["id"]))
