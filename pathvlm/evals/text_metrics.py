@@ -9,7 +9,6 @@ far these differ from the in-house versions pathvlm used before (docs/benchmarks
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 from pathvlm.evals.answers import normalise_answer
