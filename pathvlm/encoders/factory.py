@@ -67,6 +67,8 @@ def load_image_folder(folder: Path, kind: str, known: KnownEncoder | None = None
 
         backbone, known, pre = load_timm_folder(folder, repo=repo, known=known)
         pooling = known.pooling if known is not None else "timm"
+        if pooling == "timm" and getattr(backbone, "global_pool", "token") in ("", None):
+            pooling = "cls"  # a headless ViT without pooling returns every token: embed with its CLS
         name = known.name if known is not None else folder.name
         encoder = ImageEncoder(backbone, "timm", pooling, pre, name, known=known.name if known else None)
         return encoder, eval_transform(pre)

@@ -32,10 +32,10 @@ def load_hf_vision(folder: Path, model_type: str):
     cls = getattr(transformers, VISION_BACKBONES[model_type], None)
     if cls is None:
         raise SourceError(f"{folder}: this transformers version has no {VISION_BACKBONES[model_type]}")
+    # the ViT pooler (dense + tanh) is not part of the embedding: Phikon's card loads without it
+    extra = {"add_pooling_layer": False} if model_type in ("vit", "deit") else {}
     try:
-        model = cls.from_pretrained(str(folder), trust_remote_code=False, add_pooling_layer=False)
-    except TypeError:
-        model = cls.from_pretrained(str(folder), trust_remote_code=False)
+        model = cls.from_pretrained(str(folder), trust_remote_code=False, **extra)
     except Exception as e:
         raise SourceError(f"{folder}: could not load the {VISION_BACKBONES[model_type]} "
                           f"({type(e).__name__}: {str(e)[:300]})") from None

@@ -42,7 +42,8 @@ class KnownEncoder:
     backend: str  # "timm" (hub layout: config.json + pytorch_model.bin / model.safetensors) or "transformers"
     description: str
     source: str  # where the facts come from
-    timm_kwargs: dict = field(default_factory=dict)  # names of objects JSON cannot hold, resolved by timm_objects()
+    timm_kwargs: dict = field(default_factory=dict)  # the card's kwargs (override the config; objects by name)
+    default_kwargs: dict = field(default_factory=dict)  # the card's dimensions, used where config.json has none
     pooling: str = "timm"  # timm: model(x) without a classifier | cls | cls+mean (mean over patch tokens, no registers)
     preprocess: Preprocess | None = None  # used when the folder's config.json has no pretrained_cfg
     card_preprocess: bool = False  # the model card's transform differs from its pretrained_cfg: use ``preprocess``
@@ -52,6 +53,9 @@ class KnownEncoder:
 
     def kwargs(self) -> dict:
         return timm_objects(self.timm_kwargs)
+
+    def defaults(self) -> dict:
+        return timm_objects(self.default_kwargs)
 
 
 def timm_objects(kwargs: dict) -> dict:
@@ -81,9 +85,10 @@ KNOWN_ENCODERS: dict[str, KnownEncoder] = {e.name: e for e in [
                "num_heads=24, init_values=1e-5, embed_dim=1536, mlp_ratio=2.66667*2, num_classes=0, "
                "no_embed_class=True, mlp_layer=SwiGLUPacked, act_layer=SiLU, reg_tokens=8, dynamic_img_size=True; "
                "ImageNet mean/std at 224; CLS token (model(x))",
-        timm_kwargs={"img_size": 224, "patch_size": 14, "depth": 24, "num_heads": 24, "init_values": 1e-5,
-                     "embed_dim": 1536, "mlp_ratio": 2.66667 * 2, "num_classes": 0, "no_embed_class": True,
-                     "reg_tokens": 8, "dynamic_img_size": True, **_SWIGLU},
+        timm_kwargs={"init_values": 1e-5, "num_classes": 0, "no_embed_class": True, "dynamic_img_size": True,
+                     **_SWIGLU},
+        default_kwargs={"img_size": 224, "patch_size": 14, "depth": 24, "num_heads": 24, "embed_dim": 1536,
+                        "mlp_ratio": 2.66667 * 2, "reg_tokens": 8},
         preprocess=Preprocess(224, 224, "bilinear"),
         signature={"architecture": "vit_giant_patch14_224", "reg_tokens": 8},
     ),

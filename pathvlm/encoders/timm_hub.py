@@ -72,8 +72,11 @@ def unwrap_state_dict(state, path) -> dict:
 
 
 def constructor_kwargs(config: dict, known: KnownEncoder | None, state: dict | None) -> dict:
-    """timm.create_model kwargs: the config's model_args, the known model's, then what the weights show."""
-    kwargs = {k: config[k] for k in _FLAT_ARGS if k in config and not isinstance(config[k], dict)}
+    """timm.create_model kwargs as ``timm.create_model('hf-hub:...', **card_kwargs)`` assembles them: the
+    known model's default dimensions, the config's model_args over them, the card's kwargs over those;
+    then what the weights show that none of these says."""
+    kwargs = dict(known.defaults()) if known is not None else {}
+    kwargs.update({k: config[k] for k in _FLAT_ARGS if k in config and not isinstance(config[k], dict)})
     kwargs.update(config.get("model_args") or {})
     kwargs["num_classes"] = 0  # embeddings only; a classifier in the checkpoint is dropped below
     if known is not None:
@@ -165,9 +168,12 @@ def preprocess_for(config: dict, known: KnownEncoder | None) -> dict:
     resize the shorter side to size / crop_pct, centre-crop to size), unless the known model's card
     prescribes another (Prov-GigaPath, H-optimus) or the config has none."""
     pre = config.get("pretrained_cfg") or {}
-    if known is not None and known.preprocess is not None and (known.card_preprocess or not pre):
-        return known.preprocess.as_dict()
     size = int((pre.get("input_size") or [3, 224, 224])[-1])
+    if known is not None and known.preprocess is not None and (known.card_preprocess or not pre):
+        card = known.preprocess.as_dict()
+        if pre.get("input_size"):  # the card's resize-to-crop ratio at the size the config states
+            card["crop"], card["resize"] = size, int(round(size * card["resize"] / card["crop"]))
+        return card
     crop_pct = float(pre.get("crop_pct") or 1.0)
     base = Preprocess()
     return Preprocess(resize=int(size / crop_pct), crop=size, interpolation=pre.get("interpolation") or "bicubic",
