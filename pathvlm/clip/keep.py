@@ -17,6 +17,7 @@ Texts: its tokenizer with ``max_length=256``, padded and truncated, as in the mo
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -33,18 +34,18 @@ CONTEXT_LENGTH = 256
 class KeepModel(nn.Module):
     pathvlm_backend = "keep"
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, vision_kwargs: dict | None = None):
         super().__init__()
         import timm
         from transformers import BertConfig, BertModel
 
         self.config = dict(config)
         proj = int(config.get("projection_dim", 768))
-        self.visual = timm.create_model(VISION_ARCH, pretrained=False, **VISION_KWARGS)
+        self.visual = timm.create_model(VISION_ARCH, pretrained=False, **(vision_kwargs or VISION_KWARGS))
         self.visual_head = nn.Sequential(nn.Linear(self.visual.num_features, proj), nn.GELU(), nn.Linear(proj, proj))
         self.text = BertModel(BertConfig(**(config.get("text_config") or {})))
-        self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(1 / 0.04)))))
-        self.visual.preprocess_cfg = {"size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.04)))
+        self.visual.preprocess_cfg = {"size": int(self.visual.patch_embed.img_size[0]), "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                                       "interpolation": "bicubic", "resize_mode": "shortest"}
 
     @property
@@ -89,6 +90,20 @@ class KeepModel(nn.Module):
         tokenizer.tokenizer.save_pretrained(folder)
 
 
+def vision_kwargs_from_weights(state: dict) -> dict:
+    """KEEP's ViT sizes as its checkpoint shows them (ViT-L/16 at 224 for the published model; heads = width / 64)."""
+    try:
+        width = state["visual.cls_token"].shape[-1]
+        patch = state["visual.patch_embed.proj.weight"].shape[-1]
+        grid = int(round((state["visual.pos_embed"].shape[1] - 1) ** 0.5))
+        hidden = state["visual.blocks.0.mlp.fc1.weight"].shape[0]
+    except KeyError as e:
+        raise SourceError(f"not a KEEP checkpoint: no tensor {e}") from None
+    depth = len({k.split(".")[2] for k in state if k.startswith("visual.blocks.")})
+    return {**VISION_KWARGS, "img_size": grid * patch, "patch_size": patch, "embed_dim": width, "depth": depth,
+            "num_heads": max(1, width // 64), "mlp_ratio": hidden / width}
+
+
 def load_keep_folder(folder: Path):
     from transformers import AutoTokenizer
 
@@ -103,7 +118,7 @@ def load_keep_folder(folder: Path):
         raise SourceError(f"{folder}: KEEP config.json but no pytorch_model.bin")
     state = load_state_dict(weights)
     state.pop("text.embeddings.position_ids", None)  # a buffer older transformers saved; rebuilt by BertModel
-    model = KeepModel(config)
+    model = KeepModel(config, vision_kwargs_from_weights(state))
     check_keys(model.state_dict(), state, weights, "KEEP")
     model.load_state_dict(state, strict=True)
     model.eval()
