@@ -154,7 +154,7 @@ def test_keep_equals_its_modelling_code(tmp_path, minilm_dir):
     x = ref_tf(img)[None]
     assert torch.equal(preprocess(img)[None], x)
     texts = ["tumour nest with mitoses", "benign stroma"]
-    hf_tok = AutoTokenizer.from_pretrained(str(folder), do_lower_case=True)
+    hf_tok = AutoTokenizer.from_pretrained(str(folder), do_lower_case=True, trust_remote_code=False)
     inputs = hf_tok(texts, max_length=256, padding="max_length", truncation=True, return_tensors="pt")
     with torch.no_grad():
         ref_img = torch.nn.functional.normalize(ref.visual_head(ref.visual(x)), dim=-1)

@@ -89,7 +89,8 @@ def write_family(root: Path, name: str, seed: int = 0) -> Path:
     repo, config, weights, card, _ = FAMILIES[name]
     folder = root / repo.split("/")[-1]
     folder.mkdir(parents=True)
-    args = {k: v for k, v in config.items() if k not in ("architecture", "pretrained_cfg", "model_args", "num_features")}
+    skip = ("architecture", "pretrained_cfg", "model_args", "num_features")
+    args = {k: v for k, v in config.items() if k not in skip}
     args.update(config.get("model_args", {}))
     args.update(card())
     torch.manual_seed(seed)
@@ -167,7 +168,7 @@ REAL = {  # the published config.json (JSON-able part) and the card's kwargs, at
 
 @pytest.mark.parametrize("name", list(REAL))
 def test_real_size_state_dict_keys_match_the_card_on_meta(name):
-    """pathvlm's constructor (config.json + the registry, no weights) builds exactly the tensors the card's call does."""
+    """pathvlm's constructor (config.json + registry, no weights) builds exactly the tensors the card's call does."""
     import timm
 
     from pathvlm.encoders.known import KNOWN_ENCODERS, match_known

@@ -251,7 +251,8 @@ def config_from_weights(state: dict, overrides: dict | None = None) -> dict:
     cfg.update(overrides or {})
     unknown = [k for k in ("vision_heads", "text_heads", "decoder_heads") if not cfg.get(k)]
     if unknown:
-        raise SourceError(f"CONCH checkpoint of unusual width: state {', '.join(unknown)} in meta.yaml under pathvlm_cfg")
+        raise SourceError(f"CONCH checkpoint of unusual width: state {', '.join(unknown)} in meta.yaml "
+                          "under pathvlm_cfg")
     return cfg
 
 

@@ -45,7 +45,8 @@ class KeepModel(nn.Module):
         self.visual_head = nn.Sequential(nn.Linear(self.visual.num_features, proj), nn.GELU(), nn.Linear(proj, proj))
         self.text = BertModel(BertConfig(**(config.get("text_config") or {})))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.04)))
-        self.visual.preprocess_cfg = {"size": int(self.visual.patch_embed.img_size[0]), "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        self.visual.preprocess_cfg = {"size": int(self.visual.patch_embed.img_size[0]),
+                                      "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                                       "interpolation": "bicubic", "resize_mode": "shortest"}
 
     @property

@@ -68,6 +68,8 @@ def timm_objects(kwargs: dict) -> dict:
 
 
 _SWIGLU = {"mlp_layer": "SwiGLUPacked", "act_layer": "SiLU"}
+# H-optimus-0/1 model cards: Normalize(mean=(0.707223, 0.578729, 0.703617), std=(0.211883, 0.230117, 0.177517))
+_HOPTIMUS = Preprocess(224, 224, "bicubic", (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
 
 KNOWN_ENCODERS: dict[str, KnownEncoder] = {e.name: e for e in [
     KnownEncoder(
@@ -118,7 +120,7 @@ KNOWN_ENCODERS: dict[str, KnownEncoder] = {e.name: e for e in [
                "init_values=1e-5, dynamic_img_size=False); ToTensor + Normalize(mean=(0.707223, 0.578729, 0.703617), "
                "std=(0.211883, 0.230117, 0.177517)) on 224x224 tiles at 0.5 um/px; CLS token (model(x))",
         timm_kwargs={"init_values": 1e-5, "dynamic_img_size": False},
-        card_preprocess=True, preprocess=Preprocess(224, 224, "bicubic", (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)),
+        card_preprocess=True, preprocess=_HOPTIMUS,
         signature={"architecture": "vit_giant_patch14_reg4_dinov2"},
     ),
     KnownEncoder(
@@ -127,7 +129,7 @@ KNOWN_ENCODERS: dict[str, KnownEncoder] = {e.name: e for e in [
         source="huggingface.co/bioptimus/H-optimus-1 model card: as H-optimus-0 (init_values=1e-5, "
                "dynamic_img_size=False, the same mean/std)",
         timm_kwargs={"init_values": 1e-5, "dynamic_img_size": False},
-        card_preprocess=True, preprocess=Preprocess(224, 224, "bicubic", (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)),
+        card_preprocess=True, preprocess=_HOPTIMUS,
     ),
     KnownEncoder(
         name="prov-gigapath", repos=("prov-gigapath/prov-gigapath",), backend="timm", dim=1536,

@@ -22,6 +22,7 @@ pathvlm's torch through a .pth file, so nothing is downloaded twice)::
     /tmp/conchref/venv/bin/pip install --no-deps timm==0.9.8 transformers==4.38.2 tokenizers==0.15.2 \\
         huggingface_hub==0.21.4 conch-fork==0.1.0
     /tmp/conchref/venv/bin/python tests/reference/make_conch_reference.py
+    /tmp/conchref/venv/bin/python tests/reference/make_conch_reference.py --real /tmp/conch_real  # optional
 
 (``conch-fork`` on PyPI packages github.com/mahmoodlab/CONCH's ``conch`` module unchanged.)
 """
@@ -64,7 +65,43 @@ def seeded_weights(model: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(0.1 * noise)
 
 
+def write_real(out: Path) -> None:
+    """``--real DIR``: a conch_ViT-B-16 of the published size with seeded random weights, saved as the hub
+    repo is (pytorch_model.bin + meta.yaml), CONCH's tokenizer beside it, and CONCH's outputs on two
+    448 px inputs and the real tokenizer's ids (for real_size_parity.py; nothing here is committed)."""
+    import shutil
+
+    from conch.open_clip_custom import coca_model
+    from conch.open_clip_custom.custom_tokenizer import DEFAULT_TOKENIZER, TOKENIZER_DIR, get_tokenizer, tokenize
+    from conch.open_clip_custom.factory import CFG_DIR
+    from safetensors.torch import save_file
+
+    cfg = json.loads((CFG_DIR / "conch_ViT-B-16.json").read_text())
+    cfg.pop("custom_text", None)
+    model = coca_model.CoCa(**cfg).eval()
+    seeded_weights(model, seed=2)
+    with torch.no_grad():  # std 0.1 noise in 12 layers of width 768 saturates; keep activations sane
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.mul_(0.2)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "pytorch_model.bin")
+    (out / "meta.yaml").write_text("model_name: conch_ViT-B-16 (random weights, real size)\n")
+    shutil.copyfile(TOKENIZER_DIR / DEFAULT_TOKENIZER, out / "tokenizer.json")
+    pixels = torch.randn(2, 3, 448, 448, generator=torch.Generator().manual_seed(3))
+    text = tokenize(get_tokenizer(), SENTENCES)
+    with torch.no_grad():
+        save_file({"pixels": pixels, "text": text,
+                   "image_embedding": model.encode_image(pixels, normalize=False).contiguous(),
+                   "text_embedding": model.encode_text(text, normalize=False).contiguous()},
+                  str(out / "reference_outputs.safetensors"))
+    print(f"wrote the real-size CONCH and its outputs to {out}")
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--real":
+        write_real(Path(sys.argv[2]))
+        return 0
     import timm
     import tokenizers
     import transformers
