@@ -347,3 +347,12 @@ def test_image_encoder_python_api_shapes(tmp_path):
     assert e.shape == (2, 32) and torch.allclose(e.norm(dim=-1), torch.ones(2))
     assert pre.transforms[-1].mean == HOPT["mean"]
     shutil.rmtree(folder)
+
+
+def test_legacy_non_zip_checkpoints_load(tmp_path):
+    """pytorch_model.bin files written before torch 1.6 cannot be memory-mapped: read normally instead."""
+    folder = write_family(tmp_path, "uni")
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    torch.save(state, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    enc, _ = create_image_encoder(str(folder))
+    assert torch.equal(enc.backbone.state_dict()["cls_token"], state["cls_token"])

@@ -60,7 +60,6 @@ def create_clip(source: str = "pathclip-nano", device: str | torch.device = "cpu
     dtype = _dtype(precision)
     _quiet_transformers()
     _refuse_image_only(source)
-    arch_file = _arch_and_file(source)
     if source in NAMED_MODELS:
         model, tokenizer = _create_named(NAMED_MODELS[source])
     elif source.startswith(HF_TRANSFORMERS):
@@ -70,7 +69,7 @@ def create_clip(source: str = "pathclip-nano", device: str | torch.device = "cpu
     elif source.startswith(LOCAL_DIR) or os.path.isdir(os.path.expanduser(source)):
         folder = source[len(LOCAL_DIR):] if source.startswith(LOCAL_DIR) else source
         model, tokenizer = load_folder(os.path.expanduser(folder), text_tower=text_tower)
-    elif arch_file is not None:
+    elif (arch_file := _arch_and_file(source)) is not None:
         model, tokenizer = _create_open_clip_file(*arch_file)
     elif "/" in source or os.sep in source:
         raise SourceError(

@@ -53,7 +53,12 @@ def load_state_dict(path: Path) -> dict:
 
             state = load_file(str(path))
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            try:  # memory-mapped: a billion-parameter checkpoint is not read twice into memory
+                state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                state = torch.load(str(path), map_location="cpu", weights_only=True)  # pre-zip format
     except Exception as e:
         raise SourceError(f"{path}: could not read the weights ({type(e).__name__}: {str(e)[:300]})") from None
     return unwrap_state_dict(state, path)
