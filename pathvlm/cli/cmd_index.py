@@ -7,7 +7,7 @@ def add_parser(sub):
     b = isub.add_parser("build", help="embed every image under FOLDER into an index (resumable)")
     b.add_argument("folder", help="folder of images; metadata.jsonl/metadata.csv with file_name is attached")
     b.add_argument("--out", required=True, help="index folder to write")
-    add_model_arg(b)
+    add_model_arg(b, image_only_ok=True)
     b.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 8 on CPU, 128 on GPU)")
     b.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 1 on 2 cores)")
     b.add_argument("--ann-threshold", type=int, default=None,
@@ -22,11 +22,11 @@ def add_parser(sub):
 
 
 def run_build(args):
-    from pathvlm.clip.factory import create_clip
+    from pathvlm.encoders.factory import create_image_encoder
     from pathvlm.retrieval.ann import DEFAULT_ANN_THRESHOLD
     from pathvlm.retrieval.index import GalleryIndex
 
-    model, preprocess, _ = create_clip(args.model, device=args.device)
+    model, preprocess = create_image_encoder(args.model, device=args.device, text_tower=args.text_tower)
     idx = GalleryIndex.build(
         args.folder, args.out, model, preprocess, source=args.model, batch_size=args.batch_size,
         num_workers=args.workers, ann_threshold=args.ann_threshold or DEFAULT_ANN_THRESHOLD, device=args.device,

@@ -205,6 +205,11 @@ class GalleryIndex:
     def search_text(self, query: str, model, tokenizer, k: int = 10, device="cpu") -> list[dict]:
         if not query or not query.strip():
             raise PathVLMError("empty text query")
+        if getattr(model, "is_image_only", False):
+            from pathvlm.encoders.factory import ImageOnlySource, image_only_message
+
+            raise ImageOnlySource(image_only_message(getattr(model, "pathvlm_source", model.pathvlm_name),
+                                                     model.pathvlm_name))
         self.check_model(model)
         q = embed_texts(model, tokenizer, [query.strip()], device=device).numpy()
         scores, ids = self.search_vectors(q, k)

@@ -168,7 +168,7 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
     torch.use_deterministic_algorithms(not torch.cuda.is_available(), warn_only=True)
     device = accelerator.device
 
-    model, preprocess, tokenizer = create_clip(cfg.model)
+    model, preprocess, tokenizer = create_clip(cfg.model, text_tower=cfg.text_tower)
     if cfg.loss == "siglip" and getattr(model, "logit_bias", None) is None:
         model.logit_scale.data.fill_(math.log(10.0))
         model.logit_bias = torch.nn.Parameter(torch.tensor(-10.0))
@@ -208,8 +208,10 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
         from safetensors.torch import load_file
 
         state = ckpt.load_checkpoint(last, optimizer)
-        weights = last / ("training_model.safetensors" if uses_lora else "model/open_clip_model.safetensors")
-        raw.load_state_dict(load_file(str(weights)))
+        if uses_lora:
+            raw.load_state_dict(load_file(str(last / "training_model.safetensors")))
+        else:  # the exported folder in the model's own layout (open_clip, CLIPModel, CONCH, KEEP)
+            raw.load_state_dict(create_clip(str(last / "model"), text_tower=cfg.text_tower)[0].state_dict())
         scheduler.last_epoch = state["step"] // cfg.grad_accum_steps - 1
         scheduler.step()
         accelerator.print(f"resumed from {last} (epoch {state['epoch']}, batch {state['batch']})")
@@ -218,7 +220,7 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
         m = raw
         if accelerator.distributed_type.name == "FSDP":  # gather the shards into a full CPU copy
             full = accelerator.get_state_dict(step_module)
-            m, _, _ = create_clip(cfg.model)
+            m, _, _ = create_clip(cfg.model, text_tower=cfg.text_tower)
             lock_towers(m, cfg)
             add_lora(m, cfg)
             m.load_state_dict({k.removeprefix("clip."): v for k, v in full.items() if k.startswith("clip.")})
