@@ -116,7 +116,7 @@ class GuardMiddleware:
         allowed = self._allowed_methods(scope)
         if allowed is None:
             return 404, f"no API route {path}; see /docs for the routes", "not_found"
-        if method not in allowed and not (method == "HEAD" and "GET" in allowed):
+        if method not in allowed:
             return (405, f"method {method} is not allowed on {path}; use {', '.join(sorted(allowed))}",
                     "method_not_allowed", {"Allow": ", ".join(sorted(allowed))})
         if method in BODY_METHODS:
