@@ -532,7 +532,7 @@ def p_exif(ctx: Context):
                     "rotated": jpeg_bytes(rotated, quality=100)}
         scores = {}
         for k, data in variants.items():
-            res = c.post("/v1/search", json={"image": data_url(data, "image/jpeg"), "k": 20}).json()["results"]
+            res = c.post("/v1/search", json={"image": data_url(data, "image/jpeg"), "k": 50}).json()["results"]
             scores[k] = {h["path"]: h["score"] for h in res}
     common = set(scores["plain"]) & set(scores["exif"]) & set(scores["rotated"])
     if len(common) < 3:

@@ -28,6 +28,7 @@ from pathvlm.serving.config import DEFAULT_REASONER, ServeConfig
 from pathvlm.serving.dataurl import RequestImage, base64_payload_size, decode_image_payload, request_image
 from pathvlm.serving.errors import NotAvailable, PayloadTooLarge, RequestError
 from pathvlm.serving.limits import AdmissionGate, PixelBudget
+from pathvlm.serving.memory import TRIM_AFTER_PIXELS, trim_heap
 from pathvlm.serving.validate import check_text, generation_params
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,14 @@ class PathVLMService:
         """A place in the ``kind`` queue (Busy at once when full) holding the images' header pixels
         (Busy when they do not fit the pixel budget); the place is given back if either fails."""
         ticket = ticket or self.admit(kind)
+        pixels = sum(_pixels(im) for im in images)
         try:
-            ticket.hold(self.pixels.reserve(sum(_pixels(im) for im in images)))
+            ticket.hold(self.pixels.reserve(pixels))
         except BaseException:
             ticket.withdraw()
             raise
+        if pixels >= TRIM_AFTER_PIXELS and any(isinstance(im, RequestImage) for im in images):
+            ticket.hold(trim_heap)  # large decoded images: give their memory back when the request ends
         return ticket
 
     # ------------------------------------------------------------------ PathCLIP
