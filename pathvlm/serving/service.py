@@ -153,6 +153,17 @@ class PathVLMService:
             ticket.hold(trim_heap)  # large decoded images: give their memory back when the request ends
         return ticket
 
+    def _admit_image(self, kind: str, image):
+        """Admission first (a full queue answers 503 before the image is read), then the image's header
+        (``image`` may be a callable giving it) and its pixel reservation: ``(ticket, image)``."""
+        ticket = self.admit(kind)
+        try:
+            image = image() if callable(image) else image
+        except BaseException:
+            ticket.withdraw()
+            raise
+        return self._admit(kind, [image], ticket), image
+
     # ------------------------------------------------------------------ PathCLIP
     @torch.inference_mode()
     def _embed_image(self, image: Image.Image) -> torch.Tensor:
@@ -201,13 +212,7 @@ class PathVLMService:
         if labels and preset:
             raise RequestError("give class names or a preset task, not both")
         ps = self._prompt_set(labels, preset)
-        ticket = self.admit("embed")
-        try:
-            image = image() if callable(image) else image
-        except BaseException:
-            ticket.withdraw()
-            raise
-        ticket = self._admit("embed", [image], ticket)
+        ticket, image = self._admit_image("embed", image)
 
         def work():
             clf = self._classifier(ps)
@@ -263,13 +268,7 @@ class PathVLMService:
     def search_image(self, image, k: int = 8) -> list[dict]:
         """``image``: a PIL image or a :class:`RequestImage` (decoded in the slot), or a callable giving one."""
         idx, k = self._need_index(), self._check_k(k)
-        ticket = self.admit("embed")
-        try:
-            image = image() if callable(image) else image
-        except BaseException:
-            ticket.withdraw()
-            raise
-        ticket = self._admit("embed", [image], ticket)
+        ticket, image = self._admit_image("embed", image)
 
         def work():
             scores, ids = idx.search_vectors(self._embed_image(_decoded(image)).numpy(), k)
