@@ -447,6 +447,28 @@ def test_gate_outcomes_cancel_and_timeout():
     assert len(produced) < 20 and gate.stats()["cancelled"] == 2
 
 
+def test_gate_hands_slots_over_in_arrival_order():
+    from pathvlm.serving.limits import AdmissionGate
+
+    gate = AdmissionGate("fifo", concurrency=1, max_waiting=5, queue_timeout_s=10, request_timeout_s=10)
+    release, order = threading.Event(), []
+    holder = threading.Thread(target=lambda: gate.run(lambda: release.wait(10)))
+    holder.start()
+    while not gate.stats()["running"]:
+        time.sleep(0.01)
+    waiters = []
+    for i in range(4):
+        waiters.append(threading.Thread(target=lambda i=i: gate.run(lambda: order.append(i))))
+        waiters[-1].start()
+        while gate.stats()["waiting"] < i + 1:
+            time.sleep(0.01)
+        time.sleep(0.12)  # past a polling interval: an unfair semaphore would let late waiters overtake
+    release.set()
+    for t in [holder, *waiters]:
+        t.join(10)
+    assert order == [0, 1, 2, 3]
+
+
 # ---------------------------------------------------------------------- 4. presets
 def test_preset_is_a_shipped_name_only(open_server, planted):
     srv, _ = open_server

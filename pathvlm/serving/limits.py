@@ -25,6 +25,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from typing import Callable, Iterator, TypeVar
 
@@ -36,6 +37,41 @@ OUTCOMES = ("completed", "failed", "timed_out", "cancelled")
 _POLL_S = 0.05  # how often a request waiting for a slot looks at its cancel token
 
 
+class FifoSlots:
+    """``n`` slots handed to waiters in arrival order; a waiter can give up (timeout, cancellation)."""
+
+    def __init__(self, n: int):
+        self._free = n
+        self._waiters: deque[threading.Event] = deque()
+        self._lock = threading.Lock()
+
+    def acquire(self, deadline: float, token: CancelToken) -> bool:
+        """True once a slot is ours; False when ``deadline`` (monotonic) passes or ``token`` is cancelled."""
+        with self._lock:
+            if self._free and not self._waiters:
+                self._free -= 1
+                return True
+            granted = threading.Event()
+            self._waiters.append(granted)
+        while True:
+            left = deadline - time.monotonic()
+            if granted.wait(max(0.0, min(_POLL_S, left))):
+                return True
+            if token.cancelled or left <= 0:
+                with self._lock:
+                    if granted.is_set():  # handed over just now: the caller gives it back
+                        return True
+                    self._waiters.remove(granted)
+                return False
+
+    def release(self) -> None:
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().set()  # straight to the longest waiter
+            else:
+                self._free += 1
+
+
 class AdmissionGate:
     def __init__(self, name: str, concurrency: int, max_waiting: int, queue_timeout_s: float = 60.0,
                  request_timeout_s: float = 120.0):
@@ -43,7 +79,7 @@ class AdmissionGate:
             raise ValueError("concurrency must be >= 1 and max_waiting >= 0")
         self.name, self.concurrency, self.max_waiting = name, concurrency, max_waiting
         self.queue_timeout_s, self.request_timeout_s = queue_timeout_s, request_timeout_s
-        self._slots = threading.BoundedSemaphore(concurrency)
+        self._slots = FifoSlots(concurrency)
         self._lock = threading.Lock()
         self._waiting = self._running = 0
         self.counts = {"admitted": 0, "rejected": 0, **{k: 0 for k in OUTCOMES}}
@@ -130,15 +166,7 @@ class Ticket:
     # ------------------------------------------------------------------ waiting
     def _wait_for_slot(self) -> None:
         g = self.gate
-        deadline = time.monotonic() + g.queue_timeout_s
-        ok = False
-        while not self.token.cancelled:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            if g._slots.acquire(timeout=min(_POLL_S, left)):
-                ok = True
-                break
+        ok = g._slots.acquire(time.monotonic() + g.queue_timeout_s, self.token)
         with g._lock:
             g._waiting -= 1
             if ok:
@@ -236,6 +264,7 @@ class _Stream:
         it = None
         try:
             with cancel_scope(token):
+                token.check()  # abandoned while it waited for its slot
                 it = self.make_iter()
                 for item in it:
                     if token.cancelled:
