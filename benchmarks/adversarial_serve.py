@@ -758,9 +758,11 @@ def login(ctx: Context) -> None:
     ctx.cookies = r.cookies
 
 
-def run_session(name: str, ctx: Context, deadline: float, results: list) -> None:
+def run_session(name: str, ctx: Context, deadline: float, results: list, only: set | None = None) -> None:
     by_id = {p[0]: p for p in PROBES}
     for pid in SESSIONS[name]:
+        if only and pid not in only:
+            continue
         _, point, description, fn = by_id[pid]
         if time.monotonic() > deadline:
             results.append((name, pid, point, description, None, "not run: --budget-s reached", 0.0))
@@ -790,12 +792,14 @@ def main(argv=None) -> int:
     ap.add_argument("--request-timeout-s", type=float, default=15.0,
                     help="request_timeout_s of a started server (the 504 probe waits for it)")
     ap.add_argument("--many-images", type=int, default=8, help="images in the many-images probe (the issue: ~100)")
+    ap.add_argument("--only", help="comma-separated probe ids to run (default: all)")
     ap.add_argument("--budget-s", type=float, default=1800.0, help="stop starting probes after this many seconds")
     ap.add_argument("--start-timeout-s", type=float, default=900.0)
     args = ap.parse_args(argv)
     t_start = time.monotonic()
     deadline = t_start + args.budget_s
     repo = Path(args.repo).resolve()
+    only = {p.strip() for p in args.only.split(",")} if args.only else None
     workdir = Path(tempfile.mkdtemp(prefix="pathvlm-adversarial-"))
     planted = plant(workdir)
     results: list = []
@@ -808,14 +812,16 @@ def main(argv=None) -> int:
                           request_timeout_s=args.request_timeout_s)
             if args.token:
                 login(ctx)
-            run_session("auth" if args.token else "open", ctx, deadline, results)
+            run_session("auth" if args.token else "open", ctx, deadline, results, only)
             if not args.token:
                 print("(the auth probes need --token and a server started with it; skipped)")
         else:
             for name in [s.strip() for s in args.sessions.split(",") if s.strip()]:
+                if only and not set(SESSIONS[name]) & only:
+                    continue
                 if name == "cli":
                     ctx = Context("", None, None, repo, args.many_images, workdir, planted)
-                    run_session("cli", ctx, deadline, results)
+                    run_session("cli", ctx, deadline, results, only)
                     continue
                 token = f"adv-{uuid.uuid4().hex[:16]}" if name == "auth" else None
                 print(f"starting pathvlm serve from {repo} ({name}) ...", flush=True)
@@ -827,7 +833,7 @@ def main(argv=None) -> int:
                                   request_timeout_s=args.request_timeout_s)
                     if token:
                         login(ctx)
-                    run_session(name, ctx, deadline, results)
+                    run_session(name, ctx, deadline, results, only)
                     alive = server.proc.poll() is None
                     print(f"[{name}] server still running after the probes: {alive}; log: {server.log.name}")
                 finally:
