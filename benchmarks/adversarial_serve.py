@@ -279,9 +279,16 @@ def file_endpoints(c: httpx.Client) -> dict[str, list]:
     return {n.lstrip("/"): ep["parameters"] for n, ep in info.items() if any(p["component"] in kinds for p in ep["parameters"])}
 
 
-def default_args(params) -> list:
-    values = {"Slider": 3, "Number": 3, "Dropdown": "(type class names)", "Chatbot": [], "Textbox": "a, b"}
+def default_args(params, **by_component) -> list:
+    """Arguments from an endpoint's parameter list (``Image=...`` fills image inputs): the probes follow the
+    app when it gains an input."""
+    values = {"Slider": 3, "Number": 3, "Dropdown": "(type class names)", "Chatbot": [], "Textbox": "a, b",
+              **by_component}
     return [values.get(p["component"]) for p in params]
+
+
+def classify_args(c: httpx.Client, image) -> list:
+    return default_args(file_endpoints(c)["classify"], Image=image, Textbox="tumour, stroma")
 
 
 def hostile(planted: dict) -> dict[str, dict]:
@@ -350,7 +357,7 @@ def p_classify_server_image(ctx: Context):
     with ctx.client() as c:
         ran = []
         for label, value in (("FileData", file_data(ctx.planted["image"])), ("no meta", {"path": str(ctx.planted["image"])})):
-            text = gradio_call(c, "classify", [value, "(type class names)", "tumour, stroma", 2])
+            text = gradio_call(c, "classify", classify_args(c, value))
             if completed(text) and "Prediction" in text:
                 ran.append(label)
     return not ran, f"classified a server file via {', '.join(ran)}" if ran else "refused"
@@ -361,7 +368,7 @@ def p_oracle(ctx: Context):
     with ctx.client() as c:
         texts = {}
         for label, path in (("existing", ctx.planted["image"]), ("missing", Path(tempfile.gettempdir()) / "no-such-14.png")):
-            texts[label] = gradio_call(c, "classify", [file_data(path), "(type class names)", "a, b", 2])
+            texts[label] = gradio_call(c, "classify", classify_args(c, file_data(path)))
     errs = {k: (gradio_errors(v) or ["<completed>" if completed(v) else v[:100]])[0] for k, v in texts.items()}
     same = errs["existing"] == errs["missing"]
     return same, "identical errors" if same else f"existing: {errs['existing'][:90]!r} / missing: {errs['missing'][:90]!r}"
