@@ -215,6 +215,12 @@ def gradio_call(c: httpx.Client, name: str, data: list, timeout: float = 60) -> 
     return c.get(f"/gradio_api/call/{name}/{r.json()['event_id']}", timeout=timeout).text
 
 
+def gradio_run(c: httpx.Client, name: str, data: list, timeout: float = 60) -> str:
+    """gradio's direct route (no queue): the answer comes back in the POST's response."""
+    r = c.post(f"/gradio_api/run/{name}", json={"data": data}, timeout=timeout)
+    return f"HTTP {r.status_code} {r.text}"
+
+
 def gradio_queue(c: httpx.Client, fn_index: int, data: list, timeout: float = 60) -> str:
     session = uuid.uuid4().hex
     r = c.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
@@ -331,7 +337,7 @@ def p_passwd(ctx: Context):
     return not found, "; ".join(found) or "refused: " + (gradio_errors(text) or [text[:120]])[0][:120]
 
 
-@probe("1.2", "1", "every gradio endpoint taking a file/image/chat history, 7 hostile file references, /call and queue join")
+@probe("1.2", "1", "every gradio endpoint taking a file/image/chat history, 7 hostile file references, /call, queue join, /run")
 def p_every_endpoint(ctx: Context):
     with ctx.client() as c:
         endpoints = file_endpoints(c)
@@ -344,8 +350,9 @@ def p_every_endpoint(ctx: Context):
                         continue
                     data = default_args(params)
                     data[i] = as_history(value) if p["component"] == "Chatbot" else value
-                    for route in ("call", "queue"):
-                        text = gradio_call(c, name, data) if route == "call" else gradio_queue(c, fn_index[name], data)
+                    for route in ("call", "queue", "run"):
+                        text = (gradio_call(c, name, data) if route == "call" else
+                                gradio_queue(c, fn_index[name], data) if route == "queue" else gradio_run(c, name, data))
                         tried += 1
                         found += [f"{route} /{name} <- {label}: {x}" for x in leaks(c, text, ctx.planted)]
     return not found, (f"{len(found)} of {tried} calls leaked, e.g. {found[0]}" if found else
