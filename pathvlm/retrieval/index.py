@@ -82,8 +82,10 @@ class GalleryIndex:
         parts = out / "parts"
         state_file = parts / "build.json"
         rel = [_relative(p, root) for p in paths]
+        if not isinstance(part_size, int) or part_size < 1:
+            raise PathVLMError(f"part_size must be a positive number of images, got {part_size!r}")
         if state_file.exists():
-            state = json.loads(state_file.read_text())
+            state = _read_build_state(state_file, out)
             if (state.get("fingerprint"), state.get("items"), state.get("part_size"), state.get("precision", "fp32")) != (
                     fingerprint, rel, part_size, precision):
                 raise IndexError_(
@@ -225,6 +227,22 @@ class GalleryIndex:
         """Absolute path of an item's image."""
         p = Path(item["path"])
         return p if p.is_absolute() or not self.info.get("root") else Path(self.info["root"]) / p
+
+
+def _read_build_state(state_file: Path, out: Path) -> dict:
+    """The unfinished build's record; a damaged one is a clear error (the finished parts are left alone)."""
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        state, why = None, f"{type(e).__name__}: {e}"
+    else:
+        why = f"holds a JSON {type(state).__name__}, not an object"
+    if not isinstance(state, dict):
+        raise IndexError_(
+            f"{state_file} is corrupt ({why}), so the unfinished build in {out} cannot be resumed safely. "
+            f"Delete {out / 'parts'} to start the build over, or choose another --out."
+        )
+    return state
 
 
 def _relative(path: Path, root: Path | None) -> str:
