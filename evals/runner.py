@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from evals.data import load_split
+from evals.html_report import render_html
+from evals.markdown_report import render_report
 from evals.tasks import Task, data_hash, load_task
 from pathvlm.clip.factory import create_clip
 from pathvlm.clip.folder import model_fingerprint
@@ -247,8 +249,6 @@ def run_eval(model_source: str | None, task_names: list[str], out: str | Path, s
         timing[task.name] = round(time.perf_counter() - start, 2)
     (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True, default=_round))
     (out / "report.md").write_text(render_report(results))
-    from evals.html_report import render_html
-
     (out / "report.html").write_text(render_html(results, out))
     (out / "timing.json").write_text(json.dumps(timing, indent=1))  # apart: the results must repeat exactly
     return results
@@ -291,45 +291,6 @@ def _reasoner_fingerprint(r) -> str | None:
 
 def _round(x):
     return float(x)
-
-
-def flat_metrics(m: dict, prefix: str = "") -> dict:
-    """Scalar metrics with nested keys joined by ' / ' (confusion matrices, bins and examples left out)."""
-    flat = {}
-    for k, v in m.items():
-        if k in ("confusion", "reliability", "examples", "decoding"):
-            continue
-        if isinstance(v, dict):
-            flat.update(flat_metrics(v, f"{prefix}{k} / "))
-        elif not isinstance(v, list):
-            flat[f"{prefix}{k}"] = v
-    return flat
-
-
-def render_report(results: dict) -> str:
-    L = ["# Evaluation", ""]
-    if "model" in results:
-        L.append(f"PathCLIP `{results['model']}`, fingerprint `{results['fingerprint']}`.")
-    if "reasoner" in results:
-        L.append(f"Reasoner `{results['reasoner']}`, fingerprint `{results.get('reasoner_fingerprint')}`.")
-    L.append("")
-    for name, r in results["tasks"].items():
-        if "skipped" in r:
-            L += [f"## {name} ({r['kind']}): skipped", "", r["skipped"], ""]
-            continue
-        L += [f"## {name} ({r['kind']})", "", f"{r['n_samples']} samples, data sha256 `{r['data_sha256'][:16]}`, "
-              f"seed {r['seed']}, prompts `{r['prompts']}`.", ""]
-        m = r["metrics"]
-        if "decoding" in m:
-            L += ["Decoding: " + ", ".join(f"{k}={v}" for k, v in sorted(m["decoding"].items())) + ".", ""]
-        if "images" in m:
-            L += [f"Images: {m['images']}.", ""]
-        L += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                                                      for k, v in flat_metrics(m).items()]
-        if "confusion" in m:
-            L += ["", f"![confusion](plots/{name}_confusion.png) ![reliability](plots/{name}_reliability.png)"]
-        L.append("")
-    return "\n".join(L)
 
 
 def _plot_confusion(conf: dict, path: Path, title: str) -> None:

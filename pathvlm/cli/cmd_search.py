@@ -13,10 +13,11 @@ def add_parser(sub):
 
 
 def run(args):
-    from pathvlm.cli.common import print_json, table
+    from pathvlm.cli.common import print_json
     from pathvlm.clip.factory import create_clip
     from pathvlm.encoders.factory import create_image_encoder
     from pathvlm.errors import PathVLMError
+    from pathvlm.formatting import table
     from pathvlm.retrieval.index import GalleryIndex
 
     if bool(args.query) == bool(args.image):

@@ -87,7 +87,7 @@ def create_clip(source: str = "pathclip-nano", device: str | torch.device = "cpu
 
 def _refuse_image_only(source: str) -> None:
     """Image-only encoders have no text tower: say so, and what they can be used for."""
-    from pathvlm.encoders.factory import ImageOnlySource, describe_image_folder, image_only_folder, image_only_message
+    from pathvlm.encoders.detect import ImageOnlySource, describe_image_folder, image_only_folder, image_only_message
 
     found = image_only_folder(source)
     if found is not None:
@@ -356,7 +356,7 @@ def resolve_text_tower(repo: str, text_tower: str | None, model_dir: Path) -> Pa
     if text_tower:
         raise SourceError(f"--text-tower {text_tower}: no config.json there (it should be a local copy of the "
                           f"hub repo '{repo}')")
-    from pathvlm.encoders.factory import cached_snapshot
+    from pathvlm.encoders.detect import cached_snapshot
 
     snap = cached_snapshot(repo)
     if snap is not None and (snap / "config.json").is_file():
@@ -382,7 +382,7 @@ def _tokenizer_dir(model_dir: Path, text_cfg: dict, tower_dir: Path) -> Path:
     name = text_cfg.get("hf_tokenizer_name") or ""
     if name and os.path.isdir(os.path.expanduser(name)):
         return Path(os.path.expanduser(name)).resolve()
-    from pathvlm.encoders.factory import cached_snapshot
+    from pathvlm.encoders.detect import cached_snapshot
 
     snap = cached_snapshot(name) if name else None
     if snap is not None and any((snap / f).is_file() for f in TOKENIZER_FILES):
@@ -402,7 +402,7 @@ def _offline_hint(source: str, repo: str, kind: str) -> str:
 
 def _create_hf_hub(source: str, text_tower: str | None = None):
     """``hf-hub:org/repo``: the cached snapshot, loaded as the folder it is (open_clip, CONCH, KEEP)."""
-    from pathvlm.encoders.factory import cached_snapshot
+    from pathvlm.encoders.detect import cached_snapshot
 
     repo = source[len(HF_HUB):]
     snap = cached_snapshot(repo)
@@ -416,7 +416,7 @@ def _create_hf_hub(source: str, text_tower: str | None = None):
 
 def _create_hf_transformers(source: str, text_tower: str | None = None):
     """``hf:org/repo``: a transformers CLIPModel (PLIP) or KEEP folder from the cache."""
-    from pathvlm.encoders.factory import cached_snapshot
+    from pathvlm.encoders.detect import cached_snapshot
 
     repo = source[len(HF_TRANSFORMERS):]
     snap = cached_snapshot(repo)

@@ -208,7 +208,7 @@ class GalleryIndex:
         if not query or not query.strip():
             raise PathVLMError("empty text query")
         if getattr(model, "is_image_only", False):
-            from pathvlm.encoders.factory import ImageOnlySource, image_only_message
+            from pathvlm.encoders.detect import ImageOnlySource, image_only_message
 
             raise ImageOnlySource(image_only_message(getattr(model, "pathvlm_source", model.pathvlm_name),
                                                      model.pathvlm_name))
