@@ -7,6 +7,8 @@ import base64
 import html
 from pathlib import Path
 
+from evals.markdown_report import flat_metrics
+
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;vertical-align:top}
 th{background:#f3f3f3}code{background:#f5f5f5;padding:0 3px}.skip{color:#a60}img{max-width:100%;margin:4px}
@@ -31,8 +33,6 @@ def _table(rows: list[tuple], head: tuple, cls: str = "") -> str:
 
 
 def render_html(results: dict, out_dir: Path) -> str:
-    from evals.runner import flat_metrics
-
     plots = Path(out_dir) / "plots"
     B = [f"<!doctype html><html><head><meta charset='utf-8'><title>pathvlm evaluation</title><style>{STYLE}</style>"
          "</head><body><h1>Evaluation</h1>"]

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from evals.data import load_split
+from evals.html_report import render_html
+from evals.markdown_report import render_report
 from evals.tasks import Task, data_hash, load_task
 from pathvlm.clip.factory import create_clip
 from pathvlm.clip.folder import model_fingerprint
@@ -88,6 +90,8 @@ def run_probe(task: Task, model, tok, preprocess, items, plots: Path) -> dict:
 
 
 def run_retrieval(task: Task, model, tok, preprocess, items, plots: Path) -> dict:
+    if tok is None:
+        return _image_retrieval(model, preprocess, items)
     items = [it for it in items if it["text"]]
     img = embed_images(model, preprocess, [it["image"] for it in items], num_workers=0).numpy()
     txt = embed_texts(model, tok, [it["text"] for it in items]).numpy()
@@ -102,6 +106,18 @@ def run_retrieval(task: Task, model, tok, preprocess, items, plots: Path) -> dic
     out["n"] = len(items)
     _plot_retrieval_grid(items, sim, plots / f"{task.name}_retrieval.png", task.name,
                          n_queries=int(task.settings.get("grid_queries", 4)), k=int(task.settings.get("grid_k", 5)))
+    return out
+
+
+def _image_retrieval(model, preprocess, items) -> dict:
+    """An image-only encoder: image-to-image class precision@k (each image queries the others)."""
+    labels = [it["label"] for it in items]
+    if not all(labels):
+        raise PathVLMError("image-to-image retrieval needs a label on every sample")
+    img = embed_images(model, preprocess, [it["image"] for it in items], num_workers=0).numpy()
+    sim = np.where(np.eye(len(img)) > 0, -np.inf, img @ img.T)
+    out = {f"image_class_P@{k}": class_precision_at_k(sim, labels, labels, k) for k in (1, 5, 10)}
+    out.update({"n": len(items), "text_metrics": "not measured: image-only encoder (no text tower)"})
     return out
 
 
@@ -164,7 +180,9 @@ def run_stain_robustness(task: Task, model, tok, preprocess, items, plots: Path)
     x = np.concatenate([a.numpy(), b.numpy()])
     out["robustness_index"] = probe.robustness_index(x, labels + labels, ["original"] * len(items) + ["jittered"] * len(items),
                                                      k=int(task.settings.get("k", 10)))
-    if task.prompts:
+    if task.prompts and tok is None:
+        out["zeroshot_prediction_agreement"] = "not measured: image-only encoder (no text tower)"
+    elif task.prompts:
         ps = load_prompt_set(task.prompts)
         clf = ZeroShotClassifier(model, tok, ps)
         pa, pb = clf.probabilities(a).argmax(-1), clf.probabilities(b).argmax(-1)
@@ -191,7 +209,7 @@ def run_eval(model_source: str | None, task_names: list[str], out: str | Path, s
     results = {"tasks": {}}
     clip = {}
     if any(not t.generative for t in tasks):
-        model, preprocess, tok = create_clip(model_source or "pathclip-nano")
+        model, preprocess, tok = load_embedding_model(model_source or "pathclip-nano", [t for t in tasks if not t.generative])
         results.update({"model": model_source or "pathclip-nano", "fingerprint": model_fingerprint(model)})
     r = None
     if any(t.generative for t in tasks):
@@ -231,11 +249,27 @@ def run_eval(model_source: str | None, task_names: list[str], out: str | Path, s
         timing[task.name] = round(time.perf_counter() - start, 2)
     (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True, default=_round))
     (out / "report.md").write_text(render_report(results))
-    from evals.html_report import render_html
-
     (out / "report.html").write_text(render_html(results, out))
     (out / "timing.json").write_text(json.dumps(timing, indent=1))  # apart: the results must repeat exactly
     return results
+
+
+TEXT_KINDS = ("zeroshot",)  # embedding kinds that cannot run without a text tower
+
+
+def load_embedding_model(source: str, tasks: list[Task]):
+    """``(model, preprocess, tokenizer)`` for embedding tasks; an image-only encoder comes with tokenizer
+    None, and is refused (before anything runs) if a task needs text."""
+    from pathvlm.encoders.factory import ImageOnlySource, create_image_encoder
+
+    try:
+        return create_clip(source)
+    except ImageOnlySource as e:
+        needs_text = [t.name for t in tasks if t.kind in TEXT_KINDS]
+        if needs_text:
+            raise PathVLMError(f"{', '.join(needs_text)}: zero-shot tasks need a text tower. {e}") from None
+    model, preprocess = create_image_encoder(source)
+    return model, preprocess, None
 
 
 def _load_reasoner(source: str, device: str):
@@ -257,45 +291,6 @@ def _reasoner_fingerprint(r) -> str | None:
 
 def _round(x):
     return float(x)
-
-
-def flat_metrics(m: dict, prefix: str = "") -> dict:
-    """Scalar metrics with nested keys joined by ' / ' (confusion matrices, bins and examples left out)."""
-    flat = {}
-    for k, v in m.items():
-        if k in ("confusion", "reliability", "examples", "decoding"):
-            continue
-        if isinstance(v, dict):
-            flat.update(flat_metrics(v, f"{prefix}{k} / "))
-        elif not isinstance(v, list):
-            flat[f"{prefix}{k}"] = v
-    return flat
-
-
-def render_report(results: dict) -> str:
-    L = ["# Evaluation", ""]
-    if "model" in results:
-        L.append(f"PathCLIP `{results['model']}`, fingerprint `{results['fingerprint']}`.")
-    if "reasoner" in results:
-        L.append(f"Reasoner `{results['reasoner']}`, fingerprint `{results.get('reasoner_fingerprint')}`.")
-    L.append("")
-    for name, r in results["tasks"].items():
-        if "skipped" in r:
-            L += [f"## {name} ({r['kind']}): skipped", "", r["skipped"], ""]
-            continue
-        L += [f"## {name} ({r['kind']})", "", f"{r['n_samples']} samples, data sha256 `{r['data_sha256'][:16]}`, "
-              f"seed {r['seed']}, prompts `{r['prompts']}`.", ""]
-        m = r["metrics"]
-        if "decoding" in m:
-            L += ["Decoding: " + ", ".join(f"{k}={v}" for k, v in sorted(m["decoding"].items())) + ".", ""]
-        if "images" in m:
-            L += [f"Images: {m['images']}.", ""]
-        L += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                                                      for k, v in flat_metrics(m).items()]
-        if "confusion" in m:
-            L += ["", f"![confusion](plots/{name}_confusion.png) ![reliability](plots/{name}_reliability.png)"]
-        L.append("")
-    return "\n".join(L)
 
 
 def _plot_confusion(conf: dict, path: Path, title: str) -> None:

@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "create_clip": "pathvlm.clip.factory",
+    "create_image_encoder": "pathvlm.encoders.factory",
     "save_clip": "pathvlm.clip.folder",
     "model_fingerprint": "pathvlm.clip.folder",
     "list_models": "pathvlm.clip.factory",

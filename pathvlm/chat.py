@@ -20,6 +20,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from pathvlm.cancel import check_cancelled, current_token
 from pathvlm.errors import ImageError, PathVLMError
 from pathvlm.images import DEFAULT_MAX_BYTES, load_image
 
@@ -245,7 +246,9 @@ class Reasoner:
         msgs = normalise_messages(self._with_system(messages, system), n_images, self.limits)
         return self._count(self._template(msgs), n_images)
 
-    def _gen_kwargs(self, max_new_tokens, temperature, top_p):
+    def _gen_kwargs(self, max_new_tokens, temperature, top_p, seed=None):
+        from pathvlm.sampling import SEED_RANGE, effective_temperature, seed_in_range
+
         if max_new_tokens is None:
             max_new_tokens = min(DEFAULT_NEW_TOKENS, self.limits.max_new_tokens)
         if not 1 <= int(max_new_tokens) <= self.limits.max_new_tokens:
@@ -253,8 +256,11 @@ class Reasoner:
             why = (f" for this model (a quarter of its {context}-token context, at most {MAX_NEW_TOKENS_CEILING})"
                    if context and self.limits.max_new_tokens == min(MAX_NEW_TOKENS_CEILING, context // 4) else "")
             raise ChatRequestError(f"max_new_tokens must be between 1 and {self.limits.max_new_tokens}{why}")
-        if temperature is None or temperature < 0 or not (0 < top_p <= 1):
+        if temperature is None or not temperature >= 0 or not (0 < top_p <= 1):
             raise ChatRequestError("temperature must be >= 0 and top_p in (0, 1]")
+        if not seed_in_range(seed):
+            raise ChatRequestError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]")
+        temperature = effective_temperature(temperature)  # tiny temperatures: greedy, or raised to 0.01
         kw = {"max_new_tokens": int(max_new_tokens), "use_cache": True}
         if temperature > 0:
             kw.update(do_sample=True, temperature=float(temperature), top_p=float(top_p))
@@ -269,7 +275,7 @@ class Reasoner:
         ``system`` sets the system prompt (else a system message in ``messages``, else the model's default);
         ``max_new_tokens`` defaults to 256 or the model's cap if lower."""
         inputs, n_prompt = self._prepare(images, messages, system)
-        kw = self._gen_kwargs(max_new_tokens, temperature, top_p)
+        kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
         if self.lean:
             return self._chat_lean(inputs, n_prompt, kw, temperature, top_p, seed, stream)
         if stream:
@@ -279,7 +285,8 @@ class Reasoner:
         with self._lock, torch.inference_mode():
             if seed is not None:
                 torch.manual_seed(seed)
-            out = self.model.generate(**inputs, **kw)
+            out = self.model.generate(**inputs, **kw, **_stop_when_cancelled())
+        check_cancelled()  # stopped early because the request was abandoned: no partial answer
         new = out[0, inputs["input_ids"].shape[1]:]
         return self._result(new, n_prompt, kw["max_new_tokens"])
 
@@ -327,7 +334,7 @@ class Reasoner:
 
         if len(images) != len(conversations):
             raise ChatRequestError(f"{len(images)} images for {len(conversations)} conversations")
-        kw = self._gen_kwargs(max_new_tokens, temperature, top_p)
+        kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
         tok = self.processor.tokenizer
         results: list[ChatResult] = []
         starts = range(0, len(images), batch_size)
@@ -381,9 +388,12 @@ class Reasoner:
         stop = threading.Event()
         errors = []
 
+        token = current_token()  # generate runs on its own thread: carry the request's cancel token there
+
         class _StopWhenClosed(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+                done = stop.is_set() or (token is not None and token.cancelled)
+                return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
         def work():
             try:
@@ -437,6 +447,21 @@ class Reasoner:
                           completion_tokens=findings.completion_tokens + diagnosis.completion_tokens,
                           finish_reason=diagnosis.finish_reason,
                           extras={"findings": findings.answer, "impression": impression})
+
+
+def _stop_when_cancelled() -> dict:
+    """``generate`` kwargs that stop at the next token once the current request is cancelled."""
+    token = current_token()
+    if token is None:
+        return {}
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), token.cancelled, dtype=torch.bool, device=input_ids.device)
+
+    return {"stopping_criteria": StoppingCriteriaList([_Cancelled()])}
 
 
 _CACHE: dict = {}

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from pathvlm.cancel import check_cancelled
 from pathvlm.errors import ImageError
 from pathvlm.images import DEFAULT_MAX_PIXELS, load_image
 from pathvlm.split_preprocess import split_preprocess
@@ -129,9 +130,11 @@ def embed_images(model, preprocess, paths, strict: bool = True, **kwargs) -> tor
 
 @torch.inference_mode()
 def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256, device="cpu") -> torch.Tensor:
-    """Normalised text embeddings [N, D], float32 on CPU."""
+    """Normalised text embeddings [N, D], float32 on CPU. Stops between batches when the current
+    :func:`pathvlm.cancel.cancel_scope` is cancelled."""
     chunks = []
     for start in range(0, len(texts), batch_size):
+        check_cancelled()
         tokens = trim_padding(model, tokenizer(list(texts[start:start + batch_size]))).to(device)
         chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
     return torch.cat(chunks)

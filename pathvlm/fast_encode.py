@@ -59,6 +59,23 @@ def fold_conv_bn(module: nn.Module) -> int:
     return folded
 
 
+def has_conv_bn(module: nn.Module) -> bool:
+    """Whether any Conv2d is directly followed by a BatchNorm2d (what :func:`fold_conv_bn` folds)."""
+    for parent in module.modules():
+        children = list(parent.children())
+        if any(isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) for a, b in zip(children, children[1:])):
+            return True
+    return False
+
+
+def _is_open_clip(model) -> bool:
+    try:
+        import open_clip
+    except ImportError:
+        return False
+    return isinstance(model, (open_clip.CLIP, open_clip.CustomTextCLIP))
+
+
 def _after_bn(bn: nn.BatchNorm2d) -> nn.Module:
     """What remains of a BatchNorm once its affine part is folded: timm's drop + activation, or nothing."""
     act, drop = getattr(bn, "act", None), getattr(bn, "drop", None)
@@ -77,7 +94,9 @@ class FastImageEncoder(nn.Module):
         self.precision = precision
         visual = getattr(model, "visual", None)
         self.visual = None
-        if isinstance(visual, nn.Module) and not getattr(model, "is_hf_clip", False):
+        # only where encode_image is visual(x) (open_clip's CLIP) and there is something to fold:
+        # copying a ViT tower (no BatchNorm) would double a billion-parameter model's memory for nothing
+        if isinstance(visual, nn.Module) and _is_open_clip(model) and has_conv_bn(visual):
             fast = copy.deepcopy(visual).eval()
             n = fold_conv_bn(fast)
             if n:

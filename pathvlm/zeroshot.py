@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -46,9 +48,24 @@ class PromptSet:
             return {c: [self.templates[0].format(s[0])] for c, s in self.classes.items()}
         return {c: [t.format(s) for s in syns for t in self.templates] for c, syns in self.classes.items()}
 
+    def n_prompts(self, ensemble: bool = True) -> int:
+        """How many prompts embedding this set takes (classes x synonyms x templates), without building them."""
+        if not ensemble:
+            return len(self.classes)
+        return sum(len(s) for s in self.classes.values()) * len(self.templates)
+
 
 def list_prompt_sets() -> list[str]:
     return sorted(p.stem for p in PROMPT_DIR.glob("*.json"))
+
+
+def load_shipped_prompt_set(name: str) -> PromptSet:
+    """A prompt set shipped with pathvlm, by name only (what a server accepts: never a path)."""
+    names = list_prompt_sets()
+    if not isinstance(name, str) or name not in names:
+        raise PathVLMError(f"unknown task {str(name)[:100]!r}: a preset is the name of a shipped prompt set, one of "
+                           f"{', '.join(names)}")
+    return load_prompt_set(name)
 
 
 def load_prompt_set(name_or_path: str) -> PromptSet:
@@ -86,20 +103,68 @@ def prompt_set_from_names(names: str | Sequence[str], templates: Sequence[str] |
     return PromptSet(name="custom", classes=classes, templates=list(templates))
 
 
-class ZeroShotClassifier:
-    """Classify images against a :class:`PromptSet` with a PathCLIP model."""
+class ClassEmbeddingCache:
+    """LRU cache of class embeddings (the normalised mean of a class's prompt embeddings), keyed by the
+    class's prompts: typed label sets that share classes, and repeated requests, embed each class once.
+    One cache per model (the key does not name the model). Thread-safe."""
 
-    def __init__(self, model, tokenizer, prompt_set: PromptSet, ensemble: bool = True, device="cpu"):
+    def __init__(self, maxsize: int = 4096):
+        self.maxsize = maxsize
+        self._items: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        with self._lock:
+            vec = self._items.get(key)
+            if vec is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return vec
+
+    def put(self, key: tuple, vec: torch.Tensor) -> None:
+        if self.maxsize <= 0:
+            return
+        with self._lock:
+            self._items[key] = vec
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def stats(self) -> dict:
+        return {"entries": len(self), "maxsize": self.maxsize, "hits": self.hits, "misses": self.misses}
+
+
+class ZeroShotClassifier:
+    """Classify images against a :class:`PromptSet` with a PathCLIP model.
+
+    ``cache``: a :class:`ClassEmbeddingCache` for this model, to reuse class embeddings across
+    classifiers. Embedding checks :func:`pathvlm.cancel.check_cancelled` between batches.
+    """
+
+    def __init__(self, model, tokenizer, prompt_set: PromptSet, ensemble: bool = True, device="cpu",
+                 cache: ClassEmbeddingCache | None = None):
         self.model, self.tokenizer, self.prompt_set, self.device = model, tokenizer, prompt_set, device
         self.class_names = list(prompt_set.classes)
-        self.weights = self._class_weights(ensemble)  # [C, D]
+        self.weights = self._class_weights(ensemble, cache)  # [C, D]
 
     @torch.inference_mode()
-    def _class_weights(self, ensemble: bool) -> torch.Tensor:
+    def _class_weights(self, ensemble: bool, cache: ClassEmbeddingCache | None = None) -> torch.Tensor:
         rows = []
         for prompts in self.prompt_set.prompts(ensemble).values():
-            emb = embed_texts(self.model, self.tokenizer, prompts, device=self.device)
-            rows.append(torch.nn.functional.normalize(emb.mean(0), dim=-1))
+            key = tuple(prompts)
+            vec = cache.get(key) if cache is not None else None
+            if vec is None:
+                emb = embed_texts(self.model, self.tokenizer, prompts, device=self.device)
+                vec = torch.nn.functional.normalize(emb.mean(0), dim=-1)
+                if cache is not None:
+                    cache.put(key, vec)
+            rows.append(vec)
         return torch.stack(rows)
 
     @property

@@ -11,32 +11,36 @@ Routes (all JSON; POST bodies must be ``application/json``):
 - ``GET /v1/models``, ``GET /health``; the schema at ``/openapi.json``, docs at ``/docs``.
 
 Errors are JSON bodies ``{"error": {"message", "type", "code"}}`` with the HTTP status: 400 bad
-request, 401 missing or wrong credential (when auth is on), 404, 413 too large, 415 not JSON,
-501 feature off, 502 backend failed, 503 busy, 504 timeout, 500 (logged, no traceback sent).
+request, 401 missing or wrong credential (when auth is on), 404, 405 wrong method, 408 body too
+slow, 413 too large, 415 not JSON, 429 too many failed logins, 501 feature off, 502 backend failed,
+503 busy, 504 timeout, 500 (logged, no traceback sent). A client that disconnects cancels its
+request, waiting or running (see :mod:`serve.disconnect`).
 """
 from __future__ import annotations
 
-import base64
-import hmac
 import json
 import logging
 import time
 import uuid
 from typing import Literal, Union
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pathvlm.cancel import Cancelled
 from pathvlm.errors import PathVLMError
-from pathvlm.serving.errors import PayloadTooLarge, RequestError
+from pathvlm.sampling import SEED_RANGE
+from pathvlm.serving.auth import LoginThrottle
+from pathvlm.serving.errors import RequestError
 from pathvlm.serving.service import PathVLMService, parse_openai_messages
 from pathvlm.serving.thinking import ThinkSplitter
+from serve.disconnect import cancel_when_abandoned, run_cancellable
+from serve.middleware import GuardMiddleware
 
 log = logging.getLogger("pathvlm.serve")
-API_PREFIXES = ("/v1/",)
 
 
 # ---------------------------------------------------------------------- request models
@@ -66,14 +70,15 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     n: int = Field(1, ge=1, le=1, description="only one choice is generated")
 
 
 class ClassifyRequest(BaseModel):
     image: str = Field(description="base64 data URL (or bare base64) of a PNG/JPEG/TIFF patch")
     labels: Union[list[str], str, None] = Field(None, description="class names; 'name|synonym' adds synonyms")
-    preset: str | None = Field(None, description="a shipped prompt set, e.g. crc100k, lc25000_colon (see pathvlm tasks)")
+    preset: str | None = Field(None, description="the name of a shipped prompt set, e.g. crc100k, lc25000_colon "
+                                                 "(see pathvlm tasks); never a path")
     top_k: int = Field(5, ge=1, le=100)
 
 
@@ -86,70 +91,6 @@ class SearchRequest(BaseModel):
 # ---------------------------------------------------------------------- helpers
 def error_response(status: int, message: str, kind: str = "invalid_request_error", headers=None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status, headers=headers)
-
-
-def _credentials_ok(header: str | None, auth: str | None, token: str | None) -> bool:
-    if not header:
-        return False
-    scheme, _, value = header.partition(" ")
-    value = value.strip()
-    if scheme.lower() == "bearer" and token:
-        return hmac.compare_digest(value.encode(), token.encode())
-    if scheme.lower() == "basic":
-        try:
-            user_pass = base64.b64decode(value, validate=True).decode()
-        except Exception:
-            return False
-        if auth and hmac.compare_digest(user_pass.encode(), auth.encode()):
-            return True
-        if token and hmac.compare_digest(user_pass.partition(":")[2].encode(), token.encode()):
-            return True
-    return False
-
-
-class GuardMiddleware:
-    """Pure ASGI: for /v1/ routes, auth (401), JSON content type (415) and body size (413, counted while reading)."""
-
-    def __init__(self, app, max_body: int, auth: str | None, token: str | None):
-        self.app, self.max_body, self.auth, self.token = app, max_body, auth, token
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIXES):
-            return await self.app(scope, receive, send)
-        headers = {k.decode().lower(): v.decode(errors="replace") for k, v in scope["headers"]}
-        if self.auth or self.token:
-            if not _credentials_ok(headers.get("authorization"), self.auth, self.token):
-                challenge = 'Bearer realm="pathvlm"' if self.token else 'Basic realm="pathvlm"'
-                resp = error_response(401, "missing or wrong credential: send Authorization: Bearer <token> "
-                                           "or HTTP basic auth", "unauthorized", {"WWW-Authenticate": challenge})
-                return await resp(scope, receive, send)
-        if scope["method"] == "POST":
-            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype != "application/json":
-                resp = error_response(415, f"content type must be application/json, got {ctype or 'none'!r}",
-                                      "unsupported_media_type")
-                return await resp(scope, receive, send)
-            length = headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_body:
-                resp = error_response(413, f"request body of {length} bytes exceeds the limit of {self.max_body} bytes",
-                                      "payload_too_large")
-                return await resp(scope, receive, send)
-            seen = 0
-
-            async def limited_receive():
-                nonlocal seen
-                msg = await receive()
-                if msg["type"] == "http.request":
-                    seen += len(msg.get("body", b""))
-                    if seen > self.max_body:
-                        raise PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
-                return msg
-
-            try:
-                return await self.app(scope, limited_receive, send)
-            except PayloadTooLarge as e:
-                return await error_response(413, str(e), "payload_too_large")(scope, receive, send)
-        return await self.app(scope, receive, send)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -179,16 +120,28 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
     cfg = service.config
     lim = service.limits
     max_body = lim.max_upload_bytes * 4 // 3 + 256 * 1024  # base64 plus room for the JSON around it
-    app.add_middleware(GuardMiddleware, max_body=max_body, auth=cfg.auth, token=cfg.token)
+    throttle = LoginThrottle(lim.max_failed_logins, lim.login_window_s)
+    app.add_middleware(GuardMiddleware, api=app, max_body=max_body, auth=cfg.auth, token=cfg.token, throttle=throttle,
+                       body_timeout_s=lim.body_timeout_s)
     app.state.service = service
+    app.state.login_throttle = throttle
 
     @app.exception_handler(RequestError)
     async def _request_error(request, exc: RequestError):
         return error_response(exc.status, str(exc), exc.kind)
 
+    @app.exception_handler(Cancelled)
+    async def _cancelled(request, exc: Cancelled):  # the client has gone; nginx's "client closed request"
+        return error_response(499, str(exc), "cancelled")
+
     @app.exception_handler(PathVLMError)
     async def _pathvlm_error(request, exc: PathVLMError):
         return error_response(400, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, _http_error_message(exc), _HTTP_KINDS.get(exc.status_code, "error"),
+                              getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, exc: RequestValidationError):
@@ -201,7 +154,7 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
 
     @app.get("/health", tags=["status"])
     def health():
-        return service.health()
+        return {**service.health(), "logins": throttle.stats()}
 
     @app.get("/v1/models", tags=["chat"])
     def models():
@@ -209,15 +162,15 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
         return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "pathvlm"} for n in names]}
 
     @app.post("/v1/classify", tags=["clip"])
-    async def classify(req: ClassifyRequest):
-        def work():  # the image is decoded once admitted: a full queue answers 503 without decoding anything
+    async def classify(req: ClassifyRequest, request: Request):
+        def work():  # the image is read once admitted: a full queue answers 503 without reading anything
             return service.classify(lambda: service.image_from_payload(req.image), labels=req.labels,
                                     preset=req.preset, top_k=req.top_k)
 
-        return await run_in_threadpool(work)
+        return await run_cancellable(request, work)
 
     @app.post("/v1/search", tags=["clip"])
-    async def search(req: SearchRequest):
+    async def search(req: SearchRequest, request: Request):
         if (req.text is None) == (req.image is None):
             raise RequestError("give exactly one of text or image")
 
@@ -231,14 +184,14 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
                 h["url"] = f"/v1/gallery/{h['path']}"
             return {"model": service.clip_name, "query": "text" if req.text is not None else "image", "results": hits}
 
-        return await run_in_threadpool(work)
+        return await run_cancellable(request, work)
 
     @app.get("/v1/gallery/{path:path}", tags=["clip"])
     def gallery_image(path: str):
         return FileResponse(service.gallery_file(path))
 
     @app.post("/v1/chat/completions", tags=["chat"])
-    async def chat_completions(req: ChatCompletionRequest):
+    async def chat_completions(req: ChatCompletionRequest, request: Request):
         allowed = {n for n in (service.reasoner_name, "pathvlm", "default") if n}
         if req.model and service.generator is not None and req.model not in allowed:
             raise RequestError(f"model {req.model!r} is not served here; use {service.reasoner_name!r} (see /v1/models)",
@@ -259,7 +212,7 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
                 ticket, (images, messages) = service.admit_then("generate", lambda: parse_openai_messages(service, raw))
                 return service.chat(images, messages, max_new_tokens=max_new, ticket=ticket, **gen)
 
-            r = await run_in_threadpool(work)
+            r = await run_cancellable(request, work)
             usage = {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
                      "total_tokens": (r.prompt_tokens or 0) + (r.completion_tokens or 0)}
             return {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
@@ -280,7 +233,7 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
                 raise
             return it, first, n
 
-        it, first, n = await run_in_threadpool(start)
+        it, first, n = await run_cancellable(request, start)
 
         def chunk(delta: dict, finish: str | None = None) -> str:
             body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
@@ -310,10 +263,26 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
                 it.close()
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream",
+        return StreamingResponse(cancel_when_abandoned(events(), it), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+_HTTP_KINDS = {400: "invalid_request_error", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_request_error"}
+
+
+def _http_error_message(exc: StarletteHTTPException) -> str:
+    """FastAPI's body-parsing failures name their cause; say it plainly."""
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return f"request body is not valid UTF-8 (byte {cause.start}); JSON must be UTF-8"
+    if isinstance(cause, RecursionError):
+        return "request body JSON is nested too deeply"
+    if cause is not None and exc.status_code == 400:
+        return f"request body could not be parsed as JSON ({type(cause).__name__})"
+    return exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
 
 
 def _chain(first: list, rest):

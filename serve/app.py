@@ -2,14 +2,21 @@
 
 Every handler calls :class:`pathvlm.serving.service.PathVLMService`, the same object the HTTP API
 uses, so both share its limits and queues. Errors reach the user as ``gr.Error`` messages.
+
+Handlers that wait for the service run it on a worker (:func:`in_background`) and yield a no-op
+update every second meanwhile: gradio closes a handler's generator at the next yield once its
+client has gone, and closing cancels the request, waiting or running.
 """
 from __future__ import annotations
 
+import queue
 import re
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+from pathvlm.cancel import CancelToken, cancel_scope
 from pathvlm.errors import PathVLMError
 from pathvlm.serving.service import PathVLMService
 from pathvlm.serving.thinking import ThinkSplitter
@@ -31,6 +38,60 @@ CSS = """
 #chatbot {min-height: 420px}
 footer {display: none !important}
 """
+
+
+HEARTBEAT_S = 1.0
+PENDING = object()  # what in_background yields while the work has nothing new
+
+
+def in_background(produce):
+    """Run the generator function ``produce`` on a thread inside a cancel scope; yield its items, or
+    :data:`PENDING` every :data:`HEARTBEAT_S` seconds while there is none. Its errors are raised here.
+    Closing this generator before the end (gradio does when the client has gone) cancels the work."""
+    token, q = CancelToken(), queue.Queue()
+
+    def run():
+        try:
+            with cancel_scope(token):
+                for item in produce():
+                    q.put(("item", item))
+                    if token.cancelled:
+                        break
+        except BaseException as e:  # raised again in the handler's thread
+            q.put(("error", e))
+        finally:
+            q.put(("end", None))
+
+    threading.Thread(target=run, daemon=True, name="pathvlm-web-request").start()
+    finished = False
+    try:
+        while True:
+            try:
+                kind, value = q.get(timeout=HEARTBEAT_S)
+            except queue.Empty:
+                yield PENDING
+                continue
+            if kind == "item":
+                yield value
+                continue
+            finished = True
+            if kind == "error":
+                raise value
+            return
+    finally:
+        if not finished:
+            token.cancel("disconnected")
+
+
+def wait_for(fn, n_outputs: int):
+    """``result = yield from wait_for(fn, n)``: call ``fn`` in the background, yielding skips for ``n``
+    outputs while it runs, so that the request is cancelled if the client goes away."""
+    gr = _gr()
+    for item in in_background(lambda: iter([fn()])):
+        if item is PENDING:
+            yield tuple(gr.skip() for _ in range(n_outputs)) if n_outputs > 1 else gr.skip()
+        else:
+            return item
 
 
 def _gr():
@@ -122,24 +183,38 @@ def build_ui(service: PathVLMService):
             return
         if system and system.strip():  # else the model's own default (e.g. Patho-R1's <think>/<answer> prompt)
             messages = [{"role": "system", "content": system.strip()}] + messages
-        images, evidence = [], []
         try:
-            if image_path is not None:
-                image = service.image_from_path(image_path)
-                images = [image]
-                if has_index:
-                    hits = service.search_image(image, k=4)
-                    evidence = [(h["image_path"], _caption(h)) for h in hits]
-            stream = service.chat_stream(images, messages)
+            image = service.image_from_path(image_path) if image_path is not None else None
         except PathVLMError as e:
             raise fail(e) from None
-        yield history, evidence
+
+        def produce():  # runs on a worker: evidence search, then the answer's pieces
+            if image is not None and has_index:
+                hits = service.search_image(image, k=4)
+                yield "evidence", [(h["image_path"], _caption(h)) for h in hits]
+            stream = service.chat_stream([image] if image is not None else [], messages)
+            try:
+                for piece in stream:
+                    yield "piece", piece
+            finally:
+                stream.close()
+
+        evidence = []
         splitter = ThinkSplitter()
         reasoning_msg = answer_msg = None
         started = time.monotonic()
+        yield history, evidence
         try:
-            for piece in stream:
-                for channel, text in splitter.feed(piece):
+            for item in in_background(produce):
+                if item is PENDING:
+                    yield gr.skip(), gr.skip()
+                    continue
+                kind, value = item
+                if kind == "evidence":
+                    evidence = value
+                    yield history, evidence
+                    continue
+                for channel, text in splitter.feed(value):
                     if channel == "reasoning":
                         if reasoning_msg is None:
                             # "done" from the start: the accordion is created closed (gradio opens "pending" ones
@@ -156,8 +231,6 @@ def build_ui(service: PathVLMService):
                 yield history, evidence
         except PathVLMError as e:
             raise fail(e) from None
-        finally:
-            stream.close()
         for channel, text in splitter.flush():
             target = reasoning_msg if channel == "reasoning" and reasoning_msg is not None else answer_msg
             if target is None:
@@ -187,35 +260,37 @@ def build_ui(service: PathVLMService):
         try:
             image = service.image_from_path(image_path)
             use_preset = preset if preset and preset != TYPED else None
-            r = service.classify(image, labels=None if use_preset else labels, preset=use_preset, top_k=int(top_k))
+            r = yield from wait_for(lambda: service.classify(image, labels=None if use_preset else labels,
+                                                             preset=use_preset, top_k=int(top_k)), 3)
         except PathVLMError as e:
             raise fail(e) from None
         probs = r["probabilities"]
         order = sorted(probs, key=probs.get, reverse=True)[: max(1, int(top_k))]
         df = pd.DataFrame({"class": order, "probability": [probs[c] for c in order]})
         table = [[c, f"{probs[c]:.4f}"] for c in order]
-        return df, table, f"**Prediction: {r['prediction']}** ({probs[r['prediction']]:.1%}) · task `{r['task']}` · model `{r['model']}`"
+        yield df, table, f"**Prediction: {r['prediction']}** ({probs[r['prediction']]:.1%}) · task `{r['task']}` · model `{r['model']}`"
 
     def search_text(query, k):
         try:
-            hits = service.search_text(query, int(k))
+            hits = yield from wait_for(lambda: service.search_text(query, int(k)), 2)
         except PathVLMError as e:
             raise fail(e) from None
-        return [(h["image_path"], _caption(h)) for h in hits], _hit_rows(hits)
+        yield [(h["image_path"], _caption(h)) for h in hits], _hit_rows(hits)
 
     def search_image(image_path, k):
         try:
-            hits = service.search_image(service.image_from_path(image_path), int(k))
+            image = service.image_from_path(image_path)
+            hits = yield from wait_for(lambda: service.search_image(image, int(k)), 2)
         except PathVLMError as e:
             raise fail(e) from None
-        return [(h["image_path"], _caption(h)) for h in hits], _hit_rows(hits)
+        yield [(h["image_path"], _caption(h)) for h in hits], _hit_rows(hits)
 
     report_dir = Path(tempfile.gettempdir()) / "pathvlm-reports"
 
     def make_report(image_path):
         try:
             image = service.image_from_path(image_path)
-            r = service.report(image)
+            r = yield from wait_for(lambda: service.report(image), 2)
         except PathVLMError as e:
             raise fail(e) from None
         text = re.sub(r"</?(think|answer)>", "", r.text if r.text.lstrip().startswith("#") else r.answer or r.text).strip()
@@ -226,7 +301,7 @@ def build_ui(service: PathVLMService):
         report_dir.mkdir(parents=True, exist_ok=True)
         out = Path(tempfile.mkstemp(prefix="report-", suffix=".md", dir=report_dir)[1])
         out.write_text(md)
-        return md, str(out)
+        yield md, str(out)
 
     # ------------------------------------------------------------------ layout
     lim = service.limits

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 
-from pathvlm.cli.common import table
 from pathvlm.clip.factory import create_clip
 from pathvlm.clip.registry import NAMED_MODELS
+from pathvlm.formatting import table
 from pathvlm.serving.service import ensure_gallery, ensure_index
 from pathvlm.zeroshot import ZeroShotClassifier, prompt_set_from_names
 

@@ -2,7 +2,9 @@
 
 ``create_app(service)`` builds the ASGI app (tests use it with a real uvicorn in a thread);
 ``serve(config)`` loads the models and runs uvicorn. Files are served only from gradio's own upload
-cache and the gallery folder (``allowed_paths``); ``--share`` needs auth and gradio's share server.
+cache and the gallery folder (``allowed_paths``), and requests may name only uploaded files
+(:mod:`serve.hardening`); ``--share`` needs auth and gradio's share server. uvicorn runs with a
+request-header deadline and a connection cap (:mod:`serve.protocol`).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 
 from pathvlm.serving.config import ServeConfig
 from pathvlm.serving.service import PathVLMService
+from serve.protocol import uvicorn_config
 
 log = logging.getLogger("pathvlm.serve")
 
@@ -25,14 +28,13 @@ def quiet_gradio() -> None:
 
 
 def gradio_auth(config: ServeConfig):
-    if config.auth:
-        user, password = config.auth.split(":", 1)
-        if config.token:
-            return lambda u, p: (u == user and p == password) or p == config.token
-        return (user, password)
-    if config.token:
-        return lambda u, p: p == config.token  # any user name, the token as password
-    return None
+    """The web login: ``--auth`` user and password, or any user name with ``--token`` as password
+    (compared in constant time; failed logins are throttled by the guard middleware)."""
+    from pathvlm.serving.auth import password_ok
+
+    if not config.auth_enabled:
+        return None
+    return lambda u, p: password_ok(u, p, config.auth, config.token)
 
 
 def create_app(service: PathVLMService):
@@ -42,6 +44,7 @@ def create_app(service: PathVLMService):
     gr = require_package("gradio", extra="serve")
     from serve.api import create_api
     from serve.app import CSS, build_ui
+    from serve.hardening import secure_blocks
 
     app = create_api(service)
     blocks = build_ui(service)
@@ -49,11 +52,13 @@ def create_app(service: PathVLMService):
     root = service.index.info.get("root") if service.index is not None else None
     allowed = [os.path.realpath(root)] if root else []
     auth = gradio_auth(service.config)
-    return gr.mount_gradio_app(
+    app = gr.mount_gradio_app(
         app, blocks, path="/", auth=auth, auth_message="pathvlm: sign in" if auth else None, allowed_paths=allowed,
         max_file_size=service.limits.max_upload_bytes, show_error=True, footer_links=["api"], css=CSS,
-        server_name=service.config.host, server_port=service.config.port, ssr_mode=False,
+        server_name=service.config.host, server_port=service.config.port, ssr_mode=False, mcp_server=False,
     )
+    secure_blocks(blocks)  # the file checks of a launched app, and stricter ones (issue 14)
+    return app
 
 
 class ServerThread:
@@ -69,8 +74,12 @@ class ServerThread:
                 s.bind((host, 0))
                 port = s.getsockname()[1]
         self.host, self.port = host, port
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                                    timeout_graceful_shutdown=2))
+        service = getattr(getattr(app, "state", None), "service", None)
+        if service is not None:  # a pathvlm app: the same uvicorn settings as `pathvlm serve`
+            config = uvicorn_config(app, host, port, service.limits, log_level=log_level, graceful_s=2)
+        else:
+            config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -110,8 +119,7 @@ def serve(config: ServeConfig) -> int:
         print(f"warning: listening on {config.host} without --auth or --token: anyone who can reach this port can use it")
     if config.auth_enabled:
         print("auth is on: the web app asks for a password; the API needs Authorization: Bearer <token> or basic auth")
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
-                                           timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn_config(app, config.host, config.port, config.limits))
     if config.share:
         threading.Thread(target=_share, args=(server, config), daemon=True).start()
     server.run()

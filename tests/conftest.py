@@ -144,6 +144,37 @@ def tiny_hf_clip_dir(tmp_path_factory) -> Path:
     return out
 
 
+DATA = Path(__file__).parent / "data"
+CONCH_WORDS = ("an h&e image of adenocarcinoma benign colonic tissue colon tumour stroma gland glands mucosa with "
+               "nests cells carcinoma normal lung squamous cell").split()
+
+
+def write_conch_tokenizer(path: Path) -> None:
+    """A small tokenizer of CONCH's kind (tokenizers JSON; <pad>=0, <start_of_text>=1, <end_of_text>=2
+    added around each text by its post-processor), with ids below the tiny model's vocabulary of 64."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    vocab = {"<pad>": 0, "<start_of_text>": 1, "<end_of_text>": 2, "<unk>": 3}
+    for w in CONCH_WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<start_of_text> $A <end_of_text>",
+                                                       special_tokens=[("<start_of_text>", 1), ("<end_of_text>", 2)])
+    tok.save(str(path))
+
+
+@pytest.fixture()
+def tiny_conch_dir(tmp_path) -> Path:
+    """The tiny CONCH written by CONCH's own code (tests/reference/make_conch_reference.py) in its hub
+    layout (pytorch_model.bin + meta.yaml), plus a tokenizer file (CONCH's ships inside its package)."""
+    folder = tmp_path / "CONCH"
+    shutil.copytree(DATA / "conch_tiny", folder)
+    write_conch_tokenizer(folder / "tokenizer.json")
+    return folder
+
+
 def make_hub_cache(cache: Path, repo: str, files_from: Path) -> Path:
     """Lay out ``files_from`` as a Hugging Face hub cache snapshot of ``repo`` (what a download leaves)."""
     org, name = repo.split("/")

@@ -99,3 +99,45 @@ def test_models_and_tasks(capsys):
     assert code == 0 and "crc100k" in out and "sicapv2" in out
     code, out, _ = run(capsys, "tasks", "crc100k")
     assert "adipose" in out and "22 templates" in out
+
+
+def test_index_build_part_size_saves_parts_to_resume_from(capsys, tiny_clip_dir, tile_folder, tmp_path, monkeypatch):
+    from pathvlm.retrieval import index as index_mod
+
+    real_save = index_mod._save_part
+    saved = []
+
+    def crash_after_first_part(path, *args, **kwargs):
+        if saved:
+            raise KeyboardInterrupt("simulated crash")
+        saved.append(path)
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(index_mod, "_save_part", crash_after_first_part)
+    argv = ["index", "build", str(tile_folder), "--out", str(tmp_path / "idx"), "--model", str(tiny_clip_dir),
+            "--workers", "0", "--part-size", "2"]
+    assert run(capsys, *argv)[0] == 130
+    with index_mod.np.load(saved[0]) as part:
+        assert len(part["ids"]) == 2  # 6 images, a part every 2: progress was saved
+    monkeypatch.setattr(index_mod, "_save_part", real_save)
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and "indexed 6 images" in out
+    with pytest.raises(SystemExit) as e:
+        main(argv[:-1] + ["0"])
+    assert e.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_classify_png_with_oversized_text_chunk_is_an_error_not_a_traceback(capsys, tiny_clip_dir, tmp_path):
+    import struct
+    import zlib
+
+    from conftest import he_like_tile
+
+    tile = tmp_path / "tile.png"
+    he_like_tile(0).save(tile)
+    data = tile.read_bytes()
+    payload = b"Comment\x00\x00" + zlib.compress(b"A" * 20_000_000)
+    chunk = struct.pack(">I", len(payload)) + b"zTXt" + payload + struct.pack(">I", zlib.crc32(b"zTXt" + payload) & 0xFFFFFFFF)
+    tile.write_bytes(data[:33] + chunk + data[33:])
+    code, _, err = run(capsys, "classify", str(tile), "--classes", "a,b", "--model", str(tiny_clip_dir))
+    assert code == 2 and "oversized metadata" in err and "Traceback" not in err

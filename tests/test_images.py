@@ -134,3 +134,78 @@ def test_list_images_errors_and_sorting(tmp_path):
         p.write_bytes(b"x")
     assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["a.JPG", "b.png", "sub/c.tif"]
     assert len(expand_image_args([str(tmp_path), str(tmp_path / "b.png")])) == 4
+
+
+# ---------------------------------------------------------------------- hostile files (issue 14)
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+
+@pytest.mark.parametrize("kind,prefix", [(b"zTXt", b"Comment\x00\x00"), (b"iCCP", b"profile\x00\x00")])
+def test_png_with_oversized_compressed_chunk_is_an_image_error(kind, prefix):
+    import zlib
+
+    png = _png(Image.fromarray(noise()))
+    hostile = png[:33] + _png_chunk(kind, prefix + zlib.compress(b"A" * 20_000_000)) + png[33:]  # after IHDR
+    assert len(hostile) < 40_000
+    with pytest.raises(ImageError, match="oversized metadata"):
+        load_image(hostile)
+
+
+def _lying_jpeg(claimed=(6000, 4000)) -> bytes:
+    import struct
+
+    data = bytearray(_png(Image.fromarray(noise(224, 224)), "JPEG", quality=90))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", claimed[1], claimed[0])  # height, width
+    return bytes(data)
+
+
+def test_jpeg_whose_header_claims_more_pixels_than_its_data_is_refused():
+    from pathvlm.images import image_header
+
+    liar = _lying_jpeg()
+    for read in (load_image, image_header):
+        with pytest.raises(ImageError, match="damaged JPEG.*6000x4000"):
+            read(liar)
+    # real JPEGs of that size pass, even flat ones that compress to little (baseline and progressive)
+    flat = Image.new("RGB", (6000, 4000), (230, 190, 215))
+    for kw in ({}, {"progressive": True, "optimize": True}):
+        assert image_header(_png(flat, "JPEG", **kw)) == ("JPEG", 6000, 4000)
+    assert load_image(_png(Image.new("L", (3000, 2000), 90), "JPEG", progressive=True, optimize=True)).size == (3000, 2000)
+
+
+@pytest.mark.parametrize("data,name", [
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "EPS"),
+    (b"\xc5\xd0\xd3\xc6" + b"\x00" * 40, "EPS"),
+    (b"%PDF-1.4\n1 0 obj\n", "PDF"),
+])
+def test_other_formats_are_refused_by_name_without_their_plugins(data, name, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    def no_ghostscript(*a, **k):
+        raise AssertionError("the EPS plugin ran")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", no_ghostscript)
+    with pytest.raises(ImageError, match=f"{name}.*not accepted; send PNG, JPEG, TIFF, WebP, BMP"):
+        load_image(data)
+
+
+def test_gif_is_refused_by_name_and_allowed_formats_still_open():
+    with pytest.raises(ImageError, match="GIF files are not accepted"):
+        load_image(_png(Image.fromarray(noise()).convert("P"), "GIF"))
+    assert load_image(_png(Image.fromarray(noise()).convert("P"), "GIF"), formats=None).size == (30, 40)
+
+
+def test_exif_orientation_is_applied():
+    arr = noise(20, 30)  # 30 wide, 20 high as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display rotated 90 degrees clockwise
+    out = load_image(_png(Image.fromarray(arr), "JPEG", quality=95, exif=exif.tobytes()))
+    assert out.size == (20, 30)
+    plain = load_image(_png(Image.fromarray(arr), "JPEG", quality=95))
+    assert plain.size == (30, 20)
+    assert np.abs(np.asarray(out).astype(int) - np.rot90(np.asarray(plain), k=-1).astype(int)).mean() < 3

@@ -171,3 +171,19 @@ def test_fold_conv_bn_by_hand():
 
     assert fold_conv_bn(net) == 1 and isinstance(net[1], nn.Identity)
     assert torch.allclose(net(x), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "", "\udcff"])
+def test_corrupt_build_state_is_a_clear_error_and_keeps_the_parts(tile_folder, tmp_path, tiny_clip, content):
+    out = tmp_path / "idx"
+    (out / "parts").mkdir(parents=True)
+    (out / "parts" / "part-00000.npz").write_bytes(b"kept")
+    (out / "parts" / "build.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    with pytest.raises(IndexError_, match=r"build.json is corrupt.*Delete .*parts to start the build over"):
+        build(tile_folder, out, tiny_clip, part_size=2)
+    assert (out / "parts" / "part-00000.npz").read_bytes() == b"kept"  # nothing saved is lost
+
+
+def test_part_size_must_be_positive(tile_folder, tmp_path, tiny_clip):
+    with pytest.raises(PathVLMError, match="part_size must be a positive"):
+        build(tile_folder, tmp_path / "idx", tiny_clip, part_size=0)

@@ -11,12 +11,10 @@ import pytest
 from PIL import Image
 
 from conftest import he_like_tile
-from serve_helpers import FakeOpenAI, data_url, make_gallery, png_bytes
+from serve_helpers import MAX_UPLOAD, FakeOpenAI, data_url, make_gallery, png_bytes, start_server
 
 pytest.importorskip("gradio")
 pytest.importorskip("faiss")
-
-MAX_UPLOAD = 200_000
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +31,6 @@ def fake_backend():
         fake.url = srv.url
         yield fake
     fake.release.set()
-
-
-def start_server(tiny_clip_dir, gallery, tmp_path_factory, **overrides):
-    from pathvlm.serving.config import ServeConfig, limits_from_dict
-    from pathvlm.serving.service import PathVLMService
-    from serve.server import ServerThread, create_app
-
-    limits = {"max_upload_bytes": MAX_UPLOAD, "max_image_pixels": 1_000_000, **overrides.pop("limits", {})}
-    cfg = ServeConfig(clip=str(tiny_clip_dir), gallery=str(gallery),
-                      index=str(tmp_path_factory.mktemp("index") / "idx"), limits=limits_from_dict(limits),
-                      **{"reasoner": "none", **overrides})
-    service = PathVLMService.load(cfg, say=lambda *_: None)
-    return ServerThread(create_app(service)).start(), service
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +204,8 @@ def test_images_bomb_truncated_oversized(api):
     msg = error_of(api.post("/v1/classify", json={"image": data_url(whole[: len(whole) // 2]), "labels": "a,b"}), 400)
     assert "truncated" in msg or "corrupt" in msg
     # a file that is not an image, and bad base64
-    assert "not an image" in error_of(api.post("/v1/classify", json={"image": data_url(b"%PDF-1.4 " * 50), "labels": "a,b"}), 400)
+    assert "PDF files are not accepted" in error_of(api.post("/v1/classify", json={"image": data_url(b"%PDF-1.4 " * 50),
+                                                                                  "labels": "a,b"}), 400)
     assert "base64" in error_of(api.post("/v1/classify", json={"image": "data:image/png;base64,@@@@", "labels": "a,b"}), 400)
     assert "not an image" in error_of(api.post("/v1/classify", json={"image": "data:text/html;base64,PGI+", "labels": "a,b"}), 400)
     # oversized: above the decoded-image limit (413 from the payload check) ...

@@ -15,8 +15,9 @@ import pytest
 from serve_helpers import make_gallery, real_he_tile
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-                                reason="needs Debian's chromium and chromium-driver (make install installs them)")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+                                 reason="needs Debian's chromium and chromium-driver (make install installs them)")]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "serve"
 
 

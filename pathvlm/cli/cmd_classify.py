@@ -27,7 +27,7 @@ def run(args):
 
     paths = expand_image_args(args.images)
     prompt_set = load_prompt_set(args.task) if args.task else prompt_set_from_names(args.classes)
-    model, preprocess, tokenizer = create_clip(args.model, device=args.device)
+    model, preprocess, tokenizer = create_clip(args.model, device=args.device, text_tower=args.text_tower)
     clf = ZeroShotClassifier(model, tokenizer, prompt_set, ensemble=not args.single_prompt, device=args.device)
     results = clf.classify_files(paths, preprocess, top_k=args.top_k, batch_size=args.batch_size,
                                  num_workers=0 if len(paths) < 64 else None)

@@ -7,7 +7,9 @@ def add_parser(sub):
                                    "generative. Results record the model fingerprints, data hash, seed and decoding "
                                    "settings; the same command gives the same numbers.")
     p.add_argument("--model", "-m", default=None,
-                   help="PathCLIP source (any create_clip source; default pathclip-nano); the reasoner when every task is generative")
+                   help="PathCLIP source (any create_clip source; default pathclip-nano), or an image-only encoder "
+                        "(UNI, Virchow2, ...: linear_probe, few_shot, retrieval and stain_robustness tasks); the "
+                        "reasoner when every task is generative")
     p.add_argument("--reasoner", default=None, help="reasoner source for generative tasks (default: --model if every "
                                                     "task is generative, else pathvlm-nano)")
     p.add_argument("--tasks", help="comma-separated task names or YAML paths")

@@ -7,9 +7,12 @@ def add_parser(sub):
     b = isub.add_parser("build", help="embed every image under FOLDER into an index (resumable)")
     b.add_argument("folder", help="folder of images; metadata.jsonl/metadata.csv with file_name is attached")
     b.add_argument("--out", required=True, help="index folder to write")
-    add_model_arg(b)
+    add_model_arg(b, image_only_ok=True)
     b.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 8 on CPU, 128 on GPU)")
     b.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 1 on 2 cores)")
+    b.add_argument("--part-size", type=_positive_int, default=2048,
+                   help="images per saved part: an interrupted build resumes from the last finished part "
+                        "(default 2048; a smaller value saves progress more often, at a small cost)")
     b.add_argument("--ann-threshold", type=int, default=None,
                    help="use an approximate (IVF) index from this many images on (default 50000)")
     b.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
@@ -24,14 +27,26 @@ def add_parser(sub):
     i.set_defaults(func=run_info)
 
 
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def run_build(args):
-    from pathvlm.clip.factory import create_clip
+    from pathvlm.encoders.factory import create_image_encoder
     from pathvlm.retrieval.ann import DEFAULT_ANN_THRESHOLD
     from pathvlm.retrieval.index import GalleryIndex
 
-    model, preprocess, _ = create_clip(args.model, device=args.device)
+    model, preprocess = create_image_encoder(args.model, device=args.device, text_tower=args.text_tower)
     idx = GalleryIndex.build(
-        args.folder, args.out, model, preprocess, source=args.model, batch_size=args.batch_size,
+        args.folder, args.out, model, preprocess, source=args.model, batch_size=args.batch_size, part_size=args.part_size,
         num_workers=args.workers, ann_threshold=args.ann_threshold or DEFAULT_ANN_THRESHOLD, device=args.device,
         precision=args.precision, backend=args.backend,
     )

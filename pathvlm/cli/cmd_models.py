@@ -24,10 +24,21 @@ def run(args):
         "  hf-hub:org/repo      open_clip layout on the hub, e.g. hf-hub:wisdomik/QuiltNet-B-32\n"
         "  hf:org/repo          transformers CLIPModel on the hub, e.g. hf:vinid/plip\n"
         "  local-dir:/path      an open_clip or pathvlm folder (a plain folder path works too)\n"
-        "  /path/to/folder      also a transformers CLIPModel folder (config.json, model_type clip)\n"
+        "  /path/to/folder      also a transformers CLIPModel folder (PLIP), a CONCH folder (meta.yaml +\n"
+        "                       pytorch_model.bin) or a KEEP folder (config.json, model_type keep)\n"
         "  ARCH:TAG             open_clip architecture with a pretrained tag, e.g. ViT-B-32:openai\n"
-        "Hub sources need the weights in the local Hugging Face cache when offline."
+        "  ARCH:/path/file.pt   open_clip architecture + checkpoint file (PathGen-CLIP, Patho-CLIP)\n"
+        "  --text-tower DIR     local copy of the BERT repo BiomedCLIP / QuiltNet-B-16-PMB name, if not cached\n"
+        "Hub sources need the weights in the local Hugging Face cache when offline. Details: docs/models.md."
     )
+    from pathvlm.encoders.known import KNOWN_ENCODERS
+
+    print("\nImage-only encoders (index build, search --image, linear_probe / few_shot / retrieval evals; "
+          "pathvlm.create_image_encoder):")
+    for enc in KNOWN_ENCODERS.values():
+        print(f"  {enc.name:<16} {enc.description}; {enc.dim}-d; hf-hub:{enc.repos[0]} or its folder")
+    print("  /path/to/folder  any timm hub folder (config.json with architecture + weights) or transformers\n"
+          "                   ViT / DINOv2 folder; NAME:/path/to/folder names the model when the folder cannot")
     from pathvlm.vlm.build import NAMED_REASONERS
 
     print("\nReasoners (pathvlm chat --model, pathvlm serve --reasoner):")

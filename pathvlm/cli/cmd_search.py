@@ -7,15 +7,17 @@ def add_parser(sub):
     p.add_argument("query", nargs="?", help="text query, e.g. 'tumour nest with mitoses'")
     p.add_argument("--image", help="an image: find the most similar gallery images instead")
     p.add_argument("-k", type=int, default=10, help="results to return (default 10)")
-    add_model_arg(p, default=None)
+    add_model_arg(p, default=None, image_only_ok=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args):
-    from pathvlm.cli.common import print_json, table
+    from pathvlm.cli.common import print_json
     from pathvlm.clip.factory import create_clip
+    from pathvlm.encoders.factory import create_image_encoder
     from pathvlm.errors import PathVLMError
+    from pathvlm.formatting import table
     from pathvlm.retrieval.index import GalleryIndex
 
     if bool(args.query) == bool(args.image):
@@ -24,10 +26,11 @@ def run(args):
     source = args.model or idx.info["model"]["source"]
     if not source:
         raise PathVLMError("the index does not record its model source: pass --model")
-    model, preprocess, tokenizer = create_clip(source, device=args.device)
     if args.image:
+        model, preprocess = create_image_encoder(source, device=args.device, text_tower=args.text_tower)
         hits = idx.search_image(args.image, model, preprocess, k=args.k, device=args.device)
-    else:
+    else:  # an image-only model is refused here with a message saying what it can do instead
+        model, preprocess, tokenizer = create_clip(source, device=args.device, text_tower=args.text_tower)
         hits = idx.search_text(args.query, model, tokenizer, k=args.k, device=args.device)
     for h in hits:
         h["file"] = str(idx.resolve(h))

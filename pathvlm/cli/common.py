@@ -7,12 +7,18 @@ import sys
 DEFAULT_MODEL = "pathclip-nano"
 
 
-def add_model_arg(p, default: str | None = DEFAULT_MODEL) -> None:
+def add_model_arg(p, default: str | None = DEFAULT_MODEL, image_only_ok: bool = False) -> None:
+    kinds = (" Image-only encoders (UNI, Virchow2, H-optimus, Prov-GigaPath, Phikon: a timm or ViT/DINOv2 folder "
+             "or hf-hub id) work here too." if image_only_ok else "")
     p.add_argument(
         "--model", "-m", default=default,
-        help="model source: pathclip-nano, hf-hub:org/repo, hf:org/repo, local-dir:/path, a folder, or ARCH:TAG "
-             f"(default: {default or 'the model that built the index'})",
+        help="model source: pathclip-nano, hf-hub:org/repo, hf:org/repo, local-dir:/path, a folder (open_clip, "
+             "CLIPModel, CONCH, KEEP), ARCH:TAG or ARCH:/path/file.pt (see docs/models.md)." + kinds +
+             f" Default: {default or 'the model that built the index'}",
     )
+    p.add_argument("--text-tower", default=None, metavar="DIR",
+                   help="local copy of the hub BERT repo an open_clip config names as its text tower (BiomedCLIP, "
+                        "QuiltNet-B-16-PMB), when it is not in the Hugging Face cache; its config.json is enough")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
 
 
@@ -20,9 +26,3 @@ def print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
-
-def table(rows: list[list], header: list[str]) -> str:
-    cells = [header] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*["-" * w for w in widths])] + [fmt.format(*r) for r in cells[1:]])

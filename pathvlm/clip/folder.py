@@ -55,8 +55,12 @@ def save_clip(model, tokenizer, out_dir: str | os.PathLike, name: str | None = N
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        if getattr(model, "is_image_only", False):
+            raise ValueError("image-only encoders are loaded from their own folders; there is nothing to save")
         if getattr(model, "is_hf_clip", False):
             model.save_hf(tmp)
+        elif hasattr(model, "save_folder"):  # CONCH, KEEP: their own published layout
+            model.save_folder(tmp, tokenizer)
         else:
             _save_open_clip(model, tokenizer, tmp)
         meta = {
@@ -64,7 +68,8 @@ def save_clip(model, tokenizer, out_dir: str | os.PathLike, name: str | None = N
             "format_version": FORMAT_VERSION,
             "name": name or getattr(model, "pathvlm_name", out.name),
             "parent": getattr(model, "pathvlm_source", None),
-            "backend": "transformers" if getattr(model, "is_hf_clip", False) else "open_clip",
+            "backend": "transformers" if getattr(model, "is_hf_clip", False) else getattr(model, "pathvlm_backend",
+                                                                                           "open_clip"),
             "fingerprint": model_fingerprint(model),
         }
         meta.update(extra or {})

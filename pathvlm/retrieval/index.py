@@ -83,8 +83,10 @@ class GalleryIndex:
         parts = out / "parts"
         state_file = parts / "build.json"
         rel = [_relative(p, root) for p in paths]
+        if not isinstance(part_size, int) or part_size < 1:
+            raise PathVLMError(f"part_size must be a positive number of images, got {part_size!r}")
         if state_file.exists():
-            state = json.loads(state_file.read_text())
+            state = _read_build_state(state_file, out)
             if (state.get("fingerprint"), state.get("items"), state.get("part_size"), state.get("precision", "fp32"),
                     state.get("backend", "torch")) != (fingerprint, rel, part_size, precision, backend):
                 raise IndexError_(
@@ -206,6 +208,11 @@ class GalleryIndex:
     def search_text(self, query: str, model, tokenizer, k: int = 10, device="cpu") -> list[dict]:
         if not query or not query.strip():
             raise PathVLMError("empty text query")
+        if getattr(model, "is_image_only", False):
+            from pathvlm.encoders.detect import ImageOnlySource, image_only_message
+
+            raise ImageOnlySource(image_only_message(getattr(model, "pathvlm_source", model.pathvlm_name),
+                                                     model.pathvlm_name))
         self.check_model(model)
         q = embed_texts(model, tokenizer, [query.strip()], device=device).numpy()
         scores, ids = self.search_vectors(q, k)
@@ -221,6 +228,22 @@ class GalleryIndex:
         """Absolute path of an item's image."""
         p = Path(item["path"])
         return p if p.is_absolute() or not self.info.get("root") else Path(self.info["root"]) / p
+
+
+def _read_build_state(state_file: Path, out: Path) -> dict:
+    """The unfinished build's record; a damaged one is a clear error (the finished parts are left alone)."""
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        state, why = None, f"{type(e).__name__}: {e}"
+    else:
+        why = f"holds a JSON {type(state).__name__}, not an object"
+    if not isinstance(state, dict):
+        raise IndexError_(
+            f"{state_file} is corrupt ({why}), so the unfinished build in {out} cannot be resumed safely. "
+            f"Delete {out / 'parts'} to start the build over, or choose another --out."
+        )
+    return state
 
 
 def _relative(path: Path, root: Path | None) -> str:

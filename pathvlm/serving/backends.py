@@ -14,6 +14,7 @@ from typing import Iterator
 
 from PIL import Image
 
+from pathvlm.cancel import check_cancelled
 from pathvlm.errors import PathVLMError
 from pathvlm.serving.dataurl import image_to_data_url
 from pathvlm.serving.errors import RequestError
@@ -170,6 +171,7 @@ class OpenAIBackend:
                     r.read()
                     raise self._error(f"HTTP {r.status_code}: {r.text[:300]}")
                 for line in r.iter_lines():
+                    check_cancelled()  # the request was abandoned: closing the stream makes the backend stop too
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()

@@ -44,6 +44,31 @@ class ServeLimits:
     embed_max_waiting: int = field(default=16, metadata={"help": "classify/search requests that may wait; more get 503"})
     queue_timeout_s: float = field(default=60.0, metadata={"help": "longest wait for a slot before 503"})
     request_timeout_s: float = field(default=120.0, metadata={"help": "longest run of one request before 504"})
+    max_queued_pixels: int = field(default=100_000_000, metadata={
+        "help": "pixels (from image headers) of all requests waiting or running; a request that does not fit gets 503"})
+    max_classify_prompts: int = field(default=2048, metadata={
+        "help": "prompts one zero-shot request may embed (classes x synonyms x templates)"})
+    class_cache_size: int = field(default=4096, metadata={"help": "class embeddings kept in the LRU cache"})
+    max_failed_logins: int = field(default=5, metadata={
+        "help": "failed logins (web or API) one client may make per login_window_s before 429"})
+    login_window_s: float = field(default=300.0, metadata={"help": "window of the failed-login count"})
+    header_timeout_s: float = field(default=10.0, metadata={
+        "help": "a request's headers must arrive within this many seconds (slow-header clients are cut off)"})
+    body_timeout_s: float = field(default=30.0, metadata={
+        "help": "longest pause while a request body is being received (408 after it)"})
+    max_connections: int = field(default=256, metadata={"help": "open connections; more get 503 (uvicorn)"})
+
+    def __post_init__(self):
+        for name in ("max_upload_bytes", "max_image_pixels", "max_images", "max_queued_pixels", "max_classify_prompts",
+                     "max_failed_logins", "max_connections"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise PathVLMError(f"limits.{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("header_timeout_s", "body_timeout_s", "login_window_s", "queue_timeout_s", "request_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise PathVLMError(f"limits.{name} must be a positive number of seconds, got {getattr(self, name)!r}")
+        if self.max_queued_pixels < self.max_image_pixels:
+            raise PathVLMError(f"limits.max_queued_pixels ({self.max_queued_pixels}) must be at least "
+                               f"max_image_pixels ({self.max_image_pixels}), or no image of the largest size could run")
 
 
 @dataclass

@@ -1,15 +1,22 @@
-"""Images in requests: base64 ``data:`` URLs (or bare base64) only; remote URLs are refused, never fetched."""
+"""Images in requests: base64 ``data:`` URLs (or bare base64) only; remote URLs are refused, never fetched.
+
+A request's image is checked in two steps. :func:`request_image` reads only the header (format,
+size, the pixel cap, a JPEG whose data is too short for its header): cheap, so it runs before the
+request is admitted and its pixels are reserved. :meth:`RequestImage.decode` does the decoding,
+inside the request's slot, so images waiting in the queue are held compressed.
+"""
 from __future__ import annotations
 
 import base64
 import binascii
 import io
 import re
+from dataclasses import dataclass
 
 from PIL import Image
 
 from pathvlm.errors import ImageError
-from pathvlm.images import load_image
+from pathvlm.images import image_header, load_image
 from pathvlm.serving.errors import PayloadTooLarge, RequestError
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
@@ -62,6 +69,46 @@ def open_request_image(data: bytes, max_bytes: int, max_pixels: int, field: str 
         return load_image(bytes(data), max_pixels=max_pixels, max_bytes=max_bytes)
     except ImageError as e:
         raise RequestError(f"{field}: {e}", kind="invalid_image") from None
+
+
+def base64_payload_size(value: str) -> int:
+    """Bytes a data URL or bare base64 string would decode to (about), without decoding it."""
+    if not isinstance(value, str):
+        return 0
+    m = _DATA_URL.match(value.strip())
+    payload = value.strip()[m.end():] if m else value.strip()
+    return len(payload) * 3 // 4
+
+
+@dataclass
+class RequestImage:
+    """An uploaded image whose header has been checked but whose pixels are not decoded yet."""
+
+    data: bytes
+    format: str
+    width: int
+    height: int
+    field: str
+    max_pixels: int
+    max_bytes: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def decode(self) -> Image.Image:
+        return open_request_image(self.data, self.max_bytes, self.max_pixels, self.field)
+
+
+def request_image(data: bytes, max_bytes: int, max_pixels: int, field: str = "image") -> RequestImage:
+    """Check ``data``'s size and header (400/413 with a message); nothing is decoded."""
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"{field}: image of {len(data)} bytes exceeds the upload limit of {max_bytes} bytes")
+    try:
+        fmt, w, h = image_header(bytes(data), max_pixels=max_pixels, max_bytes=max_bytes)
+    except ImageError as e:
+        raise RequestError(f"{field}: {e}", kind="invalid_image") from None
+    return RequestImage(bytes(data), fmt, w, h, field, max_pixels, max_bytes)
 
 
 def image_to_data_url(image: Image.Image, fmt: str = "PNG") -> str:

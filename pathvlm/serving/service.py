@@ -5,13 +5,16 @@ admission gates ("embed" for classification and search, "generate" for chat and 
 web app and the API share one bounded queue per kind of work. Inputs are checked here (image
 bytes, pixels, message roles and lengths, prompt tokens, k, labels) and every refusal is a
 :class:`~pathvlm.serving.errors.RequestError` with a message and an HTTP status.
+
+Images arrive as :class:`~pathvlm.serving.dataurl.RequestImage` (header checked, not decoded).
+A request's images are counted and size-checked before any is decoded, their header pixels are
+reserved from one :class:`~pathvlm.serving.limits.PixelBudget` when the request is admitted, and
+they are decoded inside the request's slot, so waiting requests hold only compressed bytes.
 """
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
 
@@ -22,9 +25,11 @@ from PIL import Image
 from pathvlm.errors import ImageError, PathVLMError
 from pathvlm.serving.backends import Generation, LocalReasoner, OpenAIBackend
 from pathvlm.serving.config import DEFAULT_REASONER, ServeConfig
-from pathvlm.serving.dataurl import decode_image_payload, open_request_image
+from pathvlm.serving.dataurl import RequestImage, base64_payload_size, decode_image_payload, request_image
 from pathvlm.serving.errors import NotAvailable, PayloadTooLarge, RequestError
-from pathvlm.serving.limits import AdmissionGate
+from pathvlm.serving.limits import AdmissionGate, PixelBudget
+from pathvlm.serving.memory import TRIM_AFTER_PIXELS, trim_heap
+from pathvlm.serving.validate import check_text, generation_params
 
 log = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant")
@@ -80,9 +85,10 @@ class PathVLMService:
             "generate": AdmissionGate("generate", lim.generate_concurrency, lim.generate_max_waiting,
                                       lim.queue_timeout_s, lim.request_timeout_s),
         }
-        self._classifiers: OrderedDict = OrderedDict()
-        self._clf_lock = threading.Lock()
-        self._build_lock = threading.Lock()
+        self.pixels = PixelBudget(lim.max_queued_pixels)
+        from pathvlm.zeroshot import ClassEmbeddingCache
+
+        self.class_cache = ClassEmbeddingCache(lim.class_cache_size)
         self.started = time.time()
 
     @classmethod
@@ -115,14 +121,15 @@ class PathVLMService:
         return cls(config, clip, index, generator)
 
     # ------------------------------------------------------------------ inputs
-    def image_from_bytes(self, data: bytes, field: str = "image") -> Image.Image:
-        return open_request_image(data, self.limits.max_upload_bytes, self.limits.max_image_pixels, field)
+    def image_from_bytes(self, data: bytes, field: str = "image") -> RequestImage:
+        """Uploaded bytes, header checked (400/413), not decoded."""
+        return request_image(data, self.limits.max_upload_bytes, self.limits.max_image_pixels, field)
 
-    def image_from_payload(self, value: str, field: str = "image") -> Image.Image:
+    def image_from_payload(self, value: str, field: str = "image") -> RequestImage:
         return self.image_from_bytes(decode_image_payload(value, self.limits.max_upload_bytes, field), field)
 
-    def image_from_path(self, path: str | Path | None, field: str = "image") -> Image.Image:
-        """An uploaded file (the web app's temporary copy)."""
+    def image_from_path(self, path: str | Path | None, field: str = "image") -> RequestImage | Image.Image:
+        """An uploaded file (the web app's copy in gradio's upload cache), header checked, not decoded."""
         if path is None:
             raise RequestError("no image: upload or paste a patch first")
         if isinstance(path, Image.Image):
@@ -130,7 +137,32 @@ class PathVLMService:
         p = Path(path)
         if p.exists() and p.stat().st_size > self.limits.max_upload_bytes:
             raise PayloadTooLarge(f"{field}: {p.stat().st_size} bytes exceeds the upload limit of {self.limits.max_upload_bytes} bytes")
-        return self.image_from_bytes(p.read_bytes() if p.exists() else b"", field)
+        return self.image_from_bytes(p.read_bytes() if p.is_file() else b"", field)
+
+    def _admit(self, kind: str, images=(), ticket=None):
+        """A place in the ``kind`` queue (Busy at once when full) holding the images' header pixels
+        (Busy when they do not fit the pixel budget); the place is given back if either fails."""
+        ticket = ticket or self.admit(kind)
+        pixels = sum(_pixels(im) for im in images)
+        try:
+            ticket.hold(self.pixels.reserve(pixels))
+        except BaseException:
+            ticket.withdraw()
+            raise
+        if pixels >= TRIM_AFTER_PIXELS and any(isinstance(im, RequestImage) for im in images):
+            ticket.hold(trim_heap)  # large decoded images: give their memory back when the request ends
+        return ticket
+
+    def _admit_image(self, kind: str, image):
+        """Admission first (a full queue answers 503 before the image is read), then the image's header
+        (``image`` may be a callable giving it) and its pixel reservation: ``(ticket, image)``."""
+        ticket = self.admit(kind)
+        try:
+            image = image() if callable(image) else image
+        except BaseException:
+            ticket.withdraw()
+            raise
+        return self._admit(kind, [image], ticket), image
 
     # ------------------------------------------------------------------ PathCLIP
     @torch.inference_mode()
@@ -139,55 +171,57 @@ class PathVLMService:
         x = self.preprocess(image).unsqueeze(0).to(device=self.device, dtype=dtype)
         return F.normalize(self.model.encode_image(x).float(), dim=-1).cpu()
 
-    def _classifier(self, labels, preset: str | None):
-        from pathvlm.zeroshot import ZeroShotClassifier, load_prompt_set, prompt_set_from_names
+    def _prompt_set(self, labels, preset: str | None):
+        """The request's prompt set, checked before anything is embedded (names, sizes, prompt count)."""
+        from pathvlm.zeroshot import load_shipped_prompt_set, prompt_set_from_names
 
-        if preset:
-            key = ("preset", preset)
-        else:
-            if isinstance(labels, str):
-                labels = labels.split(",")
-            labels = [str(x).strip() for x in (labels or []) if str(x).strip()]
-            if len(labels) < 2:
-                raise RequestError("give at least two class names (comma-separated), or choose a preset task")
-            if len(labels) > self.limits.max_labels:
-                raise RequestError(f"{len(labels)} classes given; the limit is {self.limits.max_labels}")
-            if any(len(x) > 200 for x in labels):
-                raise RequestError("class names are limited to 200 characters")
-            key = ("labels", tuple(labels))
-        with self._clf_lock:
-            if key in self._classifiers:
-                self._classifiers.move_to_end(key)
-                return self._classifiers[key]
-        with self._build_lock:  # concurrent requests for a new label set build its text embeddings once
-            with self._clf_lock:
-                if key in self._classifiers:
-                    return self._classifiers[key]
-            try:
-                ps = load_prompt_set(preset) if preset else prompt_set_from_names(list(key[1]))
-            except PathVLMError as e:
-                raise RequestError(str(e)) from None
-            clf = ZeroShotClassifier(self.model, self.tokenizer, ps, device=self.device)
-            with self._clf_lock:
-                self._classifiers[key] = clf
-                while len(self._classifiers) > 32:
-                    self._classifiers.popitem(last=False)
-        return clf
+        lim = self.limits
+        try:
+            if preset:
+                ps = load_shipped_prompt_set(preset)  # a shipped name only: never a path
+            else:
+                if isinstance(labels, str):
+                    labels = labels.split(",")
+                labels = [check_text(str(x), "labels").strip() for x in (labels or []) if str(x).strip()]
+                if len(labels) < 2:
+                    raise RequestError("give at least two class names (comma-separated), or choose a preset task")
+                if len(labels) > lim.max_labels:
+                    raise RequestError(f"{len(labels)} classes given; the limit is {lim.max_labels}")
+                if any(len(x) > 200 for x in labels):
+                    raise RequestError("class names are limited to 200 characters")
+                ps = prompt_set_from_names(labels)
+        except RequestError:
+            raise
+        except PathVLMError as e:
+            raise RequestError(str(e)) from None
+        n = ps.n_prompts()
+        if n > lim.max_classify_prompts:
+            syns = sum(len(v) for v in ps.classes.values())
+            raise RequestError(f"this request needs {n} prompts ({syns} class names and synonyms x {len(ps.templates)} "
+                               f"templates); the limit is {lim.max_classify_prompts}: use fewer synonyms or classes")
+        return ps
+
+    def _classifier(self, prompt_set):
+        """Embeds the classes not in the LRU class cache; stops between batches when cancelled."""
+        from pathvlm.zeroshot import ZeroShotClassifier
+
+        return ZeroShotClassifier(self.model, self.tokenizer, prompt_set, device=self.device, cache=self.class_cache)
 
     def classify(self, image, labels=None, preset: str | None = None, top_k: int = 5) -> dict:
-        """``image``: a PIL image, or a callable that decodes one (then decoding happens after admission)."""
+        """``image``: a PIL image or a :class:`RequestImage` (decoded in the slot), or a callable giving one."""
         if labels and preset:
             raise RequestError("give class names or a preset task, not both")
+        ps = self._prompt_set(labels, preset)
+        ticket, image = self._admit_image("embed", image)
 
         def work():
-            clf = self._classifier(labels, preset)
-            image_ = image() if callable(image) else image
-            probs = clf.probabilities(self._embed_image(image_))[0]
+            clf = self._classifier(ps)
+            probs = clf.probabilities(self._embed_image(_decoded(image)))[0]
             out = clf.describe("upload", probs, max(1, min(int(top_k), len(clf.class_names))))
             out.pop("image")
             return {"model": self.clip_name, "task": clf.prompt_set.name, "classes": clf.class_names, **out}
 
-        return self.gates["embed"].run(work)
+        return ticket.run(work)
 
     def _need_index(self):
         if self.index is None:
@@ -218,6 +252,7 @@ class PathVLMService:
         idx, k = self._need_index(), self._check_k(k)
         if not isinstance(text, str) or not text.strip():
             raise RequestError("empty text query")
+        check_text(text, "text")
         if len(text) > 1000:
             raise RequestError("text queries are limited to 1000 characters")
 
@@ -231,14 +266,15 @@ class PathVLMService:
         return self.gates["embed"].run(work)
 
     def search_image(self, image, k: int = 8) -> list[dict]:
-        """``image``: a PIL image, or a callable that decodes one (then decoding happens after admission)."""
+        """``image``: a PIL image or a :class:`RequestImage` (decoded in the slot), or a callable giving one."""
         idx, k = self._need_index(), self._check_k(k)
+        ticket, image = self._admit_image("embed", image)
 
         def work():
-            scores, ids = idx.search_vectors(self._embed_image(image() if callable(image) else image).numpy(), k)
+            scores, ids = idx.search_vectors(self._embed_image(_decoded(image)).numpy(), k)
             return self._hits(scores[0], ids[0])
 
-        return self.gates["embed"].run(work)
+        return ticket.run(work)
 
     def gallery_file(self, relpath: str) -> Path:
         """The image file of an indexed item, only if ``relpath`` is one of the index's items."""
@@ -272,12 +308,12 @@ class PathVLMService:
                 raise RequestError(f"messages[{n}]: role must be one of {', '.join(ROLES)}")
             c = m.get("content")
             if isinstance(c, str):
-                chars += len(c)
+                chars += len(check_text(c, f"messages[{n}]"))
             elif isinstance(c, list):
                 for p in c:
                     if not isinstance(p, dict) or p.get("type") not in ("text", "image"):
                         raise RequestError(f"messages[{n}]: content parts must be text or image")
-                    chars += len(p.get("text") or "")
+                    chars += len(check_text(p.get("text") or "", f"messages[{n}]"))
             else:
                 raise RequestError(f"messages[{n}]: content must be a string or a list of parts")
         if messages[-1]["role"] != "user":
@@ -310,25 +346,32 @@ class PathVLMService:
         try:
             return ticket, prepare()
         except BaseException:
-            ticket.cancel()
+            ticket.withdraw()
             raise
 
-    def chat(self, images, messages, max_new_tokens: int | None = None, ticket=None, **gen) -> Generation:
+    def _prepare_chat(self, images, messages, max_new_tokens, ticket, gen: dict):
+        """Checks, admission and the pixel reservation of a chat request: ``(ticket, max_new, gen)``."""
+        gen = generation_params(**gen)
         ticket, n = self.admit_then("generate", lambda: self.check_chat(images, messages, max_new_tokens), ticket)
-        return ticket.run(lambda: self.generator.generate(images, messages, max_new_tokens=n, **gen))
+        return self._admit("generate", images, ticket), n, gen
+
+    def chat(self, images, messages, max_new_tokens: int | None = None, ticket=None, **gen) -> Generation:
+        ticket, n, gen = self._prepare_chat(images, messages, max_new_tokens, ticket, gen)
+        return ticket.run(lambda: self.generator.generate(_decoded_all(images), messages, max_new_tokens=n, **gen))
 
     def chat_stream(self, images, messages, max_new_tokens: int | None = None, ticket=None, **gen) -> Iterator[str]:
         """Raw text pieces; admission (or 503) happens here, before the first piece is asked for."""
-        ticket, n = self.admit_then("generate", lambda: self.check_chat(images, messages, max_new_tokens), ticket)
-        stream = ticket.stream(lambda: self.generator.stream(images, messages, max_new_tokens=n, **gen))
+        ticket, n, gen = self._prepare_chat(images, messages, max_new_tokens, ticket, gen)
+        stream = ticket.stream(lambda: self.generator.stream(_decoded_all(images), messages, max_new_tokens=n, **gen))
         stream.max_new_tokens = n
         return stream
 
-    def report(self, image: Image.Image, max_new_tokens: int | None = None) -> Generation:
+    def report(self, image, max_new_tokens: int | None = None) -> Generation:
         gen = self._need_generator()
         cap = min(self.limits.max_new_tokens, getattr(gen.limits, "max_new_tokens", self.limits.max_new_tokens))
         n = min(max_new_tokens or 160, cap)
-        return self.gates["generate"].run(lambda: gen.report(image, max_new_tokens=n))
+        ticket = self._admit("generate", [image])
+        return ticket.run(lambda: gen.report(_decoded(image), max_new_tokens=n))
 
     # ------------------------------------------------------------------ status
     def health(self) -> dict:
@@ -340,6 +383,8 @@ class PathVLMService:
             "backend": getattr(self.generator, "kind", None),
             "gallery_items": self.index.info["count"] if self.index is not None else 0,
             "queues": {name: g.stats() for name, g in self.gates.items()},
+            "pixels": self.pixels.stats(),
+            "class_cache": self.class_cache.stats(),
         }
 
 
@@ -348,6 +393,23 @@ def message_text(message: dict) -> str:
     if isinstance(c, str):
         return c
     return " ".join(p.get("text") or "" for p in c if isinstance(p, dict) and p.get("type") == "text")
+
+
+def _pixels(image) -> int:
+    if isinstance(image, RequestImage):
+        return image.pixels
+    if isinstance(image, Image.Image):
+        return image.size[0] * image.size[1]
+    return 0
+
+
+def _decoded(image):
+    """A request's image as PIL, decoded now (inside the request's slot) if it is still compressed."""
+    return image.decode() if isinstance(image, RequestImage) else image
+
+
+def _decoded_all(images) -> list:
+    return [_decoded(im) for im in images]
 
 
 def open_request_image_pil(image: Image.Image, max_pixels: int) -> Image.Image:
@@ -363,6 +425,7 @@ def parse_openai_messages(service: PathVLMService, messages) -> tuple[list[Image
     """OpenAI chat messages (``image_url`` parts holding base64 data URLs) -> (images, reasoner messages)."""
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list")
+    _check_image_parts(service, messages)  # count and size every image before decoding any
     images, out = [], []
     for n, m in enumerate(messages):
         if not isinstance(m, dict):
@@ -375,7 +438,7 @@ def parse_openai_messages(service: PathVLMService, messages) -> tuple[list[Image
             for j, p in enumerate(content):
                 kind = p.get("type") if isinstance(p, dict) else None
                 if kind == "text":
-                    parts.append({"type": "text", "text": str(p.get("text") or "")})
+                    parts.append({"type": "text", "text": check_text(str(p.get("text") or ""), f"messages[{n}].content[{j}]")})
                 elif kind in ("image_url", "input_image", "image"):
                     url = p.get("image_url")
                     url = url.get("url") if isinstance(url, dict) else url
@@ -388,5 +451,25 @@ def parse_openai_messages(service: PathVLMService, messages) -> tuple[list[Image
             content = parts
         elif not isinstance(content, str):
             raise RequestError(f"messages[{n}].content must be a string or a list of parts")
+        else:
+            check_text(content, f"messages[{n}].content")
         out.append({"role": m.get("role"), "content": content})
     return images, out
+
+
+def _image_url(part):
+    url = part.get("image_url")
+    return url.get("url") if isinstance(url, dict) else url
+
+
+def _check_image_parts(service: PathVLMService, messages: list) -> None:
+    """Refuse too many images, or any too large, from the JSON alone (nothing decoded, not even base64)."""
+    lim = service.limits
+    parts = [p for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list)
+             for p in m["content"] if isinstance(p, dict) and p.get("type") in ("image_url", "input_image", "image")]
+    if len(parts) > lim.max_images:
+        raise RequestError(f"{len(parts)} images given; the limit is {lim.max_images} per request")
+    for p in parts:
+        size = base64_payload_size(_image_url(p))
+        if size > lim.max_upload_bytes + 3:
+            raise PayloadTooLarge(f"an image of about {size} bytes exceeds the upload limit of {lim.max_upload_bytes} bytes")

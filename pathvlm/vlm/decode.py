@@ -13,10 +13,13 @@ from typing import Iterator
 
 import torch
 
+from pathvlm.cancel import check_cancelled
+from pathvlm.sampling import SEED_RANGE, effective_temperature, seed_in_range
 from pathvlm.vlm import llama_step
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    temperature = effective_temperature(temperature)
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, -1)
@@ -38,7 +41,9 @@ def decode_tokens(model, inputs: dict, max_new_tokens: int, eos_token_ids, tempe
         raise ValueError("decode_tokens takes one request; use model.generate for batches")
     eos = set(eos_token_ids if isinstance(eos_token_ids, (list, tuple, set)) else [eos_token_ids])
     generator = None
-    if temperature > 0 and seed is not None:
+    if not seed_in_range(seed):
+        raise ValueError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {seed!r}")
+    if effective_temperature(temperature) > 0 and seed is not None:
         generator = torch.Generator(device=inputs["input_ids"].device).manual_seed(seed)
     out = model(input_ids=inputs["input_ids"], pixel_values=inputs.get("pixel_values"),
                 attention_mask=inputs.get("attention_mask"), use_cache=True, logits_to_keep=1)
@@ -47,6 +52,7 @@ def decode_tokens(model, inputs: dict, max_new_tokens: int, eos_token_ids, tempe
     if lean_steps and llama_step.supports(model) and cache is not None:
         stepper = llama_step.LlamaStepper(model, cache, max_new_tokens)
     for _ in range(max_new_tokens):
+        check_cancelled()  # a deadline passed or the client went away: stop between tokens
         token = _pick(logits, temperature, top_p, generator)
         tid = int(token)
         yield tid

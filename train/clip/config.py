@@ -11,6 +11,8 @@ from pathvlm.yaml_io import read_yaml_mapping
 @dataclass
 class ClipTrainConfig:
     model: str = field(default="pathclip-nano", metadata={"help": "any source create_clip loads"})
+    text_tower: str | None = field(default=None, metadata={"help": "local copy of the hub repo an open_clip config "
+                                                           "names as its HF text tower (BiomedCLIP, QuiltNet-B-16-PMB)"})
     data: str = field(default="runs/data/nano", metadata={"help": "a built recipe folder with clip/ parquet shards"})
     output_dir: str = field(default="runs/clip/pathclip-nano")
     exclude_sources: list = field(default_factory=list, metadata={"help": "sources left out of training "

@@ -7,6 +7,7 @@ import torch
 from pathvlm.embed import embed_images, embed_texts
 from pathvlm.metrics import accuracy, balanced_accuracy, class_precision_at_k, recall_at_k
 from pathvlm.zeroshot import ZeroShotClassifier, load_prompt_set
+from train.clip.towers import freeze_locked_batchnorm
 
 
 def unique_images(rows: list[dict]) -> list[dict]:
@@ -68,7 +69,5 @@ def evaluate(model, tokenizer, preprocess, heldout, task, unseen=None, unseen_ta
             metrics[f"unseen_zeroshot/{k}"] = v
     model.train(was_training)
     if was_training:
-        from train.clip.trainer import freeze_locked_batchnorm
-
         freeze_locked_batchnorm(model.visual)
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in metrics.items()}

@@ -10,7 +10,6 @@ retrieval R@k, a complete checkpoint, curves.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -26,64 +25,10 @@ from train.clip import checkpoint as ckpt
 from train.clip.config import ClipTrainConfig
 from train.clip.data import ClipPairs, epoch_batches, read_rows
 from train.clip.evaluate import evaluate
+from train.clip.towers import add_lora, freeze_locked_batchnorm, lock_towers, merged_copy
 
 
-# ----------------------------------------------------------------------------- model set-up
-def lock_towers(model, cfg: ClipTrainConfig) -> None:
-    if cfg.lock_text:
-        model.lock_text_tower(unlocked_layers=cfg.lock_text_unlocked_layers, freeze_layer_norm=True)
-    if cfg.lock_text_projection and hasattr(model, "text") and hasattr(model.text, "proj"):
-        for p in model.text.proj.parameters():
-            p.requires_grad = False
-    if cfg.lock_image:
-        # requires_grad only: open_clip's freeze_bn_stats swaps in FrozenBatchNorm2d, whose state dict
-        # lacks num_batches_tracked, so the export would no longer load; frozen BatchNorms are kept
-        # in eval mode by freeze_locked_batchnorm instead.
-        model.lock_image_tower(unlocked_groups=cfg.lock_image_unlocked_groups, freeze_bn_stats=False)
-
-
-def freeze_locked_batchnorm(module) -> None:
-    """BatchNorms whose affine parameters are locked keep their running statistics (eval mode)."""
-    for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.weight is not None and not m.weight.requires_grad:
-            m.eval()
-
-
-def add_lora(model, cfg: ClipTrainConfig) -> bool:
-    """LoRA adapters (peft) on the chosen towers' linear / 1x1 conv layers; returns whether any was added."""
-    if not (cfg.lora_image or cfg.lora_text):
-        return False
-    from peft import LoraConfig, inject_adapter_in_model
-
-    def targets(module, names):
-        return sorted({n.split(".")[-1] for n, m in module.named_modules() if n.split(".")[-1] in names})
-
-    if cfg.lora_text:
-        t = targets(model.text, {"query", "value", "q_proj", "v_proj", "c_fc", "out_proj"})
-        for p in model.text.parameters():
-            p.requires_grad = False
-        inject_adapter_in_model(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=t), model.text)
-    if cfg.lora_image:
-        t = targets(model.visual, {"qkv", "proj", "fc1", "fc2", "conv_pw", "conv_pwl"})
-        for n, p in model.visual.named_parameters():
-            p.requires_grad = n.startswith("head.")  # the projection stays fully trainable
-        inject_adapter_in_model(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=t), model.visual)
-    return True
-
-
-def merged_copy(model):
-    """A copy with LoRA weights merged into their base layers and the adapters removed."""
-    from peft.tuners.lora import LoraLayer
-
-    m = copy.deepcopy(model)
-    for parent in list(m.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, LoraLayer):
-                child.merge()
-                setattr(parent, name, child.get_base_layer())
-    return m
-
-
+# ----------------------------------------------------------------------------- optimiser
 def param_groups(model, cfg: ClipTrainConfig):
     """Fresh projections and the temperature learn at ``lr``; pretrained tower weights at ``lr_tower``;
     no weight decay on biases, norms and the temperature."""
@@ -168,7 +113,7 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
     torch.use_deterministic_algorithms(not torch.cuda.is_available(), warn_only=True)
     device = accelerator.device
 
-    model, preprocess, tokenizer = create_clip(cfg.model)
+    model, preprocess, tokenizer = create_clip(cfg.model, text_tower=cfg.text_tower)
     if cfg.loss == "siglip" and getattr(model, "logit_bias", None) is None:
         model.logit_scale.data.fill_(math.log(10.0))
         model.logit_bias = torch.nn.Parameter(torch.tensor(-10.0))
@@ -208,8 +153,10 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
         from safetensors.torch import load_file
 
         state = ckpt.load_checkpoint(last, optimizer)
-        weights = last / ("training_model.safetensors" if uses_lora else "model/open_clip_model.safetensors")
-        raw.load_state_dict(load_file(str(weights)))
+        if uses_lora:
+            raw.load_state_dict(load_file(str(last / "training_model.safetensors")))
+        else:  # the exported folder in the model's own layout (open_clip, CLIPModel, CONCH, KEEP)
+            raw.load_state_dict(create_clip(str(last / "model"), text_tower=cfg.text_tower)[0].state_dict())
         scheduler.last_epoch = state["step"] // cfg.grad_accum_steps - 1
         scheduler.step()
         accelerator.print(f"resumed from {last} (epoch {state['epoch']}, batch {state['batch']})")
@@ -218,7 +165,7 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
         m = raw
         if accelerator.distributed_type.name == "FSDP":  # gather the shards into a full CPU copy
             full = accelerator.get_state_dict(step_module)
-            m, _, _ = create_clip(cfg.model)
+            m, _, _ = create_clip(cfg.model, text_tower=cfg.text_tower)
             lock_towers(m, cfg)
             add_lora(m, cfg)
             m.load_state_dict({k.removeprefix("clip."): v for k, v in full.items() if k.startswith("clip.")})

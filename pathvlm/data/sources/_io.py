@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from pathvlm.data.sources import Malformed
+from pathvlm.data.sources.registry import Malformed
 from pathvlm.errors import PathVLMError
 
 

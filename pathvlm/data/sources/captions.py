@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from pathvlm.data.sources import Malformed, Record, adapter
+from pathvlm.data.sources.registry import Malformed, Record, adapter
 from pathvlm.data.sources._io import iter_table, read_json, require
 
 CC_BY_NC_SA = "CC BY-NC-SA 4.0"

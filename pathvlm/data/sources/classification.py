@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pathvlm.data.sources import Malformed, Record, adapter
+from pathvlm.data.sources.registry import Malformed, Record, adapter
 from pathvlm.data.sources._io import require
 from pathvlm.images import IMAGE_SUFFIXES
 

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Iterator
 
-from pathvlm.data.sources import Malformed, Record, adapter
+from pathvlm.data.sources.registry import Malformed, Record, adapter
 from pathvlm.data.sources._io import iter_table, require
 from pathvlm.errors import PathVLMError
 

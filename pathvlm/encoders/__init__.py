@@ -1,0 +1,1 @@
+"""Image-only foundation models (UNI, Virchow, H-optimus, Prov-GigaPath, Phikon, ...) behind ``encode_image``."""
