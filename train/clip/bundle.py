@@ -1,11 +1,14 @@
 """Turn a trained PathCLIP run into the bundled model: the trained tensors (fp16) and a model card.
 
     python -m train.clip.bundle runs/clip/pathclip-nano --data runs/data/nano
+    python -m train.clip.bundle runs/reproduce/clip/pathclip-nano --data runs/data/nano --out runs/reproduce/weights
 
 Only what the pip wheels do not already ship is written (with the text transformer locked: the
 image tower, both projections and the temperature). Then both pathclip-nano (the bundled weights,
 as users load them) and pathclip-nano-untrained are evaluated side by side on the held-out split
-and the unseen classes, and the card records the numbers and the commands.
+and the unseen classes, and the card records the numbers, the commands and the provenance (commit, recipe and its sha256,
+starting weights, data checksums: ``train/provenance.py``). ``--out`` bundles into another folder (the
+rebuild of ``make reproduce``); the trained name is then evaluated with that folder's weights.
 """
 from __future__ import annotations
 
@@ -20,18 +23,36 @@ from pathvlm.clip.registry import NAMED_MODELS, WEIGHTS_DIR
 from pathvlm.clip.tower_weights import trained_subset
 
 
-def write_weights(final_dir: Path, name: str, dtype=torch.float16) -> Path:
+RECIPE = "train/recipes/clip/pathclip_nano.yaml"
+
+
+def write_weights(final_dir: Path, name: str, dtype=torch.float16, out_dir: Path = WEIGHTS_DIR) -> Path:
     state = load_file(str(final_dir / "open_clip_model.safetensors"))
     sub = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in trained_subset(state).items()}
-    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = WEIGHTS_DIR / f"{name}.safetensors"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{name}.safetensors"
     save_file(sub, str(out), metadata={"format": "pt", "source": "pathvlm train clip", "dtype": str(dtype)})
     return out
 
 
-def compare(names: list[str], data: str, split: str, unseen_sources: list[str], task: str, unseen_task: str,
-            extra_tasks=()) -> dict:
+def create_bundled(name: str, weights_dir: Path | None = None):
+    """``create_clip(name)``; for a bundled trained name with ``weights_dir``, the same towers with the trained
+    tensors of ``weights_dir/<name>.safetensors`` overlaid instead of the shipped ones (exactly what loading
+    the name does when that file is the shipped one)."""
     from pathvlm.clip.factory import create_clip
+    from pathvlm.clip.tower_weights import load_trained_weights
+
+    spec = NAMED_MODELS.get(name)
+    if weights_dir is None or spec is None or not spec.trained_weights or Path(weights_dir) == WEIGHTS_DIR:
+        return create_clip(name)
+    model, preprocess, tok = create_clip(f"{name}-untrained")
+    load_trained_weights(model, Path(weights_dir) / spec.trained_weights)
+    model.eval()
+    return model, preprocess, tok
+
+
+def compare(names: list[str], data: str, split: str, unseen_sources: list[str], task: str, unseen_task: str,
+            extra_tasks=(), weights_dir: Path | None = None) -> dict:
     from train.clip.data import read_rows
     from train.clip.evaluate import evaluate
 
@@ -39,12 +60,15 @@ def compare(names: list[str], data: str, split: str, unseen_sources: list[str], 
     unseen = [r for s in ("train", "val", "test") for r in read_rows(data, s, only_sources=unseen_sources)]
     results = {}
     for n in names:
-        model, preprocess, tok = create_clip(n)
+        model, preprocess, tok = create_bundled(n, weights_dir)
         results[n] = evaluate(model, tok, preprocess, heldout, task, unseen, unseen_task, extra_tasks=extra_tasks)
     return results
 
 
-def card(name: str, run_dir: Path, results: dict, weights: Path, cfg: dict, history: dict) -> str:
+def card(name: str, run_dir: Path, results: dict, weights: Path, cfg: dict, history: dict, prov: dict | None = None,
+         data: str = "runs/data/nano") -> str:
+    from train.provenance import provenance_markdown
+
     rows = []
     for n, m in results.items():
         rows.append(f"| `{n}` | {m['zeroshot/balanced_accuracy']:.3f} | "
@@ -70,10 +94,10 @@ A small, fully open pathology CLIP for laptops and tests, trained by pathvlm's o
   Borkowski et al. 2019, licence not stated, research use) split by augmentation group, with captions
   from pathvlm's morphology knowledge base (CC0). The histolytics HGSC tiles (BSD-3-Clause) are held
   out of training and used as unseen classes.
-- **Recipe**: `pathvlm train clip --config train/recipes/clip/pathclip_nano.yaml` ({cfg['epochs']} epochs,
+- **Recipe**: `pathvlm train clip --config {RECIPE}` ({cfg['epochs']} epochs,
   batch {cfg['batch_size']}, {cfg['loss']} loss, lr {cfg['lr']} for projections and {cfg['lr_tower']} for the
   image tower, cosine schedule with {cfg['warmup_steps']} warm-up steps, seed {cfg['seed']}); training took
-  {history.get('seconds', 0) / 60:.0f} min on a 2-core CPU. Then `python -m train.clip.bundle {run_dir}`.
+  {history.get('seconds', 0) / 60:.0f} min on a 2-core CPU. Then `python -m train.clip.bundle {run_dir} --data {data}`.
 - **Licence**: Apache-2.0 (weights), subject to the training data's research-use terms.
 
 ## Results
@@ -92,9 +116,10 @@ images of the caption's class (chance about 0.5).
 `pathclip-nano` rows are measured on the shipped fp16 weights, loaded by name. Other rows are ablations
 evaluated beside it (`--also`): `...-textproj/final` is the same recipe with the text projection trained
 from open_clip's default initialisation (`lock_text_projection: false`, before the orthogonal init), which fits the two training classes as well but transfers worse
-to unseen classes. Reproduce: `python -m train.clip.bundle {run_dir} --data runs/data/nano --eval-only
+to unseen classes. Reproduce: `python -m train.clip.bundle {run_dir} --data {data} --eval-only
 --also runs/clip/pathclip-nano-textproj/final`.
 
+{provenance_markdown(prov) if prov else ""}
 ## Limits
 
 Two training classes from one organ and one lab: a demonstration model. It is not a diagnostic
@@ -102,29 +127,42 @@ tool. Use real pathology CLIPs (QuiltNet, PLIP, CONCH) through the same factory 
 """
 
 
-def main():
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", help="output_dir of a pathvlm train clip run")
     ap.add_argument("--data", default="runs/data/nano")
     ap.add_argument("--name", default="pathclip-nano")
     ap.add_argument("--eval-only", action="store_true", help="only evaluate the bundled and untrained models")
     ap.add_argument("--also", nargs="*", default=[], help="more model sources to evaluate beside them (ablations)")
-    args = ap.parse_args()
+    ap.add_argument("--out", default=str(WEIGHTS_DIR), help="where the weights, card and results JSON go "
+                    "(default: the package's weights folder, i.e. the shipped bundle)")
+    ap.add_argument("--recipe", default=RECIPE, help="the recipe the run was trained with (recorded with its sha256)")
+    args = ap.parse_args(argv)
     run = Path(args.run_dir)
     meta = json.loads((run / "final" / "pathvlm.json").read_text())
     cfg = meta["config"]
     history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else {}
-    weights = WEIGHTS_DIR / f"{args.name}.safetensors"
+    out = Path(args.out)
+    weights = out / f"{args.name}.safetensors"
     if not args.eval_only:
-        weights = write_weights(run / "final", args.name)
+        weights = write_weights(run / "final", args.name, out_dir=out)
     spec = NAMED_MODELS[args.name]
     results = compare([f"{args.name}-untrained", *args.also, args.name], args.data, cfg["eval_split"], cfg["eval_unseen_sources"],
-                      cfg["eval_task"], cfg["eval_unseen_task"], cfg.get("eval_extra_tasks") or ["lc25000_colon_unseen_names"])
+                      cfg["eval_task"], cfg["eval_unseen_task"], cfg.get("eval_extra_tasks") or ["lc25000_colon_unseen_names"],
+                      weights_dir=out)
     print(json.dumps(results, indent=1))
-    (WEIGHTS_DIR / f"{args.name}.results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
-    (WEIGHTS_DIR / f"{args.name}.md").write_text(card(spec.name, run, results, weights, cfg, history))
-    print(f"wrote {weights} and {WEIGHTS_DIR / f'{args.name}.md'}")
+    prov = clip_provenance(cfg, args.recipe, args.data)
+    (out / f"{args.name}.results.json").write_text(json.dumps({**results, "provenance": prov}, indent=1, sort_keys=True))
+    (out / f"{args.name}.md").write_text(card(spec.name, run, results, weights, cfg, history, prov, args.data))
+    print(f"wrote {weights} and {out / f'{args.name}.md'}")
+    return 0
+
+
+def clip_provenance(cfg: dict, recipe: str, data: str) -> dict:
+    from train.provenance import data_checksums, provenance, recipe_info
+
+    return provenance([recipe_info(recipe, cfg)], cfg["model"], data_checksums(data, ["clip"]))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
