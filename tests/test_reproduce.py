@@ -137,3 +137,38 @@ def test_rebuild_matches_the_model_cards(tmp_path):
     if os.environ["PATHVLM_REPRODUCE"] != "all":
         args += ["--only", "clip"]
     assert reproduce.main(args) == 0, (tmp_path / "reproduce" / "report.md").read_text()
+
+
+def test_write_provenance_replaces_the_section_and_keeps_each_results_layout(tmp_path):
+    from train.provenance import insert_section, write_provenance
+
+    card = "# m\n\nbody\n\n## Limits\n\nnone\n"
+    once = insert_section(card, "## Provenance\n\n- a\n", "## Limits")
+    assert once.index("## Provenance") < once.index("## Limits") and "body" in once
+    twice = insert_section(once, "## Provenance\n\n- b\n", "## Limits")
+    assert twice.count("## Provenance") == 1 and "- b" in twice and "- a" not in twice and twice.endswith("none\n")
+    prov = {"commit": {"commit": "0" * 40, "dirty": False}, "recipes": [], "start_weights": {}, "data": {}}
+    (tmp_path / "v.md").write_text("# v\n\n## Licences\n\nx\n")
+    (tmp_path / "v.results.json").write_text(json.dumps([{"stage": "align"}]))
+    write_provenance(tmp_path, "v", prov, "## Licences")
+    res = json.loads((tmp_path / "v.results.json").read_text())
+    assert res["stages"] == [{"stage": "align"}] and res["provenance"]["commit"]["commit"] == "0" * 40
+    write_provenance(tmp_path, "v", prov, "## Licences")  # again: still one stage list, one section
+    assert json.loads((tmp_path / "v.results.json").read_text())["stages"] == [{"stage": "align"}]
+    assert (tmp_path / "v.md").read_text().count("## Provenance") == 1
+    (tmp_path / "c.md").write_text(card)
+    (tmp_path / "c.results.json").write_text(json.dumps({"pathclip-nano": {"x": 1}}))
+    write_provenance(tmp_path, "c", prov, "## Limits")
+    assert json.loads((tmp_path / "c.results.json").read_text())["pathclip-nano"] == {"x": 1}
+
+
+def test_shipped_cards_record_their_provenance():
+    from train.provenance import SHIPPED, ROOT
+
+    for name, (folder, recipes, start, *_rest) in SHIPPED.items():
+        res = json.loads((ROOT / folder / f"{name}.results.json").read_text())
+        prov = res["provenance"]
+        assert len(prov["commit"]["commit"]) == 40 and [r["path"] for r in prov["recipes"]] == recipes
+        assert prov["start_weights"]["source"] == start and prov["start_weights"]["trained_weights"] is None
+        assert all(len(d["sha256"]) == 64 for d in prov["data"]["datasets"].values())
+        assert "## Provenance" in (ROOT / folder / f"{name}.md").read_text()

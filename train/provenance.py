@@ -133,3 +133,82 @@ def provenance_markdown(prov: dict) -> str:
         lines.append(f"- **Data**: {d['error']}")
     lines.append("- **Rebuild and compare**: `make reproduce` (`python -m train.reproduce`, docs/reproduce.md)")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- shipped bundles
+SHIPPED = {  # name -> (weights folder, recipes, starting weights, datasets read, section the provenance precedes, note)
+    "pathclip-nano": ("pathvlm/clip/weights", ["train/recipes/clip/pathclip_nano.yaml"], "pathclip-nano-untrained",
+                      ["clip"], "## Limits",
+                      "the recipe then said `model: pathclip-nano`, which loaded the untrained towers because no weights "
+                      "file existed yet: the start `pathclip-nano-untrained` gives now"),
+    "pathvlm-nano": ("pathvlm/vlm/weights", ["train/recipes/vlm/nano_align.yaml", "train/recipes/vlm/nano_sft.yaml",
+                                             "train/recipes/vlm/nano_grpo.yaml"], "pathvlm-nano-untrained",
+                     ["align", "grpo", "sft"], "## Licences",
+                     "the GRPO stage reused the prompt screening saved by an earlier GRPO run from the same SFT stage "
+                     "(the same 384-question pool; docs/training.md)"),
+}
+
+
+def recipe_at(commit: str, path: str) -> dict:
+    """A recipe as it was at ``commit`` (``git show``): its path and sha256."""
+    text = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True, check=True,
+                          timeout=30).stdout
+    return {"path": path, "sha256": hashlib.sha256(text).hexdigest(), "at_commit": commit}
+
+
+def insert_section(card: str, section: str, before: str) -> str:
+    """The card with its ``## Provenance`` section replaced by ``section`` (or inserted before ``before``)."""
+    start = card.find("## Provenance")
+    if start >= 0:
+        end = card.find("\n## ", start + 1)
+        return card[:start] + section + ("\n" + card[end + 1:] if end >= 0 else "")
+    at = card.find(before)
+    return card[:at] + section + "\n" + card[at:] if at >= 0 else card.rstrip("\n") + "\n\n" + section
+
+
+def write_provenance(folder: Path, name: str, prov: dict, before: str) -> None:
+    """Record ``prov`` in ``NAME.md`` and ``NAME.results.json`` of a bundle folder (a stage list becomes
+    ``{"stages": [...], "provenance": ...}``)."""
+    card = folder / f"{name}.md"
+    card.write_text(insert_section(card.read_text(), provenance_markdown(prov), before))
+    res_file = folder / f"{name}.results.json"
+    res = json.loads(res_file.read_text())
+    if isinstance(res, list) or "stages" in res:  # the reasoner's stage rows (train.vlm.bundle's layout)
+        res = {"stages": res if isinstance(res, list) else res["stages"], "provenance": prov}
+        res_file.write_text(json.dumps(res, indent=2) + "\n")
+    else:  # PathCLIP's {model: metrics} (train.clip.bundle's layout)
+        res_file.write_text(json.dumps({**res, "provenance": prov}, indent=1, sort_keys=True))
+
+
+def shipped_provenance(name: str, commit: str, data: str) -> dict:
+    """The provenance of a bundle already shipped, without retraining: the commit that added it, its recipes as
+    they were at that commit, its starting weights, and the digests of the nano data built by this checkout."""
+    _, recipes, start, datasets, _, note = SHIPPED[name]
+    full = subprocess.run(["git", "rev-parse", commit], cwd=ROOT, capture_output=True, text=True, check=True,
+                          timeout=30).stdout.strip()
+    prov = provenance([recipe_at(full, r) for r in recipes], start, data_checksums(data, datasets),
+                      commit={"commit": full, "dirty": False})
+    prov["note"] = ("the commit that added these weights (`git log`); recorded afterwards without retraining "
+                    f"(`python -m train.provenance {name} --commit {commit}`), the data digests from "
+                    f"`data_recipes/nano.yaml` built by a later checkout; {note}")
+    return prov
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Record the provenance of a shipped bundle in its model card and results "
+                                 "JSON, without retraining (new bundles record it when they are made).")
+    ap.add_argument("name", choices=sorted(SHIPPED))
+    ap.add_argument("--commit", required=True, help="the commit that added the bundle's weights (git log -- WEIGHTS)")
+    ap.add_argument("--data", default="runs/data/nano", help="a data_recipes/nano.yaml build (for the data digests)")
+    args = ap.parse_args(argv)
+    folder = ROOT / SHIPPED[args.name][0]
+    prov = shipped_provenance(args.name, args.commit, args.data)
+    write_provenance(folder, args.name, prov, SHIPPED[args.name][4])
+    print(provenance_markdown(prov))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
