@@ -52,15 +52,20 @@ def english_words() -> frozenset[str] | None:
 
 @lru_cache(maxsize=1)
 def domain_words() -> frozenset[str]:
-    """Every word of the bundled knowledge base and prompt sets."""
-    from pathvlm.data.knowledge import DEFAULT_KB
+    """Every word of the bundled knowledge base, the reports it writes, the recipe's prompts and the
+    prompt sets."""
+    from pathvlm.data import builders
+    from pathvlm.data.knowledge import DEFAULT_KB, KnowledgeBase
 
     root = Path(__file__).resolve().parent.parent
-    files = [DEFAULT_KB, *sorted((root / "prompts").glob("*.json"))]
-    out = set()
-    for f in files:
-        out |= {w.lower() for w in WORD.findall(json.dumps(json.loads(f.read_text()), ensure_ascii=False))}
-    return frozenset(out)
+    texts = [json.dumps(json.loads(f.read_text()), ensure_ascii=False)
+             for f in [DEFAULT_KB, *sorted((root / "prompts").glob("*.json"))]]
+    kb = KnowledgeBase.load()
+    texts += [kb.report(label) for label in kb.classes]
+    texts += [builders.FORMAT_INSTRUCTION, builders.yes_no_text("x"), "Which diagnosis best fits this image? "
+              "Describe the histological features of this image. Write a structured pathology report for this image. "
+              "What does this image show? This fits, which is option. These features are not those of"]
+    return frozenset(w.lower() for t in texts for w in WORD.findall(t))
 
 
 class Lexicon:
