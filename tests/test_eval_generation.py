@@ -243,7 +243,7 @@ def test_cli_runs_a_generative_task_with_model_as_the_reasoner(tiny_reasoner_dir
     assert (tmp_path / "o" / "report.html").exists()
 
 
-class CannedReasoner:
+class ScriptedReasoner:
     """Answers each question with the next canned text (one request at a time)."""
 
     def __init__(self, texts):
@@ -273,7 +273,7 @@ def test_self_consistency_and_garbled_words_in_the_results(tmp_path):
     task = Task(name="rep", kind="report", dataset={},
                 settings={"reference_free": True, "organ": "oral mucosa", "prompt": "Write a report."},
                 decoding={"batch_size": 1})
-    m = run_generative(task, CannedReasoner(texts), items, tmp_path)
+    m = run_generative(task, ScriptedReasoner(texts), items, tmp_path)
     assert m["consistency"]["inconsistent_rate"] == pytest.approx(1 / 3)
     assert m["consistency"]["reasons"]["wrong_organ"] == 1 and m["consistency"]["examples"][0]["id"] == "t2"
     assert m["garbled"]["top"] == [["andselectorin", 1]] and m["garbled_word_rate"] > 0
