@@ -172,3 +172,31 @@ def test_shipped_cards_record_their_provenance():
         assert prov["start_weights"]["source"] == start and prov["start_weights"]["trained_weights"] is None
         assert all(len(d["sha256"]) == 64 for d in prov["data"]["datasets"].values())
         assert "## Provenance" in (ROOT / folder / f"{name}.md").read_text()
+
+
+def test_eval_paths_evaluates_one_run_four_ways_beside_the_training_time_figures(tmp_path, tiny_clip_dir, recipe_dir):
+    pytest.importorskip("accelerate")
+    from pathvlm.data.build import build_recipe
+    from pathvlm.data.config import load_recipe
+    from train.clip import eval_paths
+    from train.clip.config import ClipTrainConfig
+    from train.clip.trainer import train_clip
+
+    recipe = load_recipe(recipe_dir / "recipe.yaml")
+    recipe.splits.ratios = {"train": 0.7, "test": 0.3}
+    build_recipe(recipe, recipe_dir / "data", progress=False)
+    run = tmp_path / "run"
+    train_clip(ClipTrainConfig(model=str(tiny_clip_dir), data=str(recipe_dir / "data"), output_dir=str(run), epochs=1,
+                               batch_size=4, warmup_steps=1, lr=1e-2, lr_tower=1e-2, max_steps=2, seed=0))
+    assert eval_paths.main([str(run), "--data", str(recipe_dir / "data")]) == 0
+    res = json.loads((run / "eval_paths.json").read_text())
+    assert set(res) == {"fp32", "fp32 channels_last", "fp16 bundle", "fp16 bundle channels_last", "training time"}
+    assert res["training time"]["step"] == 2 and "zeroshot/balanced_accuracy" in res["fp32"]
+    from pathvlm.clip.factory import create_clip
+
+    model = create_clip(str(run / "final"))[0]
+    rounded = eval_paths.fp16_rounded(model)
+    w = rounded.state_dict()["visual.head.proj.weight"]
+    assert torch.equal(w, w.half().float()) and not torch.equal(w, model.state_dict()["visual.head.proj.weight"])
+    assert torch.equal(rounded.state_dict()["text.transformer.embeddings.word_embeddings.weight"],
+                       model.state_dict()["text.transformer.embeddings.word_embeddings.weight"])
