@@ -188,7 +188,7 @@ def test_eval_paths_evaluates_one_run_four_ways_beside_the_training_time_figures
     run = tmp_path / "run"
     train_clip(ClipTrainConfig(model=str(tiny_clip_dir), data=str(recipe_dir / "data"), output_dir=str(run), epochs=1,
                                batch_size=4, warmup_steps=1, lr=1e-2, lr_tower=1e-2, max_steps=2, seed=0))
-    assert eval_paths.main([str(run), "--data", str(recipe_dir / "data")]) == 0
+    assert eval_paths.main([str(run), "--data", str(recipe_dir / "data"), "--shipped", ""]) == 0
     res = json.loads((run / "eval_paths.json").read_text())
     assert set(res) == {"fp32", "fp32 channels_last", "fp16 bundle", "fp16 bundle channels_last", "training time"}
     assert res["training time"]["step"] == 2 and "zeroshot/balanced_accuracy" in res["fp32"]

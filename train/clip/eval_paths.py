@@ -9,7 +9,9 @@ the card's code in the two memory layouts and the two precisions, beside the tra
 - ``fp16 bundle``: the trained tensors rounded to fp16 and loaded back in fp32, as ``create_clip("pathclip-nano")``
   loads the shipped bundle (``train.clip.bundle``);
 - ``fp16 bundle channels_last``;
-- ``training time``: the last epoch of ``history.json``.
+- ``training time``: the last epoch of ``history.json``;
+- ``shipped <name>`` (``--shipped``, default ``pathclip-nano``): the shipped bundle re-measured on this data with
+  this code, which tells a change of data or evaluation code since the card from a change of the training.
 
 Prints a table and writes ``eval_paths.json`` in the run folder.
 """
@@ -53,6 +55,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", help="output_dir of a pathvlm train clip run (with final/ and history.json)")
     ap.add_argument("--data", default="runs/data/nano")
+    ap.add_argument("--shipped", default="pathclip-nano", help="a bundled name to re-measure beside the run ('' for none)")
     args = ap.parse_args(argv)
     run = Path(args.run_dir)
     cfg = json.loads((run / "final" / "pathvlm.json").read_text())["config"]
@@ -62,6 +65,8 @@ def main(argv=None) -> int:
     model, preprocess, tok = create_clip(str(run / "final"))
     variants = {"fp32": model, "fp32 channels_last": channels_last(model), "fp16 bundle": fp16_rounded(model)}
     variants["fp16 bundle channels_last"] = channels_last(variants["fp16 bundle"])
+    if args.shipped:
+        variants[f"shipped {args.shipped}"] = create_clip(args.shipped)[0]
     results = {}
     for name, m in variants.items():
         results[name] = evaluate(m, tok, preprocess, heldout, cfg["eval_task"], unseen, cfg["eval_unseen_task"],
