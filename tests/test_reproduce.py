@@ -200,3 +200,38 @@ def test_eval_paths_evaluates_one_run_four_ways_beside_the_training_time_figures
     assert torch.equal(w, w.half().float()) and not torch.equal(w, model.state_dict()["visual.head.proj.weight"])
     assert torch.equal(rounded.state_dict()["text.transformer.embeddings.word_embeddings.weight"],
                        model.state_dict()["text.transformer.embeddings.word_embeddings.weight"])
+
+
+def test_the_reasoner_rebuild_chains_the_stages_and_bundles_into_the_scratch_folder(tmp_path, monkeypatch,
+                                                                                   tiny_reasoner_dir, built_fixture_data):
+    """run_vlm's wiring on a tiny reasoner: align -> SFT -> GRPO, each from the previous stage's adapter, the align
+    stage re-asked, the bundle and report in the scratch folder, the shipped folder untouched."""
+    pytest.importorskip("trl")
+    import yaml
+
+    tiny = dict(model=str(tiny_reasoner_dir), batch_size=4, max_steps=1, lr=5e-2, lora_rank=4, lora_alpha=8,
+                save_steps=1, logging_steps=1, eval_samples=4, eval_max_new_tokens=8, eval_batch_size=4, max_length=256,
+                report_to="none", max_completion_length=8, num_generations=2, seed=0)
+    recipes = {}
+    for stage in ("align", "sft", "grpo"):
+        path = tmp_path / f"{stage}.yaml"
+        path.write_text(yaml.safe_dump({"stage": stage, **tiny, "lora": stage != "align"}))
+        recipes[stage] = str(path)
+    monkeypatch.setattr(reproduce, "VLM_RECIPES", recipes)
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    card = [{"stage": s, "accuracy": 0.5, "by_type": {}} for s in ("align", "sft", "grpo")]
+    (shipped / "pathvlm-nano.results.json").write_text(json.dumps(card))
+    out = tmp_path / "out"
+    rows, notes, _ = reproduce.run_vlm(str(built_fixture_data), out, False, out / "weights", shipped, 1.0,
+                                      align_eval=(8, 4))
+    assert {r["model"] for r in rows} == {"pathvlm-nano align", "pathvlm-nano sft", "pathvlm-nano grpo"}
+    assert all(r["match"] for r in rows if r["figure"] == "accuracy")  # tolerance 1.0
+    sft_cfg = json.loads((out / "vlm" / "nano-sft" / "results.json").read_text())["config"]
+    assert sft_cfg["init_adapter"] == str(out / "vlm" / "nano-align" / "adapter.safetensors")
+    assert (out / "vlm" / "nano-align" / "eval.json").exists()
+    res = json.loads((out / "weights" / "pathvlm-nano.results.json").read_text())
+    assert [s["stage"] for s in res["stages"]] == ["align", "sft", "grpo"]
+    assert [r["path"] for r in res["provenance"]["recipes"]] == list(recipes.values())
+    assert (out / "weights" / "pathvlm-nano.safetensors").exists() and "## Provenance" in (out / "weights" / "pathvlm-nano.md").read_text()
+    assert json.loads((shipped / "pathvlm-nano.results.json").read_text()) == card

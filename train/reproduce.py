@@ -165,7 +165,7 @@ def run_clip(data: str, out: Path, resume: bool, weights_dir: Path, shipped_dir:
 
 
 def run_vlm(data: str, out: Path, resume: bool, weights_dir: Path, shipped_dir: Path,
-            tolerance: float) -> tuple[list[dict], list[str], dict]:
+            tolerance: float, align_eval: tuple[int, int] = (160, 192)) -> tuple[list[dict], list[str], dict]:
     from train.vlm import bundle
     from train.vlm import evaluate as vlm_eval
     from train.vlm.config import load_config
@@ -184,7 +184,8 @@ def run_vlm(data: str, out: Path, resume: bool, weights_dir: Path, shipped_dir: 
         dirs.append(run)
         adapter = run / "adapter.safetensors"
     # as train/recipes/vlm/train_nano.sh: the align stage asked the 192 questions with 160 tokens
-    vlm_eval.main([str(dirs[0]), "--max-new-tokens", "160", "--samples", "192"])
+    tokens, samples = align_eval
+    vlm_eval.main([str(dirs[0]), "--max-new-tokens", str(tokens), "--samples", str(samples)])
     bundle.main([*map(str, dirs), "--out", str(weights_dir), "--recipes", *VLM_RECIPES.values()])
     card = json.loads((shipped_dir / f"{VLM_NAME}.results.json").read_text())
     rebuilt = json.loads((weights_dir / f"{VLM_NAME}.results.json").read_text())
