@@ -106,7 +106,13 @@ def test_provenance_records_recipe_overrides_start_weights_and_data_digests(tmp_
     prov = provenance([info], "pathclip-nano-untrained", d, commit={"commit": "f" * 40, "dirty": True})
     md = provenance_markdown(prov)
     assert f"`{'f' * 40}` (with uncommitted changes)" in md and "`pathclip-nano-untrained` (untrained baseline" in md
-    assert 'overrides {"epochs": 1}' in md and "`clip/` 1 files" in md
+    assert 'overrides {"epochs": 1}' in md and "`clip/` 1 files" in md and "Environment" not in md
+    from train.provenance import environment
+
+    env = environment()
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"] in torch.__version__
+    md = provenance_markdown(provenance([info], "pathclip-nano-untrained", d, commit={"commit": None}, env=env))
+    assert f"torch {env['packages']['torch']}" in md and "Commit**: unknown" in md
 
 
 def test_bundle_evaluates_the_scratch_weights_not_the_shipped_ones(tmp_path):

@@ -219,7 +219,10 @@ def main(argv=None) -> int:
         rows, notes, extra["vlm"] = rows + r, notes + n, e
     text = report_markdown(rows, notes)
     (out / "report.md").write_text(text)
-    (out / "report.json").write_text(json.dumps({"rows": rows, "notes": notes, **extra}, indent=1, default=str))
+    from train.provenance import environment, git_commit
+
+    (out / "report.json").write_text(json.dumps({"rows": rows, "notes": notes, "commit": git_commit(),
+                                                 "environment": environment(), **extra}, indent=1, default=str))
     print(text)
     bad = [r for r in rows if not r["match"]]
     print(f"[reproduce] {len(rows) - len(bad)} of {len(rows)} figures match the cards; report: {out / 'report.md'}")

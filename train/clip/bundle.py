@@ -159,9 +159,9 @@ def main(argv=None) -> int:
 
 
 def clip_provenance(cfg: dict, recipe: str, data: str) -> dict:
-    from train.provenance import data_checksums, provenance, recipe_info
+    from train.provenance import data_checksums, environment, provenance, recipe_info
 
-    return provenance([recipe_info(recipe, cfg)], cfg["model"], data_checksums(data, ["clip"]))
+    return provenance([recipe_info(recipe, cfg)], cfg["model"], data_checksums(data, ["clip"]), env=environment())
 
 
 if __name__ == "__main__":

@@ -75,13 +75,13 @@ def paired_lines(rows: list[dict]) -> list[str]:
 def vlm_provenance(dirs: list[Path], recipes: list[str]) -> dict:
     """The stages' recipes (matched to the run folders in order), the first stage's starting weights and the
     checksums of the data every stage read."""
-    from train.provenance import data_checksums, provenance, recipe_info
+    from train.provenance import data_checksums, environment, provenance, recipe_info
 
     configs = [json.loads((d / "results.json").read_text()).get("config") or {} for d in dirs]
     infos = [recipe_info(r, c) for r, c in zip(recipes, configs)]
     data = configs[0].get("data", "runs/data/nano")
     return provenance(infos, configs[0].get("model", "pathvlm-nano-untrained"),
-                      data_checksums(data, sorted({c.get("stage") for c in configs if c.get("stage")})))
+                      data_checksums(data, sorted({c.get("stage") for c in configs if c.get("stage")})), env=environment())
 
 
 def model_card(rows: list[dict], size: int, prov: dict | None = None) -> str:
