@@ -76,6 +76,14 @@ def test_main_writes_the_report_and_fails_when_a_figure_differs(tmp_path, monkey
     assert "| NO |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="not a built recipe folder"):
         reproduce.main(["--only", "clip", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    from pathvlm.errors import PathVLMError
+
+    def no_data(*a):
+        raise PathVLMError("source lc25000_colon: ../shared/data is not here")
+
+    monkeypatch.setattr(reproduce, "ensure_data", no_data)
+    assert reproduce.cli(["--only", "clip", "--out", str(tmp_path / "o")]) == 2
+    assert "reproduce: source lc25000_colon" in capsys.readouterr().err
 
 
 def test_provenance_records_recipe_overrides_start_weights_and_data_digests(tmp_path):

@@ -230,5 +230,16 @@ def main(argv=None) -> int:
     return 1 if bad else 0
 
 
+def cli(argv=None) -> int:
+    """``main`` with the project's errors (no ../shared data, a bad recipe) as one line instead of a traceback."""
+    from pathvlm.errors import PathVLMError
+
+    try:
+        return main(argv)
+    except PathVLMError as e:
+        print(f"reproduce: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
