@@ -206,6 +206,9 @@ def test_eval_paths_evaluates_one_run_four_ways_beside_the_training_time_figures
     res = json.loads((run / "eval_paths.json").read_text())
     assert set(res) == {"fp32", "fp32 channels_last", "fp16 bundle", "fp16 bundle channels_last", "training time"}
     assert res["training time"]["step"] == 2 and "zeroshot/balanced_accuracy" in res["fp32"]
+    from train.provenance import git_commit
+
+    assert json.loads((run / "final" / "pathvlm.json").read_text())["commit"] == git_commit()  # the training commit
     from pathvlm.clip.factory import create_clip
 
     model = create_clip(str(run / "final"))[0]
@@ -247,5 +250,7 @@ def test_the_reasoner_rebuild_chains_the_stages_and_bundles_into_the_scratch_fol
     res = json.loads((out / "weights" / "pathvlm-nano.results.json").read_text())
     assert [s["stage"] for s in res["stages"]] == ["align", "sft", "grpo"]
     assert [r["path"] for r in res["provenance"]["recipes"]] == list(recipes.values())
+    grpo_commit = json.loads((out / "vlm" / "nano-grpo" / "results.json").read_text())["commit"]
+    assert res["provenance"]["commit"] == grpo_commit and grpo_commit["commit"]
     assert (out / "weights" / "pathvlm-nano.safetensors").exists() and "## Provenance" in (out / "weights" / "pathvlm-nano.md").read_text()
     assert json.loads((shipped / "pathvlm-nano.results.json").read_text()) == card

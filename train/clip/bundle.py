@@ -154,17 +154,19 @@ def main(argv=None) -> int:
                       cfg["eval_task"], cfg["eval_unseen_task"], cfg.get("eval_extra_tasks") or ["lc25000_colon_unseen_names"],
                       weights_dir=out)
     print(json.dumps(results, indent=1))
-    prov = clip_provenance(cfg, args.recipe, args.data)
+    prov = clip_provenance(cfg, args.recipe, args.data, meta.get("commit"))
     (out / f"{args.name}.results.json").write_text(json.dumps({**results, "provenance": prov}, indent=1, sort_keys=True))
     (out / f"{args.name}.md").write_text(card(spec.name, run, results, weights, cfg, history, prov, args.data))
     print(f"wrote {weights} and {out / f'{args.name}.md'}")
     return 0
 
 
-def clip_provenance(cfg: dict, recipe: str, data: str) -> dict:
+def clip_provenance(cfg: dict, recipe: str, data: str, commit: dict | None = None) -> dict:
+    """``commit``: the one the run recorded when it trained (else the checkout that bundles)."""
     from train.provenance import data_checksums, environment, provenance, recipe_info
 
-    return provenance([recipe_info(recipe, cfg)], cfg["model"], data_checksums(data, ["clip"]), env=environment())
+    return provenance([recipe_info(recipe, cfg)], cfg["model"], data_checksums(data, ["clip"]), commit=commit,
+                      env=environment())
 
 
 if __name__ == "__main__":
