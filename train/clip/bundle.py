@@ -114,9 +114,10 @@ images of the caption's class (chance about 0.5).
 {chr(10).join(rows)}
 
 `pathclip-nano` rows are measured on the shipped fp16 weights, loaded by name. The training run's own
-evaluation after each epoch (fp32, image tower in channels-last memory) can differ from them by a retrieval
-hit or two of 202 (a rebuild: image-to-text R@5 0.099 at training time, 0.109 from its fp16 bundle;
-`python -m train.clip.eval_paths RUN` splits fp16 rounding from memory layout; docs/results.md). Other rows are ablations
+evaluation after each epoch uses the fp32 weights and can differ from them by a retrieval hit or two of 202:
+fp16 rounding, not the evaluation code or memory layout, makes the difference (measured on a rebuild with
+`python -m train.clip.eval_paths RUN`: image-to-text R@5 0.099 in fp32, 0.109 in fp16, accuracies equal;
+docs/results.md). Other rows are ablations
 evaluated beside it (`--also`): `...-textproj/final` is the same recipe with the text projection trained
 from open_clip's default initialisation (`lock_text_projection: false`, before the orthogonal init), which fits the two training classes as well but transfers worse
 to unseen classes. Reproduce: `python -m train.clip.bundle {run_dir} --data {data} --eval-only
