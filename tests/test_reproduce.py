@@ -76,6 +76,14 @@ def test_main_writes_the_report_and_fails_when_a_figure_differs(tmp_path, monkey
     assert "| NO |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="not a built recipe folder"):
         reproduce.main(["--only", "clip", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    from pathvlm.errors import PathVLMError
+
+    def no_data(*a):
+        raise PathVLMError("source lc25000_colon: ../shared/data is not here")
+
+    monkeypatch.setattr(reproduce, "ensure_data", no_data)
+    assert reproduce.cli(["--only", "clip", "--out", str(tmp_path / "o")]) == 2
+    assert "reproduce: source lc25000_colon" in capsys.readouterr().err
 
 
 def test_provenance_records_recipe_overrides_start_weights_and_data_digests(tmp_path):
@@ -106,7 +114,13 @@ def test_provenance_records_recipe_overrides_start_weights_and_data_digests(tmp_
     prov = provenance([info], "pathclip-nano-untrained", d, commit={"commit": "f" * 40, "dirty": True})
     md = provenance_markdown(prov)
     assert f"`{'f' * 40}` (with uncommitted changes)" in md and "`pathclip-nano-untrained` (untrained baseline" in md
-    assert 'overrides {"epochs": 1}' in md and "`clip/` 1 files" in md
+    assert 'overrides {"epochs": 1}' in md and "`clip/` 1 files" in md and "Environment" not in md
+    from train.provenance import environment
+
+    env = environment()
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"] in torch.__version__
+    md = provenance_markdown(provenance([info], "pathclip-nano-untrained", d, commit={"commit": None}, env=env))
+    assert f"torch {env['packages']['torch']}" in md and "Commit**: unknown" in md
 
 
 def test_bundle_evaluates_the_scratch_weights_not_the_shipped_ones(tmp_path):
@@ -172,3 +186,71 @@ def test_shipped_cards_record_their_provenance():
         assert prov["start_weights"]["source"] == start and prov["start_weights"]["trained_weights"] is None
         assert all(len(d["sha256"]) == 64 for d in prov["data"]["datasets"].values())
         assert "## Provenance" in (ROOT / folder / f"{name}.md").read_text()
+
+
+def test_eval_paths_evaluates_one_run_four_ways_beside_the_training_time_figures(tmp_path, tiny_clip_dir, recipe_dir):
+    pytest.importorskip("accelerate")
+    from pathvlm.data.build import build_recipe
+    from pathvlm.data.config import load_recipe
+    from train.clip import eval_paths
+    from train.clip.config import ClipTrainConfig
+    from train.clip.trainer import train_clip
+
+    recipe = load_recipe(recipe_dir / "recipe.yaml")
+    recipe.splits.ratios = {"train": 0.7, "test": 0.3}
+    build_recipe(recipe, recipe_dir / "data", progress=False)
+    run = tmp_path / "run"
+    train_clip(ClipTrainConfig(model=str(tiny_clip_dir), data=str(recipe_dir / "data"), output_dir=str(run), epochs=1,
+                               batch_size=4, warmup_steps=1, lr=1e-2, lr_tower=1e-2, max_steps=2, seed=0))
+    assert eval_paths.main([str(run), "--data", str(recipe_dir / "data"), "--shipped", ""]) == 0
+    res = json.loads((run / "eval_paths.json").read_text())
+    assert set(res) == {"fp32", "fp32 channels_last", "fp16 bundle", "fp16 bundle channels_last", "training time"}
+    assert res["training time"]["step"] == 2 and "zeroshot/balanced_accuracy" in res["fp32"]
+    from train.provenance import git_commit
+
+    assert json.loads((run / "final" / "pathvlm.json").read_text())["commit"] == git_commit()  # the training commit
+    from pathvlm.clip.factory import create_clip
+
+    model = create_clip(str(run / "final"))[0]
+    rounded = eval_paths.fp16_rounded(model)
+    w = rounded.state_dict()["visual.head.proj.weight"]
+    assert torch.equal(w, w.half().float()) and not torch.equal(w, model.state_dict()["visual.head.proj.weight"])
+    assert torch.equal(rounded.state_dict()["text.transformer.embeddings.word_embeddings.weight"],
+                       model.state_dict()["text.transformer.embeddings.word_embeddings.weight"])
+
+
+def test_the_reasoner_rebuild_chains_the_stages_and_bundles_into_the_scratch_folder(tmp_path, monkeypatch,
+                                                                                   tiny_reasoner_dir, built_fixture_data):
+    """run_vlm's wiring on a tiny reasoner: align -> SFT -> GRPO, each from the previous stage's adapter, the align
+    stage re-asked, the bundle and report in the scratch folder, the shipped folder untouched."""
+    pytest.importorskip("trl")
+    import yaml
+
+    tiny = dict(model=str(tiny_reasoner_dir), batch_size=4, max_steps=1, lr=5e-2, lora_rank=4, lora_alpha=8,
+                save_steps=1, logging_steps=1, eval_samples=4, eval_max_new_tokens=8, eval_batch_size=4, max_length=256,
+                report_to="none", max_completion_length=8, num_generations=2, seed=0)
+    recipes = {}
+    for stage in ("align", "sft", "grpo"):
+        path = tmp_path / f"{stage}.yaml"
+        path.write_text(yaml.safe_dump({"stage": stage, **tiny, "lora": stage != "align"}))
+        recipes[stage] = str(path)
+    monkeypatch.setattr(reproduce, "VLM_RECIPES", recipes)
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    card = [{"stage": s, "accuracy": 0.5, "by_type": {}} for s in ("align", "sft", "grpo")]
+    (shipped / "pathvlm-nano.results.json").write_text(json.dumps(card))
+    out = tmp_path / "out"
+    rows, notes, _ = reproduce.run_vlm(str(built_fixture_data), out, False, out / "weights", shipped, 1.0,
+                                      align_eval=(8, 4))
+    assert {r["model"] for r in rows} == {"pathvlm-nano align", "pathvlm-nano sft", "pathvlm-nano grpo"}
+    assert all(r["match"] for r in rows if r["figure"] == "accuracy")  # tolerance 1.0
+    sft_cfg = json.loads((out / "vlm" / "nano-sft" / "results.json").read_text())["config"]
+    assert sft_cfg["init_adapter"] == str(out / "vlm" / "nano-align" / "adapter.safetensors")
+    assert (out / "vlm" / "nano-align" / "eval.json").exists()
+    res = json.loads((out / "weights" / "pathvlm-nano.results.json").read_text())
+    assert [s["stage"] for s in res["stages"]] == ["align", "sft", "grpo"]
+    assert [r["path"] for r in res["provenance"]["recipes"]] == list(recipes.values())
+    grpo_commit = json.loads((out / "vlm" / "nano-grpo" / "results.json").read_text())["commit"]
+    assert res["provenance"]["commit"] == grpo_commit and grpo_commit["commit"]
+    assert (out / "weights" / "pathvlm-nano.safetensors").exists() and "## Provenance" in (out / "weights" / "pathvlm-nano.md").read_text()
+    assert json.loads((shipped / "pathvlm-nano.results.json").read_text()) == card

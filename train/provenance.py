@@ -96,9 +96,31 @@ def recipe_info(recipe: str | Path, run_config: dict | None = None, ignore=("dat
     return out
 
 
-def provenance(recipes: list[dict], start: str, data: dict, commit: dict | None = None) -> dict:
+PACKAGES = ("torch", "open_clip_torch", "timm", "transformers", "peft", "trl", "accelerate", "pillow", "numpy")
+
+
+def environment() -> dict:
+    """Python, the packages whose numerics training depends on, and the CPU: an unpinned package (Pillow's JPEG
+    decoder, timm, open_clip) changes the floats, and training amplifies any change."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    def ver(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "packages": {p: ver(p) for p in PACKAGES},
+            "machine": platform.machine(), "processor": platform.processor() or None, "torch_threads": torch.get_num_threads()}
+
+
+def provenance(recipes: list[dict], start: str, data: dict, commit: dict | None = None, env: dict | None = None) -> dict:
     return {"commit": commit if commit is not None else git_commit(), "recipes": recipes,
-            "start_weights": start_weights(start) if isinstance(start, str) else start, "data": data}
+            "start_weights": start_weights(start) if isinstance(start, str) else start, "data": data,
+            **({"environment": env} if env else {})}
 
 
 def provenance_markdown(prov: dict) -> str:
@@ -131,6 +153,11 @@ def provenance_markdown(prov: dict) -> str:
                      f"`checksums.json`, see `train/provenance.py`): " + "; ".join(parts))
     elif d.get("error"):
         lines.append(f"- **Data**: {d['error']}")
+    env = prov.get("environment")
+    if env:
+        pk = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items() if v)
+        lines.append(f"- **Environment**: Python {env.get('python')}, {pk}; {env.get('machine')}, "
+                     f"{env.get('torch_threads')} torch threads")
     lines.append("- **Rebuild and compare**: `make reproduce` (`python -m train.reproduce`, docs/reproduce.md)")
     return "\n".join(lines) + "\n"
 

@@ -113,7 +113,11 @@ images of the caption's class (chance about 0.5).
 |---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-`pathclip-nano` rows are measured on the shipped fp16 weights, loaded by name. Other rows are ablations
+`pathclip-nano` rows are measured on the shipped fp16 weights, loaded by name. The training run's own
+evaluation after each epoch uses the fp32 weights and can differ from them by a retrieval hit or two of 202:
+fp16 rounding, not the evaluation code or memory layout, makes the difference (measured on a rebuild with
+`python -m train.clip.eval_paths RUN`: image-to-text R@5 0.099 in fp32, 0.109 in fp16, accuracies equal;
+docs/results.md). Other rows are ablations
 evaluated beside it (`--also`): `...-textproj/final` is the same recipe with the text projection trained
 from open_clip's default initialisation (`lock_text_projection: false`, before the orthogonal init), which fits the two training classes as well but transfers worse
 to unseen classes. Reproduce: `python -m train.clip.bundle {run_dir} --data {data} --eval-only
@@ -151,17 +155,19 @@ def main(argv=None) -> int:
                       cfg["eval_task"], cfg["eval_unseen_task"], cfg.get("eval_extra_tasks") or ["lc25000_colon_unseen_names"],
                       weights_dir=out)
     print(json.dumps(results, indent=1))
-    prov = clip_provenance(cfg, args.recipe, args.data)
+    prov = clip_provenance(cfg, args.recipe, args.data, meta.get("commit"))
     (out / f"{args.name}.results.json").write_text(json.dumps({**results, "provenance": prov}, indent=1, sort_keys=True))
     (out / f"{args.name}.md").write_text(card(spec.name, run, results, weights, cfg, history, prov, args.data))
     print(f"wrote {weights} and {out / f'{args.name}.md'}")
     return 0
 
 
-def clip_provenance(cfg: dict, recipe: str, data: str) -> dict:
-    from train.provenance import data_checksums, provenance, recipe_info
+def clip_provenance(cfg: dict, recipe: str, data: str, commit: dict | None = None) -> dict:
+    """``commit``: the one the run recorded when it trained (else the checkout that bundles)."""
+    from train.provenance import data_checksums, environment, provenance, recipe_info
 
-    return provenance([recipe_info(recipe, cfg)], cfg["model"], data_checksums(data, ["clip"]))
+    return provenance([recipe_info(recipe, cfg)], cfg["model"], data_checksums(data, ["clip"]), commit=commit,
+                      env=environment())
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
             m.load_state_dict({k.removeprefix("clip."): v for k, v in full.items() if k.startswith("clip.")})
         m = merged_copy(m) if uses_lora else m
         save_clip(m, tokenizer, folder, name=Path(cfg.output_dir).name,
-                  extra={"trained_by": "pathvlm train clip", "config": asdict(cfg)})
+                  extra={"trained_by": "pathvlm train clip", "config": asdict(cfg), "commit": commit})
 
     def save(step_state):
         if accelerator.is_main_process:
@@ -184,6 +184,9 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
                 save_file(tmp, str(path / "training_model.safetensors"))
         accelerator.wait_for_everyone()
 
+    from train.provenance import git_commit
+
+    commit = git_commit()  # the code that trained, recorded in every export (the bundle's provenance)
     writer = _tensorboard(out / "tensorboard") if accelerator.is_main_process else None
     from tqdm.auto import tqdm
 

@@ -75,13 +75,19 @@ def paired_lines(rows: list[dict]) -> list[str]:
 def vlm_provenance(dirs: list[Path], recipes: list[str]) -> dict:
     """The stages' recipes (matched to the run folders in order), the first stage's starting weights and the
     checksums of the data every stage read."""
-    from train.provenance import data_checksums, provenance, recipe_info
+    from train.provenance import data_checksums, environment, provenance, recipe_info
 
-    configs = [json.loads((d / "results.json").read_text()).get("config") or {} for d in dirs]
+    results = [json.loads((d / "results.json").read_text()) for d in dirs]
+    configs = [r.get("config") or {} for r in results]
     infos = [recipe_info(r, c) for r, c in zip(recipes, configs)]
     data = configs[0].get("data", "runs/data/nano")
-    return provenance(infos, configs[0].get("model", "pathvlm-nano-untrained"),
-                      data_checksums(data, sorted({c.get("stage") for c in configs if c.get("stage")})))
+    commits = [r.get("commit") for r in results]  # what each stage recorded when it trained
+    prov = provenance(infos, configs[0].get("model", "pathvlm-nano-untrained"),
+                      data_checksums(data, sorted({c.get("stage") for c in configs if c.get("stage")})),
+                      commit=commits[-1] if commits[-1] else None, env=environment())
+    if any(commits) and len({json.dumps(c, sort_keys=True) for c in commits}) > 1:
+        prov["stage_commits"] = {r.get("stage", str(d)): c for r, c, d in zip(results, commits, dirs)}
+    return prov
 
 
 def model_card(rows: list[dict], size: int, prov: dict | None = None) -> str:

@@ -242,6 +242,7 @@ def run_stage(cfg: VLMTrainConfig) -> dict:
     if not trainer.is_world_process_zero():
         return {}
     from pathvlm.vlm.adapters import export_bundle
+    from train.provenance import git_commit
 
     info = {"stage": cfg.stage, "start": cfg.model, "init_adapter": cfg.init_adapter, "data": cfg.data}
     adapter = export_bundle(trained, out / "adapter.safetensors", info) if cfg.lora or cfg.train_projector else None
@@ -254,7 +255,7 @@ def run_stage(cfg: VLMTrainConfig) -> dict:
     result = {"stage": cfg.stage, "config": asdict(cfg), **trainable_summary(merged),
               "train_samples": len(train_ds), "steps": trainer.state.global_step,
               "train_seconds": time.time() - t0, "log_history": trainer.state.log_history,
-              "final": str(final), "adapter": str(adapter) if adapter else None}
+              "final": str(final), "adapter": str(adapter) if adapter else None, "commit": git_commit()}
     if cfg.stage == "grpo" and cfg.screen_prompts:
         result["screening"] = screening
     if cfg.eval_samples:
