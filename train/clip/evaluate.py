@@ -25,13 +25,13 @@ def unique_images(rows: list[dict]) -> list[dict]:
 def zero_shot(model, tokenizer, preprocess, rows, task: str, device="cpu") -> dict:
     rows = unique_images(rows)
     ps = load_prompt_set(task)
-    rows = [r for r in rows if r["label"] in ps.classes]
+    rows = [r for r in rows if ps.class_of(r["label"])]  # labels outside the task's classes are not scored
     if not rows:
         return {}
     clf = ZeroShotClassifier(model, tokenizer, ps, device=device)
     feats = embed_images(model, preprocess, [r["image"] for r in rows], num_workers=0, device=device)
     pred = [clf.class_names[i] for i in clf.probabilities(feats).argmax(-1).tolist()]
-    truth = [r["label"] for r in rows]
+    truth = [ps.class_of(r["label"]) for r in rows]
     return {"balanced_accuracy": balanced_accuracy(truth, pred), "accuracy": accuracy(truth, pred), "n": len(rows)}
 
 
