@@ -159,6 +159,14 @@ def test_training_eval_scores_folded_labels_and_skips_the_rest(tiny_clip):
     out = zero_shot(model, tok, preprocess, rows, "cross_organ_carcinoma")
     assert out["n"] == 4 and 0.0 <= out["balanced_accuracy"] <= 1.0
     assert zero_shot(model, tok, preprocess, rows, "lc25000_colon")["n"] == 2
+    # evaluate() embeds the split once for every task: the same figures as each task embedding it alone
+    from train.clip.evaluate import evaluate, retrieval
+
+    rows = [{**r, "text": f"caption {i}"} for i, r in enumerate(rows)]
+    m = evaluate(model, tok, preprocess, rows, "colon_oral", extra_tasks=["cross_organ_carcinoma"])
+    alone = zero_shot(model, tok, preprocess, rows, "cross_organ_carcinoma")
+    assert m["zeroshot[cross_organ_carcinoma]/accuracy"] == pytest.approx(alone["accuracy"])
+    assert m["retrieval/t2i_R@1"] == pytest.approx(retrieval(model, tok, preprocess, rows)["t2i_R@1"])
 
 
 def test_v2_recipes_parse(tmp_path):
