@@ -159,8 +159,8 @@ caption-to-image retrieval over the held-out tiles (chance {5 / max(n_test, 1):.
 {results_table(results, cfg)}
 
 Every row is measured by one command on the same tiles: `python -m train.clip.bundle {run_dir} --data
-{cfg['data']} --eval-only --also {run_dir}/final --out-dir {run_dir}/card` (`pathclip-nano` is the bundled
-v1 model, trained on colon only; `{run_dir}/final` is this run in fp32). Oral tiles have no patient ids:
+{cfg['data']} --also {run_dir}/final --out-dir {run_dir}/card` (it writes this run's fp16 tensors there, not
+into the bundle; `pathclip-nano` is the bundled model, `{run_dir}/final` this run in fp32). Oral tiles have no patient ids:
 tiles of one patient that are not near-copies may sit on both sides of the split, so the oral figures are
 optimistic.
 
