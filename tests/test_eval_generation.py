@@ -241,3 +241,65 @@ def test_cli_runs_a_generative_task_with_model_as_the_reasoner(tiny_reasoner_dir
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["reasoner"] == str(tiny_reasoner_dir) and res["tasks"]["qa"]["kind"] == "closed_qa"
     assert (tmp_path / "o" / "report.html").exists()
+
+
+class ScriptedReasoner:
+    """Answers each question with the next canned text (one request at a time)."""
+
+    def __init__(self, texts):
+        self.texts = list(texts)
+
+    def chat(self, images, conversation, stream=False, **kw):
+        return type("R", (), {"text": self.texts.pop(0)})()
+
+
+def _png():
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 120, 180)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_self_consistency_and_garbled_words_in_the_results(tmp_path):
+    from pathvlm.data.knowledge import KnowledgeBase
+
+    kb = KnowledgeBase.load()
+    texts = [kb.report("colon adenocarcinoma"),  # consistent, on a colon tile
+             kb.report("colon adenocarcinoma").replace("loss of polarity", "loss of polarity andselectorin"),
+             kb.report("colon adenocarcinoma")]  # on an oral tile: the wrong organ
+    items = [{"id": f"t{k}", "image": _png(), "label": lb, "answer": "", "text": "", "question": "", "options": []}
+             for k, lb in enumerate(["colon adenocarcinoma", "colon adenocarcinoma", "oral squamous cell carcinoma"])]
+    task = Task(name="rep", kind="report", dataset={},
+                settings={"reference_free": True, "organ": "oral mucosa", "prompt": "Write a report."},
+                decoding={"batch_size": 1})
+    m = run_generative(task, ScriptedReasoner(texts), items, tmp_path)
+    assert m["consistency"]["inconsistent_rate"] == pytest.approx(1 / 3)
+    assert m["consistency"]["reasons"]["wrong_organ"] == 1 and m["consistency"]["examples"][0]["id"] == "t2"
+    assert m["garbled"]["top"] == [["andselectorin", 1]] and m["garbled_word_rate"] > 0
+    assert m["references"].startswith("none") and "bleu4" not in m
+
+
+def test_open_questions_from_the_sft_split_and_max_samples(tiny_reasoner_dir, recipe_dir, tmp_path):
+    from pathvlm.data.build import build_recipe
+    from pathvlm.data.config import load_recipe
+
+    from evals.markdown_report import render_report
+
+    recipe = load_recipe(recipe_dir / "recipe.yaml")
+    recipe.splits.ratios = {"train": 0.6, "test": 0.4}
+    build_recipe(recipe, recipe_dir / "data", progress=False)
+    spec = {"name": "op", "kind": "vqa_open", "description": "d", "source": "s", "decoding": {"max_new_tokens": 16},
+            "dataset": {"kind": "built", "build_dir": str(recipe_dir / "data"), "dataset": "sft", "split": "test",
+                        "tasks": ["open"]}}
+    p = tmp_path / "op.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    res = run_eval(None, [str(p)], tmp_path / "out", reasoner=str(tiny_reasoner_dir), max_samples=2)
+    r = res["tasks"]["op"]
+    assert r["n_samples"] == 2 and r["max_samples"] == 2
+    m = r["metrics"]
+    assert m["open"]["n"] == 2 and m["consistency"]["n"] == 2 and 0 <= m["garbled_word_rate"] <= 1
+    assert "tokenizer whole-word tokens" in m["garbled"]["lexicon"]
+    assert "consistency / inconsistent_rate" in render_report(res) and "garbled_word_rate" in render_report(res)
+    with pytest.raises(Exception, match="at least 1"):
+        run_eval(None, [str(p)], tmp_path / "o2", reasoner=str(tiny_reasoner_dir), max_samples=0)

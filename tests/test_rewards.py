@@ -65,3 +65,17 @@ def test_image_agreement_reward(tiny_clip):
     r = ImageAgreementReward(model, preprocess, tok)
     scores = r([GOOD, "<answer>benign</answer>"], image=buf.getvalue())
     assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores) and scores[0] != scores[1]
+
+
+def test_consistency_reward():
+    pytest.importorskip("spellchecker")
+    f = get_reward("consistency")
+    obs = "The glands are irregular and cribriform, lined by stratified columnar cells with loss of polarity."
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is this colon adenocarcinoma? Answer yes or no."}]}]
+    done = [f"<think>{obs} These features are those of colon adenocarcinoma.</think><answer>yes</answer>",
+            f"<think>{obs} These features are those of colon adenocarcinoma.</think><answer>no</answer>",
+            f"<think>{obs} andselectorin. These features are those of colon adenocarcinoma.</think><answer>yes</answer>",
+            f"<think>{obs} andselectorin.</think><answer>benign adenocarcinoma</answer>",
+            "Specimen: colon.\nDiagnosis: Adenocarcinoma of the colon."]
+    got = f(done, prompts=[prompt] * 4 + [None], label=["colon adenocarcinoma"] * 4 + ["high-grade serous carcinoma"])
+    assert got == [1.0, 0.5, 0.5, 0.0, 0.5]  # the last names the colon on an ovarian tile

@@ -127,7 +127,7 @@ def test_config_errors(tmp_path):
 
 def test_shipped_recipe_parses():
     cfg = load_config("train/recipes/clip/pathclip_nano.yaml")
-    assert cfg.model == "pathclip-nano" and cfg.lock_text and cfg.eval_unseen_sources == ["histolytics_hgsc"]
+    assert cfg.model == "pathclip-nano-untrained" and cfg.lock_text and cfg.eval_unseen_sources == ["histolytics_hgsc"]
 
 
 @pytest.mark.slow

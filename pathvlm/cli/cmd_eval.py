@@ -17,6 +17,9 @@ def add_parser(sub):
     p.add_argument("--device", default="cpu", help="device for the reasoner (cpu, cuda)")
     p.add_argument("--skip-missing", action="store_true",
                    help="record tasks whose data is not on this machine as skipped instead of stopping")
+    p.add_argument("--max-samples", type=int, default=None, metavar="N",
+                   help="keep each task's first N samples (by id for built question sets): bounds a slow "
+                        "generative run on the CPU; recorded in the results")
     p.add_argument("--list", action="store_true", help="list the shipped tasks")
     p.set_defaults(func=run)
 
@@ -50,7 +53,8 @@ def run(args):
     clip_source, reasoner = resolve_models(args.model, args.reasoner, [load_task(n) for n in names])
     label = clip_source or reasoner
     out = args.out or f"runs/eval/{label.replace('/', '_').replace(':', '_')}"
-    run_eval(clip_source, names, out, reasoner=reasoner, skip_missing=args.skip_missing, device=args.device)
+    run_eval(clip_source, names, out, reasoner=reasoner, skip_missing=args.skip_missing, device=args.device,
+             max_samples=args.max_samples)
     print((Path(out) / "report.md").read_text())
     print(f"wrote {out}/results.json, {out}/report.md and {out}/report.html")
     return 0

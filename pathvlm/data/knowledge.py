@@ -23,6 +23,8 @@ class KnowledgeBase:
         self.classes: dict[str, dict] = data["classes"]
         self.templates: list[str] = data["caption_templates"]
         self.distractors: list[str] = data.get("distractors", [])
+        # organ -> the words that name it ("colonic", "colorectal"), read by pathvlm.evals.consistency
+        self.organs: dict[str, list[str]] = data.get("organs", {})
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "KnowledgeBase":

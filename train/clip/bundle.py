@@ -1,11 +1,14 @@
 """Turn a trained PathCLIP run into the bundled model: the trained tensors (fp16) and a model card.
 
     python -m train.clip.bundle runs/clip/pathclip-nano --data runs/data/nano
+    python -m train.clip.bundle runs/reproduce/clip/pathclip-nano --data runs/data/nano --out runs/reproduce/weights
 
 Only what the pip wheels do not already ship is written (with the text transformer locked: the
 image tower, both projections and the temperature). Then both pathclip-nano (the bundled weights,
 as users load them) and pathclip-nano-untrained are evaluated side by side on the held-out split
-and the unseen classes, and the card records the numbers and the commands.
+and the unseen classes, and the card records the numbers, the commands and the provenance (commit, recipe and its sha256,
+starting weights, data checksums: ``train/provenance.py``). ``--out`` bundles into another folder (the
+rebuild of ``make reproduce``); the trained name is then evaluated with that folder's weights.
 """
 from __future__ import annotations
 
@@ -20,18 +23,36 @@ from pathvlm.clip.registry import NAMED_MODELS, WEIGHTS_DIR
 from pathvlm.clip.tower_weights import trained_subset
 
 
-def write_weights(final_dir: Path, name: str, folder: Path = WEIGHTS_DIR, dtype=torch.float16) -> Path:
+RECIPE = "train/recipes/clip/pathclip_nano.yaml"
+
+
+def write_weights(final_dir: Path, name: str, dtype=torch.float16, out_dir: Path = WEIGHTS_DIR) -> Path:
     state = load_file(str(final_dir / "open_clip_model.safetensors"))
     sub = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in trained_subset(state).items()}
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / f"{name}.safetensors"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{name}.safetensors"
     save_file(sub, str(out), metadata={"format": "pt", "source": "pathvlm train clip", "dtype": str(dtype)})
     return out
 
 
-def compare(names: list[str], data: str, split: str, unseen_sources: list[str], task: str, unseen_task: str,
-            extra_tasks=()) -> dict:
+def create_bundled(name: str, weights_dir: Path | None = None):
+    """``create_clip(name)``; for a bundled trained name with ``weights_dir``, the same towers with the trained
+    tensors of ``weights_dir/<name>.safetensors`` overlaid instead of the shipped ones (exactly what loading
+    the name does when that file is the shipped one)."""
     from pathvlm.clip.factory import create_clip
+    from pathvlm.clip.tower_weights import load_trained_weights
+
+    spec = NAMED_MODELS.get(name)
+    if weights_dir is None or spec is None or not spec.trained_weights or Path(weights_dir) == WEIGHTS_DIR:
+        return create_clip(name)
+    model, preprocess, tok = create_clip(f"{name}-untrained")
+    load_trained_weights(model, Path(weights_dir) / spec.trained_weights)
+    model.eval()
+    return model, preprocess, tok
+
+
+def compare(names: list[str], data: str, split: str, unseen_sources: list[str], task: str, unseen_task: str,
+            extra_tasks=(), weights_dir: Path | None = None) -> dict:
     from train.clip.data import read_rows
     from train.clip.evaluate import evaluate
 
@@ -39,7 +60,7 @@ def compare(names: list[str], data: str, split: str, unseen_sources: list[str], 
     unseen = [r for s in ("train", "val", "test") for r in read_rows(data, s, only_sources=unseen_sources)]
     results = {}
     for n in names:
-        model, preprocess, tok = create_clip(n)
+        model, preprocess, tok = create_bundled(n, weights_dir)
         results[n] = evaluate(model, tok, preprocess, heldout, task, unseen, unseen_task, extra_tasks=extra_tasks)
     return results
 
@@ -67,9 +88,13 @@ def results_table(results: dict, cfg: dict) -> str:
     return "\n".join(lines)
 
 
-def card(name: str, run_dir: Path, results: dict, weights: Path, cfg: dict, history: dict) -> str:
+def card(name: str, run_dir: Path, results: dict, weights: Path, cfg: dict, history: dict, prov: dict | None = None,
+         data: str = "runs/data/nano") -> str:
+    from train.provenance import provenance_markdown
+
     if cfg.get("eval_task") != "lc25000_colon":
-        return card_two_organs(name, run_dir, results, weights, cfg, history)
+        return card_two_organs(name, run_dir, results, weights, cfg, history) + (
+            "\n" + provenance_markdown(prov) if prov else "")
     table = results_table(results, cfg)
     n_test = next(iter(results.values()))["zeroshot/n"]
     n_unseen = next(iter(results.values())).get("unseen_zeroshot/n", 0)
@@ -90,10 +115,10 @@ A small, fully open pathology CLIP for laptops and tests, trained by pathvlm's o
   Borkowski et al. 2019, licence not stated, research use) split by augmentation group, with captions
   from pathvlm's morphology knowledge base (CC0). The histolytics HGSC tiles (BSD-3-Clause) are held
   out of training and used as unseen classes.
-- **Recipe**: `pathvlm train clip --config train/recipes/clip/pathclip_nano.yaml` ({cfg['epochs']} epochs,
+- **Recipe**: `pathvlm train clip --config {RECIPE}` ({cfg['epochs']} epochs,
   batch {cfg['batch_size']}, {cfg['loss']} loss, lr {cfg['lr']} for projections and {cfg['lr_tower']} for the
   image tower, cosine schedule with {cfg['warmup_steps']} warm-up steps, seed {cfg['seed']}); training took
-  {history.get('seconds', 0) / 60:.0f} min on a 2-core CPU. Then `python -m train.clip.bundle {run_dir}`.
+  {history.get('seconds', 0) / 60:.0f} min on a 2-core CPU. Then `python -m train.clip.bundle {run_dir} --data {data}`.
 - **Licence**: Apache-2.0 (weights), subject to the training data's research-use terms.
 
 ## Results
@@ -110,9 +135,10 @@ images of the caption's class (chance about 0.5).
 `pathclip-nano` rows are measured on the shipped fp16 weights, loaded by name. Other rows are ablations
 evaluated beside it (`--also`): `...-textproj/final` is the same recipe with the text projection trained
 from open_clip's default initialisation (`lock_text_projection: false`, before the orthogonal init), which fits the two training classes as well but transfers worse
-to unseen classes. Reproduce: `python -m train.clip.bundle {run_dir} --data runs/data/nano --eval-only
+to unseen classes. Reproduce: `python -m train.clip.bundle {run_dir} --data {data} --eval-only
 --also runs/clip/pathclip-nano-textproj/final`.
 
+{provenance_markdown(prov) if prov else ""}
 ## Limits
 
 Two training classes from one organ and one lab: a demonstration model. It is not a diagnostic
@@ -159,8 +185,9 @@ caption-to-image retrieval over the held-out tiles (chance {5 / max(n_test, 1):.
 {results_table(results, cfg)}
 
 Every row is measured by one command on the same tiles: `python -m train.clip.bundle {run_dir} --data
-{cfg['data']} --also {run_dir}/final --out-dir {run_dir}/card` (it writes this run's fp16 tensors there, not
-into the bundle; `pathclip-nano` is the bundled model, `{run_dir}/final` this run in fp32). Oral tiles have no patient ids:
+{cfg['data']} --out {run_dir}/card --recipe train/recipes/clip/pathclip_nano_v2.yaml --also {run_dir}/final` (it
+writes this run's fp16 tensors there, not into the bundle, and evaluates the name with them; `{run_dir}/final`
+is the same run in fp32). Oral tiles have no patient ids:
 tiles of one patient that are not near-copies may sit on both sides of the split, so the oral figures are
 optimistic.
 
@@ -171,34 +198,42 @@ pathology CLIPs (QuiltNet, PLIP, CONCH) through the same factory for research.
 """
 
 
-def main():
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", help="output_dir of a pathvlm train clip run")
     ap.add_argument("--data", default="runs/data/nano")
     ap.add_argument("--name", default="pathclip-nano")
     ap.add_argument("--eval-only", action="store_true", help="only evaluate the bundled and untrained models")
     ap.add_argument("--also", nargs="*", default=[], help="more model sources to evaluate beside them (ablations)")
-    ap.add_argument("--out-dir", default=None, help="write the weights, results and card here, named after the run "
-                    "folder, instead of into the bundle (pathvlm/clip/weights): a candidate's card, the bundle untouched")
-    args = ap.parse_args()
+    ap.add_argument("--out", default=str(WEIGHTS_DIR), help="where the weights, card and results JSON go "
+                    "(default: the package's weights folder, i.e. the shipped bundle)")
+    ap.add_argument("--recipe", default=RECIPE, help="the recipe the run was trained with (recorded with its sha256)")
+    args = ap.parse_args(argv)
     run = Path(args.run_dir)
     meta = json.loads((run / "final" / "pathvlm.json").read_text())
     cfg = meta["config"]
     history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else {}
-    out_dir = Path(args.out_dir) if args.out_dir else WEIGHTS_DIR
-    stem = run.name if args.out_dir else args.name
-    weights = out_dir / f"{stem}.safetensors"
+    out = Path(args.out)
+    weights = out / f"{args.name}.safetensors"
     if not args.eval_only:
-        weights = write_weights(run / "final", stem, out_dir)
+        weights = write_weights(run / "final", args.name, out_dir=out)
     spec = NAMED_MODELS[args.name]
     results = compare([f"{args.name}-untrained", *args.also, args.name], args.data, cfg["eval_split"], cfg["eval_unseen_sources"],
-                      cfg["eval_task"], cfg["eval_unseen_task"], cfg.get("eval_extra_tasks") or ["lc25000_colon_unseen_names"])
+                      cfg["eval_task"], cfg["eval_unseen_task"], cfg.get("eval_extra_tasks") or ["lc25000_colon_unseen_names"],
+                      weights_dir=out)
     print(json.dumps(results, indent=1))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
-    (out_dir / f"{stem}.md").write_text(card(spec.name, run, results, weights, cfg, history))
-    print(f"wrote {out_dir / f'{stem}.results.json'} and {out_dir / f'{stem}.md'}")
+    prov = clip_provenance(cfg, args.recipe, args.data)
+    (out / f"{args.name}.results.json").write_text(json.dumps({**results, "provenance": prov}, indent=1, sort_keys=True))
+    (out / f"{args.name}.md").write_text(card(spec.name, run, results, weights, cfg, history, prov, args.data))
+    print(f"wrote {weights} and {out / f'{args.name}.md'}")
+    return 0
+
+
+def clip_provenance(cfg: dict, recipe: str, data: str) -> dict:
+    from train.provenance import data_checksums, provenance, recipe_info
+
+    return provenance([recipe_info(recipe, cfg)], cfg["model"], data_checksums(data, ["clip"]))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -4,6 +4,9 @@ measured ``results.json``.
 
     python -m train.vlm.evaluate runs/vlm/nano-align --max-new-tokens 160 --samples 192
     python -m train.vlm.bundle runs/vlm/nano-align runs/vlm/nano-sft runs/vlm/nano-grpo
+
+The card and the results JSON (``{"stages": [...], "provenance": {...}}``) record the commit, the stages'
+recipes with their sha256, the starting weights and the data checksums (``train/provenance.py``).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 from pathvlm.vlm.build import WEIGHTS_DIR
 
 NAME = "pathvlm-nano"
+RECIPES = ["train/recipes/vlm/nano_align.yaml", "train/recipes/vlm/nano_sft.yaml", "train/recipes/vlm/nano_grpo.yaml"]
 
 
 def _row(stage_dir: Path) -> dict:
@@ -68,7 +72,21 @@ def paired_lines(rows: list[dict]) -> list[str]:
             "| comparison | questions | gained | lost | accuracy change | McNemar p |", "|---|---|---|---|---|---|", *out]
 
 
-def model_card(rows: list[dict], size: int) -> str:
+def vlm_provenance(dirs: list[Path], recipes: list[str]) -> dict:
+    """The stages' recipes (matched to the run folders in order), the first stage's starting weights and the
+    checksums of the data every stage read."""
+    from train.provenance import data_checksums, provenance, recipe_info
+
+    configs = [json.loads((d / "results.json").read_text()).get("config") or {} for d in dirs]
+    infos = [recipe_info(r, c) for r, c in zip(recipes, configs)]
+    data = configs[0].get("data", "runs/data/nano")
+    return provenance(infos, configs[0].get("model", "pathvlm-nano-untrained"),
+                      data_checksums(data, sorted({c.get("stage") for c in configs if c.get("stage")})))
+
+
+def model_card(rows: list[dict], size: int, prov: dict | None = None) -> str:
+    from train.provenance import provenance_markdown
+
     lines = [f"# {NAME}", "",
              "A small, fully open pathology reasoner: **pathclip-nano**'s image tower (efficientnet_lite0, copied "
              "exactly) -> an MLP projector (49 image tokens from the 7x7 feature map) -> **SmolLM2-135M-Instruct** "
@@ -101,6 +119,7 @@ def model_card(rows: list[dict], size: int) -> str:
               "`python -m train.vlm.evaluate` re-asked it with more questions or tokens); the first questions of the "
               "seeded subset are the same for every stage. Train times are wall-clock on a 2-core CPU shared with "
               "other work.", *paired_lines(rows), "",
+              *([provenance_markdown(prov)] if prov else []),
               "## Licences", "",
               "Weights derived from SmolLM2-135M-Instruct (Apache-2.0) and efficientnet_lite0 ImageNet weights "
               "(Apache-2.0); the LC25000 tiles used for training are not redistributed.", ""]
@@ -112,6 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("stages", nargs="+", help="stage run folders in order; the last one's adapter is bundled")
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
     ap.add_argument("--ablation", nargs="*", default=[], help="more run folders reported as ablations (not bundled)")
+    ap.add_argument("--recipes", nargs="*", default=RECIPES, help="the stages' recipes, in the order of the stages "
+                    "(recorded with their sha256)")
     args = ap.parse_args(argv)
     dirs = [Path(d) for d in args.stages]
     rows = [_row(d) for d in dirs]
@@ -124,9 +145,10 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{NAME}.safetensors"
     shutil.copyfile(dirs[-1] / "adapter.safetensors", target)
-    (out / f"{NAME}.results.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "correct"} for r in rows],
-                                                          indent=2) + "\n")
-    (out / f"{NAME}.md").write_text(model_card(rows, target.stat().st_size))
+    prov = vlm_provenance(dirs, args.recipes)
+    stages = [{k: v for k, v in r.items() if k != "correct"} for r in rows]
+    (out / f"{NAME}.results.json").write_text(json.dumps({"stages": stages, "provenance": prov}, indent=2) + "\n")
+    (out / f"{NAME}.md").write_text(model_card(rows, target.stat().st_size, prov))
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB), {NAME}.md and {NAME}.results.json")
     return 0
 
