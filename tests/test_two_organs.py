@@ -206,3 +206,16 @@ def test_nano_v2_recipe_on_shared_data(tmp_path):
     assert card["leakage_audit"]["ok"] and card["sources"]["oral_scc"]["records"] == 975
     assert card["label_conflicts"]["images"] == 12
     assert set(card["outputs"]) == {"clip", "align", "sft", "grpo"}
+
+
+def test_bundle_evaluates_the_shipped_weights_beside_a_rebuild(monkeypatch):
+    import train.clip.bundle as bundle
+
+    calls = []
+    monkeypatch.setattr("pathvlm.clip.factory.create_clip", lambda n: calls.append(("shipped", n)) or (None, None, None))
+    monkeypatch.setattr(bundle, "create_bundled", lambda n, w: calls.append(("rebuilt", n, w)) or (None, None, None))
+    monkeypatch.setattr("train.clip.evaluate.evaluate", lambda *a, **k: {"n": 1})
+    monkeypatch.setattr("train.clip.data.read_rows", lambda *a, **k: [])
+    out = bundle.compare(["pathclip-nano" + bundle.SHIPPED, "pathclip-nano"], "d", "test", [], "t", "u", weights_dir="w")
+    assert calls == [("shipped", "pathclip-nano"), ("rebuilt", "pathclip-nano", "w")]
+    assert list(out) == ["pathclip-nano (shipped)", "pathclip-nano"]

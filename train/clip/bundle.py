@@ -35,6 +35,9 @@ def write_weights(final_dir: Path, name: str, dtype=torch.float16, out_dir: Path
     return out
 
 
+SHIPPED = " (shipped)"
+
+
 def create_bundled(name: str, weights_dir: Path | None = None):
     """``create_clip(name)``; for a bundled trained name with ``weights_dir``, the same towers with the trained
     tensors of ``weights_dir/<name>.safetensors`` overlaid instead of the shipped ones (exactly what loading
@@ -60,7 +63,12 @@ def compare(names: list[str], data: str, split: str, unseen_sources: list[str], 
     unseen = [r for s in ("train", "val", "test") for r in read_rows(data, s, only_sources=unseen_sources)]
     results = {}
     for n in names:
-        model, preprocess, tok = create_bundled(n, weights_dir)
+        if n.endswith(SHIPPED):  # the shipped weights of a bundled name, beside a rebuild of it (--also-shipped)
+            from pathvlm.clip.factory import create_clip
+
+            model, preprocess, tok = create_clip(n[:-len(SHIPPED)])
+        else:
+            model, preprocess, tok = create_bundled(n, weights_dir)
         results[n] = evaluate(model, tok, preprocess, heldout, task, unseen, unseen_task, extra_tasks=extra_tasks)
     return results
 
@@ -185,9 +193,9 @@ caption-to-image retrieval over the held-out tiles (chance {5 / max(n_test, 1):.
 {results_table(results, cfg)}
 
 Every row is measured by one command on the same tiles: `python -m train.clip.bundle {run_dir} --data
-{cfg['data']} --out {run_dir}/card --recipe train/recipes/clip/pathclip_nano_v2.yaml --also {run_dir}/final` (it
-writes this run's fp16 tensors there, not into the bundle, and evaluates the name with them; `{run_dir}/final`
-is the same run in fp32). Oral tiles have no patient ids:
+{cfg['data']} --out {run_dir}/card --recipe train/recipes/clip/pathclip_nano_v2.yaml --also {run_dir}/final
+--also-shipped` (it writes this run's fp16 tensors there, not into the bundle, and evaluates the name with them;
+`{name} (shipped)` is the bundled model as users load it today, `{run_dir}/final` this run in fp32). Oral tiles have no patient ids:
 tiles of one patient that are not near-copies may sit on both sides of the split, so the oral figures are
 optimistic.
 
@@ -207,6 +215,8 @@ def main(argv=None) -> int:
     ap.add_argument("--also", nargs="*", default=[], help="more model sources to evaluate beside them (ablations)")
     ap.add_argument("--out", default=str(WEIGHTS_DIR), help="where the weights, card and results JSON go "
                     "(default: the package's weights folder, i.e. the shipped bundle)")
+    ap.add_argument("--also-shipped", action="store_true", help="with --out: also evaluate the shipped weights of "
+                    "--name (row 'NAME (shipped)'), e.g. the bundled v1 beside a v2 candidate")
     ap.add_argument("--recipe", default=RECIPE, help="the recipe the run was trained with (recorded with its sha256)")
     args = ap.parse_args(argv)
     run = Path(args.run_dir)
@@ -218,7 +228,8 @@ def main(argv=None) -> int:
     if not args.eval_only:
         weights = write_weights(run / "final", args.name, out_dir=out)
     spec = NAMED_MODELS[args.name]
-    results = compare([f"{args.name}-untrained", *args.also, args.name], args.data, cfg["eval_split"], cfg["eval_unseen_sources"],
+    shipped = [args.name + SHIPPED] if args.also_shipped else []
+    results = compare([f"{args.name}-untrained", *args.also, *shipped, args.name], args.data, cfg["eval_split"], cfg["eval_unseen_sources"],
                       cfg["eval_task"], cfg["eval_unseen_task"], cfg.get("eval_extra_tasks") or ["lc25000_colon_unseen_names"],
                       weights_dir=out)
     print(json.dumps(results, indent=1))
