@@ -196,8 +196,8 @@ Every row is measured by one command on the same tiles: `python -m train.clip.bu
 {cfg['data']} --out {run_dir}/card --recipe train/recipes/clip/pathclip_nano_v2.yaml --also {run_dir}/final
 --also-shipped` (it writes this run's fp16 tensors there, not into the bundle, and evaluates the name with them;
 `{name} (shipped)` is the bundled model as users load it today, `{run_dir}/final` this run in fp32). The shipped
-v1 was trained on the nano split, whose train groups are not the nano_v2 split's: some colon tiles held out
-here were in v1's training set, so its colon figures in this table are optimistic. Oral tiles have no patient ids:
+v1 was trained on the nano split: check that none of the colon tiles held out here is in its training groups
+before reading its colon figures (for nano.yaml and nano_v2.yaml at seed 0, none is). Oral tiles have no patient ids:
 tiles of one patient that are not near-copies may sit on both sides of the split, so the oral figures are
 optimistic.
 
