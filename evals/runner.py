@@ -36,11 +36,11 @@ def _classification_metrics(truth, pred, conf=None) -> dict:
 
 def run_zeroshot(task: Task, model, tok, preprocess, items, plots: Path) -> dict:
     ps = load_prompt_set(task.prompts)
-    items = [it for it in items if it["label"] in ps.classes]
+    items = [it for it in items if ps.class_of(it["label"])]  # the prompt set's dataset_labels fold finer labels in
     if not items:
         raise PathVLMError(f"task {task.name}: no samples with a label among {list(ps.classes)}")
     feats = embed_images(model, preprocess, [it["image"] for it in items], num_workers=0)
-    truth = [it["label"] for it in items]
+    truth = [ps.class_of(it["label"]) for it in items]
     out = {}
     for mode in (["ensemble", "single_prompt"] if task.compare_single_prompt else ["ensemble"]):
         clf = ZeroShotClassifier(model, tok, ps, ensemble=mode == "ensemble")

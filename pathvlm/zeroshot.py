@@ -42,6 +42,15 @@ class PromptSet:
         if not self.templates or any(t.count("{}") != 1 for t in self.templates):
             raise PathVLMError(f"prompt set '{self.name}': every template needs exactly one '{{}}'")
 
+    def class_of(self, label: str) -> str | None:
+        """The class a sample's label belongs to: the label itself when it is a class, else its ``dataset_labels``
+        entry (a folder name, or a finer class folded into a coarser one, e.g. oral squamous cell carcinoma ->
+        squamous cell carcinoma), else None (not part of this task)."""
+        if label in self.classes:
+            return label
+        mapped = self.dataset_labels.get(label)
+        return mapped if mapped in self.classes else None
+
     def prompts(self, ensemble: bool = True) -> dict[str, list[str]]:
         """Class -> prompt strings. Without ensembling: first synonym in the first template."""
         if not ensemble:

@@ -227,6 +227,17 @@ def curate_text(rows, recipe, malformed, log: StageLog, card: dict):
 def deduplicate(rows, recipe, log: StageLog, card: dict, workers: int = 1):
     c = recipe.curation
     n_in = len(rows)
+    # label conflicts: one image (identical bytes) labelled as two classes, e.g. a tile filed under both Normal and
+    # OSCC: no label can be trusted, so every copy goes (counted in the card)
+    conflicts: list[dict] = []
+    if c.drop_label_conflicts:
+        labels = defaultdict(set)
+        for r in rows:
+            if r["task"] == "classification" and r["image_sha256"]:
+                labels[r["image_sha256"]].add(r["label"])
+        bad = {h for h, ls in labels.items() if len(ls) > 1}
+        conflicts = [r for r in rows if r["task"] == "classification" and r["image_sha256"] in bad]
+        rows = [r for r in rows if not (r["task"] == "classification" and r["image_sha256"] in bad)]
     # exact duplicates: same image bytes and same text / question
     seen, out, exact = set(), [], 0
     for r in rows:
@@ -268,9 +279,14 @@ def deduplicate(rows, recipe, log: StageLog, card: dict, workers: int = 1):
     # near-duplicate captions (SimHash), reported
     caps = [r for r in out if r["task"] == "caption" and r["text"]] if c.text_near_duplicates else []
     text_near = dedup.caption_near_duplicates([r["text"] for r in caps], c.text_near_duplicate_jaccard, workers=workers)
-    log.add("deduplicate", n_in, len(out), exact_duplicates=exact, near_duplicate_image_pairs=near.pair_count,
+    log.add("deduplicate", n_in, len(out), exact_duplicates=exact, **({"label_conflicts_dropped": len(conflicts)}
+                                                                     if c.drop_label_conflicts else {}),
+            near_duplicate_image_pairs=near.pair_count,
             groups_merged=len(merge), near_duplicates_dropped=near_dropped,
             near_duplicate_caption_pairs=text_near.pair_count if c.text_near_duplicates else "not searched")
+    if c.drop_label_conflicts:
+        card["label_conflicts"] = {"rows_dropped": len(conflicts), "images": len({r["image_sha256"] for r in conflicts}),
+                                   "examples": sorted({f"{r['source']}/{r['key']} ({r['label']})" for r in conflicts})[:30]}
     card["duplicates"] = {"exact_rows": exact, "near_duplicate_image_pairs": near.pair_count,
                           "groups_merged_by_image_similarity": len(merge),
                           "near_duplicate_images_dropped": near_dropped,
@@ -330,7 +346,8 @@ def build_recipe(recipe: RecipeConfig, out: str | Path, progress: bool = True, r
     rows, _ = deduplicate(rows, recipe, log, card, workers)
     rows.sort(key=lambda r: (r["source"], r["id"]))
     rows = split_rows(rows, recipe, log, card)
-    kb = KnowledgeBase.load(recipe.knowledge)
+    # questions and distractors draw on the classes this build labels (adding a class elsewhere changes nothing here)
+    kb = KnowledgeBase.load(recipe.knowledge).subset({r["label"] for r in rows if r["task"] == "classification"})
     outputs = {}
     from pathvlm.data.writer import checksums, write_parquet, write_webdataset
 

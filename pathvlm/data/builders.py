@@ -27,6 +27,11 @@ def _base(row: dict) -> dict:
     return {k: row[k] for k in ("source", "licence", "group", "split")}
 
 
+def _power(row: dict) -> str | None:
+    """The magnification the source gives for the row's image (``100x``...), if any."""
+    return (row.get("meta") or {}).get("magnification")
+
+
 def cot(observations: str, answer: str) -> str:
     return f"<think>{observations}</think><answer>{answer}</answer>"
 
@@ -60,7 +65,7 @@ def build_clip(rows, kb: KnowledgeBase, seed: int, captions_per_image: int = 1):
             continue
         if row["task"] == "classification":
             for n in range(captions_per_image):
-                yield {"id": f"{row['id']}-c{n}", "image": row["image"], "text": kb.caption(row["label"], _rng(seed, "clip", row["id"], n)),
+                yield {"id": f"{row['id']}-c{n}", "image": row["image"], "text": kb.caption(row["label"], _rng(seed, "clip", row["id"], n), _power(row)),
                        "label": row["label"], **_base(row)}
         elif row["task"] == "caption" and row["text"]:
             yield {"id": row["id"], "image": row["image"], "text": row["text"], "label": row["label"], **_base(row)}
@@ -73,9 +78,9 @@ def build_align(rows, kb: KnowledgeBase, seed: int):
         if row["task"] == "classification":
             rng = _rng(seed, "align", row["id"])
             yield {"id": f"{row['id']}-cap", "image": row["image"], "task": "caption",
-                   "prompt": "Describe the histological features of this image.", "target": kb.caption(row["label"], rng), **_base(row)}
+                   "prompt": "Describe the histological features of this image.", "target": kb.caption(row["label"], rng, _power(row)), **_base(row)}
             yield {"id": f"{row['id']}-rep", "image": row["image"], "task": "report",
-                   "prompt": "Write a structured pathology report for this image.", "target": kb.report(row["label"]), **_base(row)}
+                   "prompt": "Write a structured pathology report for this image.", "target": kb.report(row["label"], _power(row)), **_base(row)}
         elif row["task"] == "caption" and row["text"]:
             yield {"id": row["id"], "image": row["image"], "task": "caption",
                    "prompt": "Describe the histological features of this image.", "target": row["text"], **_base(row)}
@@ -92,7 +97,7 @@ def build_sft(rows, kb: KnowledgeBase, seed: int):
         if row["task"] == "classification" and row["image"] is not None:
             label, e = row["label"], kb.entry(row["label"])
             rng = _rng(seed, "sft", rid)
-            obs = kb.observations(label)
+            obs = kb.observations(label, _power(row))
             # closed yes/no: half the time about the true class, half about another one
             asked = label if rng.random() < 0.5 else rng.choice([c for c in kb.classes if c != label])
             yes = asked == label
@@ -106,7 +111,7 @@ def build_sft(rows, kb: KnowledgeBase, seed: int):
                        + f"\n{FORMAT_INSTRUCTION}", cot(f"{obs} This fits {label}, which is option {letter}.", letter))
             yield _sft(row, "open", f"What does this image show? {FORMAT_INSTRUCTION}", cot(obs, label))
             yield _sft(row, "report", "Write a structured pathology report for this image.",
-                       cot(obs, kb.report(label)))
+                       cot(obs, kb.report(label, _power(row))))
         elif row["task"] in ("vqa_closed", "vqa_open"):
             # no rationale is published for these answers: the think block carries only what the source gives
             yield _sft(row, row["task"], f"{row['question']} {FORMAT_INSTRUCTION}", cot(row["rationale"], row["answer"]))

@@ -35,6 +35,10 @@ def render_markdown(card: dict) -> str:
         L.append("- kept: " + " / ".join(f"\"{s}\"" for s in ex["kept"]))
     d = card.get("duplicates", {})
     L += ["", "## Duplicates", ""] + [f"- {k}: {v}" for k, v in d.items() if k != "caption_pair_examples"]
+    lc = card.get("label_conflicts")
+    if lc:
+        L += ["", "## Label conflicts (identical images under two labels, dropped)", "",
+              f"{lc['images']} images, {lc['rows_dropped']} rows: " + ", ".join(lc["examples"])]
     L += ["", "## Splits", "", "| split | rows | groups |", "|---|---|---|"]
     for k, v in card["splits"]["rows"].items():
         L.append(f"| {k} | {v} | {card['splits']['groups'][k]} |")

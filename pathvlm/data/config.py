@@ -29,6 +29,7 @@ class CurationConfig:
     min_words: int = 3
     max_words: int = 400
     drop_exact_duplicates: bool = True  # same image bytes and same text/question
+    drop_label_conflicts: bool = False  # drop labelled images whose identical bytes carry two labels (label noise)
     image_near_duplicate_bits: int = 4  # dHash Hamming distance; near-duplicates share one group
     drop_near_duplicate_images: bool = False
     text_near_duplicate_jaccard: float = 0.8  # captions this similar (word 3-shingles, MinHash LSH) are reported

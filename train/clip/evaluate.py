@@ -22,25 +22,32 @@ def unique_images(rows: list[dict]) -> list[dict]:
 
 
 @torch.no_grad()
-def zero_shot(model, tokenizer, preprocess, rows, task: str, device="cpu") -> dict:
+def zero_shot(model, tokenizer, preprocess, rows, task: str, device="cpu", feats=None) -> dict:
+    """``feats``: the image embeddings of ``unique_images(rows)``, in order, when the caller has them already
+    (several tasks over one split embed its images once)."""
     rows = unique_images(rows)
     ps = load_prompt_set(task)
-    rows = [r for r in rows if r["label"] in ps.classes]
+    keep = [i for i, r in enumerate(rows) if ps.class_of(r["label"])]  # labels outside the task's classes: not scored
+    rows = [rows[i] for i in keep]
     if not rows:
         return {}
     clf = ZeroShotClassifier(model, tokenizer, ps, device=device)
-    feats = embed_images(model, preprocess, [r["image"] for r in rows], num_workers=0, device=device)
+    if feats is None:
+        feats = embed_images(model, preprocess, [r["image"] for r in rows], num_workers=0, device=device)
+    else:
+        feats = feats[keep]
     pred = [clf.class_names[i] for i in clf.probabilities(feats).argmax(-1).tolist()]
-    truth = [r["label"] for r in rows]
+    truth = [ps.class_of(r["label"]) for r in rows]
     return {"balanced_accuracy": balanced_accuracy(truth, pred), "accuracy": accuracy(truth, pred), "n": len(rows)}
 
 
 @torch.no_grad()
-def retrieval(model, tokenizer, preprocess, rows, device="cpu") -> dict:
+def retrieval(model, tokenizer, preprocess, rows, device="cpu", feats=None) -> dict:
     rows = unique_images(rows)
     if len(rows) < 2:
         return {}
-    img = embed_images(model, preprocess, [r["image"] for r in rows], num_workers=0, device=device).numpy()
+    img = (feats if feats is not None else
+           embed_images(model, preprocess, [r["image"] for r in rows], num_workers=0, device=device)).numpy()
     txt = embed_texts(model, tokenizer, [r["text"] for r in rows], device=device).numpy()
     sim = txt @ img.T
     labels = [r["label"] for r in rows]
@@ -57,12 +64,16 @@ def evaluate(model, tokenizer, preprocess, heldout, task, unseen=None, unseen_ta
     was_training = model.training
     model.eval()
     metrics = {}
-    for k, v in zero_shot(model, tokenizer, preprocess, heldout, task, device).items():
+    # the held-out images are embedded once for every task (the same numbers as embedding them per task)
+    images = unique_images(heldout)
+    feats = embed_images(model, preprocess, [r["image"] for r in images], num_workers=0, device=device) \
+        if images else None
+    for k, v in zero_shot(model, tokenizer, preprocess, heldout, task, device, feats).items():
         metrics[f"zeroshot/{k}"] = v
     for extra in extra_tasks:
-        for k, v in zero_shot(model, tokenizer, preprocess, heldout, extra, device).items():
+        for k, v in zero_shot(model, tokenizer, preprocess, heldout, extra, device, feats).items():
             metrics[f"zeroshot[{extra}]/{k}"] = v
-    for k, v in retrieval(model, tokenizer, preprocess, heldout, device).items():
+    for k, v in retrieval(model, tokenizer, preprocess, heldout, device, feats).items():
         metrics[f"retrieval/{k}"] = v
     if unseen and unseen_task:
         for k, v in zero_shot(model, tokenizer, preprocess, unseen, unseen_task, device).items():

@@ -16,12 +16,17 @@ from pathvlm.data.sources._io import require
 from pathvlm.images import IMAGE_SUFFIXES
 
 
+MANIFEST_FIELDS = ("path", "label", "group", "sha256")
+
+
 @adapter("imagefolder", "as declared in the recipe", "class-per-folder images (LC25000, CRC-100K, ...), "
-         "optional manifest.csv with path,label,group")
+         "optional manifest.csv with path,label,group (other columns, e.g. magnification, go to the row's meta)")
 def read_imagefolder(root, manifest: str | None = None, exclude: list[str] | None = None,
                      label_map: dict[str, str] | None = None) -> Iterator[Record | Malformed]:
     """Labels are the first folder under ``root`` (or the manifest's ``label``). Groups come from the
-    manifest's ``group`` column (LC25000's augmentation groups) or default to the file itself."""
+    manifest's ``group`` column (LC25000's augmentation groups) or default to the file itself. The manifest's
+    other columns (``magnification``, ...) are kept in the record's ``meta``: the knowledge base writes
+    magnification-specific captions and reasoning from it."""
     root = Path(root)
     require(root, "image folder")
     exclude = set(exclude or [])
@@ -38,7 +43,8 @@ def read_imagefolder(root, manifest: str | None = None, exclude: list[str] | Non
             label = row.get("label") or Path(path).parts[0]
             yield Record(key=Path(path).stem, group=row.get("group") or f"file-{path}", image_path=str(root / path),
                          task="classification", label=label_map.get(label, label),
-                         meta={"dataset_label": label, "sha256": row.get("sha256")})
+                         meta={**{k: v for k, v in row.items() if k not in MANIFEST_FIELDS and k and v},
+                               "dataset_label": label, "sha256": row.get("sha256")})
         return
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         rel = path.relative_to(root)
