@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -117,27 +116,6 @@ def test_combine_and_report_note():
 
 
 # ---------------------------------------------------------------------- a tiny model folder with a description
-@pytest.fixture()
-def described_clip_dir(tmp_path, tiny_clip_dir, tile_folder):
-    """A copy of the tiny PathCLIP folder with a description fitted on the tile fixture (pink and purple tiles),
-    calibrated so that they all pass."""
-    from pathvlm.clip.factory import create_clip
-    from pathvlm.embed import embed_images
-    from pathvlm.images import list_images
-
-    folder = Path(shutil.copytree(tiny_clip_dir, tmp_path / "described"))
-    model, preprocess, _ = create_clip(str(folder))
-    files = list_images(tile_folder)
-    feats = embed_images(model, preprocess, files, num_workers=0)
-    labels = [f.parent.name for f in files]
-    desc = DomainDescription.fit(feats, labels, model="tiny", domain="fixture tiles", k=4,
-                                 weights_sha256=sha256_file(weights_path(str(folder))))
-    desc.calibrate(feats, target=1.0)
-    desc.threshold *= 1.05
-    desc.save(description_path(str(folder)))
-    return folder
-
-
 def out_of_domain_image(path: Path) -> Path:
     """A flat green square: nothing like an H&E tile."""
     from PIL import Image
