@@ -106,7 +106,7 @@ class DomainDescription:
         s = self.scores(features)
         if s.numel() == 0:
             raise PathVLMError("no held-out images to calibrate the threshold on")
-        self.threshold = float(torch.quantile(s.double(), target))
+        self.threshold = float(torch.quantile(s.double(), target, interpolation="higher"))  # >= target pass
         self.info.update({"n_calibration": int(s.numel()), "target": target,
                           "calibration_pass_rate": float((s <= self.threshold).float().mean())})
         return self.threshold

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,28 @@ def test_bundled_description_matches_the_bundled_weights():
     assert desc.domain.startswith("colon") and set(desc.classes) >= {"adenocarcinoma"} or len(desc.classes) >= 2
     assert desc.info["val_pass_rate"] >= 0.95
     assert load_description("pathclip-nano") is not None
+
+
+def test_builder_fits_calibrates_and_reports(tiny_clip_dir, built_fixture_data, tmp_path, capsys):
+    """python -m train.clip.domain on a model folder and the fixture recipe's data: the description goes inside
+    the folder, tied to its weights, and the report has val/test pass rates and the --check folders."""
+    from train.clip.domain import main
+
+    folder = Path(shutil.copytree(tiny_clip_dir, tmp_path / "model"))
+    odd = tmp_path / "odd"
+    for sub in ("x", "y"):
+        (odd / sub).mkdir(parents=True)
+        out_of_domain_image(odd / sub / "green.png")
+    report = tmp_path / "report.json"
+    code = main([str(folder), "--config", str(ROOT / "train/recipes/clip/pathclip_nano.yaml"), "--set",
+                 f"data={built_fixture_data}", "--k", "4", "--check", f"odd={odd}", "--report", str(report)])
+    assert code == 0, capsys.readouterr().err
+    r = json.loads(report.read_text())
+    assert r["val"]["pass_rate"] >= 0.95 and 0 <= r["test"]["pass_rate"] <= 1 and r["train"]["n"] > 0
+    assert set(r["checks"]["odd"]["groups"]) == {"x", "y"} and r["checks"]["odd"]["n"] == 2
+    assert r["domain"] == "tiles H&E tiles (benign colonic tissue, colon adenocarcinoma)"
+    desc = load_description(str(folder))
+    assert desc is not None and desc.threshold == pytest.approx(r["threshold"])
+    assert DomainCheck.for_model(None, None, str(folder)).active
+    assert main(["pathclip-nano-untrained", "--config", str(ROOT / "train/recipes/clip/pathclip_nano.yaml")]) == 2
+    assert "nothing to describe" in capsys.readouterr().err
