@@ -203,7 +203,7 @@ def test_bundled_description_matches_the_bundled_weights():
     desc = DomainDescription.load(path)
     assert desc.weights_sha256 == sha256_file(weights), "pathclip-nano's weights changed: rebuild its domain description"
     assert desc.model == "pathclip-nano" and desc.means.shape[1] == 256 and path.stat().st_size < 50_000
-    assert desc.domain.startswith("colon") and set(desc.classes) >= {"adenocarcinoma"} or len(desc.classes) >= 2
+    assert desc.domain.startswith("colon") and len(desc.classes) >= 2 and desc.basis.shape == (256, desc.info["k"])
     assert desc.info["val_pass_rate"] >= 0.95
     assert load_description("pathclip-nano") is not None
 
