@@ -7,6 +7,10 @@ Routes (all JSON; POST bodies must be ``application/json``):
   remote URLs are refused (400) and never fetched. The reasoning goes in ``reasoning_content``.
 - ``POST /v1/classify`` -- an image plus ``labels`` (list or comma-separated) or a ``preset`` task.
 - ``POST /v1/search`` -- ``text`` or ``image``, ``k``: gallery hits with scores and provenance.
+- ``POST /v1/report`` -- an image: a structured report (markdown) from the reasoner.
+
+Responses about an image (classify, image search, chat completions, report) carry a ``domain``
+field: whether the image lies inside the model's training domain (:mod:`pathvlm.domain`).
 - ``GET /v1/gallery/{path}`` -- the image of an indexed gallery item (nothing else is served).
 - ``GET /v1/models``, ``GET /health``; the schema at ``/openapi.json``, docs at ``/docs``.
 
@@ -80,6 +84,11 @@ class ClassifyRequest(BaseModel):
     preset: str | None = Field(None, description="the name of a shipped prompt set, e.g. crc100k, lc25000_colon "
                                                  "(see pathvlm tasks); never a path")
     top_k: int = Field(5, ge=1, le=100)
+
+
+class ReportRequest(BaseModel):
+    image: str = Field(description="base64 data URL (or bare base64) of a PNG/JPEG/TIFF patch")
+    max_tokens: int | None = Field(None, ge=1, description="tokens per generated section (default 160)")
 
 
 class SearchRequest(BaseModel):
@@ -175,14 +184,26 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
             raise RequestError("give exactly one of text or image")
 
         def work():
+            domain = {}
             if req.text is not None:
                 hits = service.search_text(req.text, req.k)
             else:
-                hits = service.search_image(lambda: service.image_from_payload(req.image), req.k)
+                hits, verdict = service.search_image_checked(lambda: service.image_from_payload(req.image), req.k)
+                domain = {"domain": verdict}
             for h in hits:
                 h.pop("image_path")  # server paths stay private; fetch images by url
                 h["url"] = f"/v1/gallery/{h['path']}"
-            return {"model": service.clip_name, "query": "text" if req.text is not None else "image", "results": hits}
+            return {"model": service.clip_name, "query": "text" if req.text is not None else "image", "results": hits,
+                    **domain}
+
+        return await run_cancellable(request, work)
+
+    @app.post("/v1/report", tags=["chat"])
+    async def report(req: ReportRequest, request: Request):
+        def work():
+            r = service.report(service.image_from_payload(req.image), max_new_tokens=req.max_tokens)
+            return {"model": service.reasoner_name, "report": r.text, "impression": r.answer,
+                    "reasoning": r.thinking, "domain": r.domain}
 
         return await run_cancellable(request, work)
 
@@ -218,7 +239,7 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
             return {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
                     "choices": [{"index": 0, "finish_reason": r.finish_reason,
                                  "message": {"role": "assistant", "content": r.answer, "reasoning_content": r.thinking}}],
-                    "usage": usage}
+                    "usage": usage, "domain": r.domain}
 
         def start():
             ticket, (images, messages) = service.admit_then("generate", lambda: parse_openai_messages(service, raw))
@@ -235,15 +256,15 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
 
         it, first, n = await run_cancellable(request, start)
 
-        def chunk(delta: dict, finish: str | None = None) -> str:
+        def chunk(delta: dict, finish: str | None = None, **extra) -> str:
             body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
             return f"data: {json.dumps(body)}\n\n"
 
         def events():
             splitter = ThinkSplitter()
             pieces = 0
-            yield chunk({"role": "assistant", "content": ""})
+            yield chunk({"role": "assistant", "content": ""}, domain=getattr(it, "domain", None))
             try:
                 stream = ([first] if first is not None else [])
                 for piece in _chain(stream, it):

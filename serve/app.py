@@ -94,6 +94,13 @@ def wait_for(fn, n_outputs: int):
             return item
 
 
+def domain_banner(verdict: dict | None) -> str:
+    """The web app's banner for an image outside the model's training domain ("" when in domain or unchecked)."""
+    if not verdict or not verdict.get("warning"):
+        return ""
+    return f"⚠️ **Outside the training domain.** {verdict['warning']}"
+
+
 def _gr():
     from pathvlm.imports import require_package
 
@@ -179,7 +186,7 @@ def build_ui(service: PathVLMService):
         history = list(history or [])
         messages = history_to_messages(history)
         if not messages or messages[-1]["role"] != "user":
-            yield gr.skip(), gr.skip()  # no new question (an empty message was refused)
+            yield gr.skip(), gr.skip(), gr.skip()  # no new question (an empty message was refused)
             return
         if system and system.strip():  # else the model's own default (e.g. Patho-R1's <think>/<answer> prompt)
             messages = [{"role": "system", "content": system.strip()}] + messages
@@ -194,25 +201,31 @@ def build_ui(service: PathVLMService):
                 yield "evidence", [(h["image_path"], _caption(h)) for h in hits]
             stream = service.chat_stream([image] if image is not None else [], messages)
             try:
-                for piece in stream:
+                for n, piece in enumerate(stream):
+                    if n == 0:
+                        yield "domain", domain_banner(stream.domain)
                     yield "piece", piece
             finally:
                 stream.close()
 
-        evidence = []
+        evidence, banner = [], ""
         splitter = ThinkSplitter()
         reasoning_msg = answer_msg = None
         started = time.monotonic()
-        yield history, evidence
+        yield history, evidence, banner
         try:
             for item in in_background(produce):
                 if item is PENDING:
-                    yield gr.skip(), gr.skip()
+                    yield gr.skip(), gr.skip(), gr.skip()
                     continue
                 kind, value = item
                 if kind == "evidence":
                     evidence = value
-                    yield history, evidence
+                    yield history, evidence, banner
+                    continue
+                if kind == "domain":
+                    banner = value
+                    yield history, evidence, banner
                     continue
                 for channel, text in splitter.feed(value):
                     if channel == "reasoning":
@@ -228,7 +241,7 @@ def build_ui(service: PathVLMService):
                             answer_msg = {"role": "assistant", "content": ""}
                             history.append(answer_msg)
                         answer_msg["content"] += text
-                yield history, evidence
+                yield history, evidence, banner
         except PathVLMError as e:
             raise fail(e) from None
         for channel, text in splitter.flush():
@@ -245,7 +258,7 @@ def build_ui(service: PathVLMService):
             history.append({"role": "assistant", "content": "(no answer)"})
         else:
             answer_msg["content"] = answer_msg["content"].strip() or "(no answer)"
-        yield history, evidence
+        yield history, evidence, banner
 
     def drop_last_answer(history):
         history = list(history or [])
@@ -261,36 +274,37 @@ def build_ui(service: PathVLMService):
             image = service.image_from_path(image_path)
             use_preset = preset if preset and preset != TYPED else None
             r = yield from wait_for(lambda: service.classify(image, labels=None if use_preset else labels,
-                                                             preset=use_preset, top_k=int(top_k)), 3)
+                                                             preset=use_preset, top_k=int(top_k)), 4)
         except PathVLMError as e:
             raise fail(e) from None
         probs = r["probabilities"]
         order = sorted(probs, key=probs.get, reverse=True)[: max(1, int(top_k))]
         df = pd.DataFrame({"class": order, "probability": [probs[c] for c in order]})
         table = [[c, f"{probs[c]:.4f}"] for c in order]
-        yield df, table, f"**Prediction: {r['prediction']}** ({probs[r['prediction']]:.1%}) · task `{r['task']}` · model `{r['model']}`"
+        yield (df, table, f"**Prediction: {r['prediction']}** ({probs[r['prediction']]:.1%}) · task `{r['task']}` · "
+                          f"model `{r['model']}`", domain_banner(r.get("domain")))
 
     def search_text(query, k):
         try:
-            hits = yield from wait_for(lambda: service.search_text(query, int(k)), 2)
+            hits = yield from wait_for(lambda: service.search_text(query, int(k)), 3)
         except PathVLMError as e:
             raise fail(e) from None
-        yield [(h["image_path"], _caption(h)) for h in hits], _hit_rows(hits)
+        yield [(h["image_path"], _caption(h)) for h in hits], _hit_rows(hits), ""
 
     def search_image(image_path, k):
         try:
             image = service.image_from_path(image_path)
-            hits = yield from wait_for(lambda: service.search_image(image, int(k)), 2)
+            hits, verdict = yield from wait_for(lambda: service.search_image_checked(image, int(k)), 3)
         except PathVLMError as e:
             raise fail(e) from None
-        yield [(h["image_path"], _caption(h)) for h in hits], _hit_rows(hits)
+        yield [(h["image_path"], _caption(h)) for h in hits], _hit_rows(hits), domain_banner(verdict)
 
     report_dir = Path(tempfile.gettempdir()) / "pathvlm-reports"
 
     def make_report(image_path):
         try:
             image = service.image_from_path(image_path)
-            r = yield from wait_for(lambda: service.report(image), 2)
+            r = yield from wait_for(lambda: service.report(image), 3)
         except PathVLMError as e:
             raise fail(e) from None
         text = re.sub(r"</?(think|answer)>", "", r.text if r.text.lstrip().startswith("#") else r.answer or r.text).strip()
@@ -301,7 +315,7 @@ def build_ui(service: PathVLMService):
         report_dir.mkdir(parents=True, exist_ok=True)
         out = Path(tempfile.mkstemp(prefix="report-", suffix=".md", dir=report_dir)[1])
         out.write_text(md)
-        yield md, str(out)
+        yield md, str(out), domain_banner(r.domain)
 
     # ------------------------------------------------------------------ layout
     lim = service.limits
@@ -323,6 +337,7 @@ def build_ui(service: PathVLMService):
                     evidence = gr.Gallery(label="Similar cases in the gallery (evidence)", columns=2, height=300,
                                           elem_id="chat-evidence", visible=has_index)
                 with gr.Column(scale=2):
+                    chat_domain = gr.Markdown(elem_id="chat-domain")
                     chatbot = gr.Chatbot(label="PathVLM", height=460, elem_id="chatbot", buttons=["copy"])
                     msg = gr.Textbox(placeholder="Ask about the patch, then press Enter", show_label=False,
                                      elem_id="chat-input", interactive=has_reasoner, lines=1)
@@ -339,13 +354,13 @@ def build_ui(service: PathVLMService):
                                                  + (" (shown above)" if default_system else ""))
             for trigger in (msg.submit, send.click):
                 trigger(add_user_message, [msg, chatbot, chat_image], [msg, chatbot]).success(
-                    respond, [chatbot, chat_image, system], [chatbot, evidence], concurrency_limit=gen_limit,
+                    respond, [chatbot, chat_image, system], [chatbot, evidence, chat_domain], concurrency_limit=gen_limit,
                     concurrency_id="generate")
             regen.click(drop_last_answer, [chatbot], [chatbot]).success(
-                respond, [chatbot, chat_image, system], [chatbot, evidence], concurrency_limit=gen_limit,
+                respond, [chatbot, chat_image, system], [chatbot, evidence, chat_domain], concurrency_limit=gen_limit,
                 concurrency_id="generate")
-            clear.click(lambda: ([], [], ""), None, [chatbot, evidence, msg], queue=False)
-            chat_image.change(lambda: ([], []), None, [chatbot, evidence], queue=False)
+            clear.click(lambda: ([], [], "", ""), None, [chatbot, evidence, msg, chat_domain], queue=False)
+            chat_image.change(lambda: ([], [], ""), None, [chatbot, evidence, chat_domain], queue=False)
 
         with gr.Tab("Classify", id="classify"):
             with gr.Row():
@@ -359,11 +374,12 @@ def build_ui(service: PathVLMService):
                     top_k = gr.Slider(1, 20, value=10, step=1, label="Classes to show")
                     cls_btn = gr.Button("Classify", variant="primary", elem_id="cls-run")
                 with gr.Column(scale=2):
+                    cls_domain = gr.Markdown(elem_id="cls-domain")
                     cls_summary = gr.Markdown(elem_id="cls-summary")
                     bars = gr.BarPlot(x="class", y="probability", title="Zero-shot probabilities", sort="-y",
                                       y_lim=[0, 1], elem_id="cls-bars", height=320)
                     cls_table = gr.Dataframe(headers=["class", "probability"], elem_id="cls-table", interactive=False)
-            cls_btn.click(classify, [cls_image, preset, labels, top_k], [bars, cls_table, cls_summary],
+            cls_btn.click(classify, [cls_image, preset, labels, top_k], [bars, cls_table, cls_summary, cls_domain],
                           concurrency_limit=emb_limit, concurrency_id="embed")
 
         with gr.Tab("Retrieval", id="retrieval"):
@@ -380,12 +396,14 @@ def build_ui(service: PathVLMService):
                     q_image = gr.Image(label="Query patch", type="filepath", sources=["upload", "clipboard"], height=200,
                                        elem_id="search-image")
                     img_btn = gr.Button("Find similar", elem_id="search-image-run")
+            search_domain = gr.Markdown(elem_id="search-domain")
             results = gr.Gallery(label="Results (rank, cosine score, provenance)", columns=4, height=520,
                                  elem_id="search-results")
             hit_table = gr.Dataframe(headers=HIT_HEADERS, elem_id="search-table", interactive=False)
             for trigger in (query.submit, search_btn.click):
-                trigger(search_text, [query, k], [results, hit_table], concurrency_limit=emb_limit, concurrency_id="embed")
-            img_btn.click(search_image, [q_image, k], [results, hit_table], concurrency_limit=emb_limit,
+                trigger(search_text, [query, k], [results, hit_table, search_domain], concurrency_limit=emb_limit,
+                        concurrency_id="embed")
+            img_btn.click(search_image, [q_image, k], [results, hit_table, search_domain], concurrency_limit=emb_limit,
                           concurrency_id="embed")
 
         with gr.Tab("Report", id="report"):
@@ -398,8 +416,9 @@ def build_ui(service: PathVLMService):
                     rep_btn = gr.Button("Write report", variant="primary", elem_id="report-run", interactive=has_reasoner)
                     rep_file = gr.File(label="Download (.md)", elem_id="report-file")
                 with gr.Column(scale=2):
+                    rep_domain = gr.Markdown(elem_id="report-domain")
                     rep_md = gr.Markdown(elem_id="report-text")
-            rep_btn.click(make_report, [rep_image], [rep_md, rep_file], concurrency_limit=gen_limit,
+            rep_btn.click(make_report, [rep_image], [rep_md, rep_file, rep_domain], concurrency_limit=gen_limit,
                           concurrency_id="generate")
     demo.queue(max_size=2 * (gen_limit + emb_limit))
     return demo

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models built locally (2 layers, small width) in every on-disk layout we load."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -333,3 +334,34 @@ def tiny_reasoner_dir(tmp_path_factory, tiny_clip) -> Path:
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def describe_clip_folder(clip_dir: Path, out: Path) -> Path:
+    """A copy of a tiny PathCLIP folder with a domain description (pathvlm.domain) fitted on six he_like_tile
+    tiles (pink and purple) and calibrated so that they all pass: a flat green square is far outside it."""
+    import shutil
+
+    from pathvlm.clip.factory import create_clip
+    from pathvlm.domain import DomainDescription, description_path, sha256_file, weights_path
+    from pathvlm.embed import embed_images
+
+    folder = Path(shutil.copytree(clip_dir, out))
+    model, preprocess, _ = create_clip(str(folder))
+    hues = ["purple", "pink"] * 3
+    tiles = []
+    for i, h in enumerate(hues):
+        buf = io.BytesIO()
+        he_like_tile(i, hue=h).save(buf, format="PNG")
+        tiles.append(buf.getvalue())
+    feats = embed_images(model, preprocess, tiles, num_workers=0)
+    desc = DomainDescription.fit(feats, hues, model="tiny", domain="fixture tiles", k=4,
+                                 weights_sha256=sha256_file(weights_path(str(folder))))
+    desc.calibrate(feats, target=1.0)
+    desc.threshold *= 1.05
+    desc.save(description_path(str(folder)))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def described_clip_dir(tmp_path_factory, tiny_clip_dir) -> Path:
+    return describe_clip_folder(tiny_clip_dir, tmp_path_factory.mktemp("described") / "tiny-described")

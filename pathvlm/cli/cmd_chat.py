@@ -43,24 +43,37 @@ def run(args) -> int:
     from pathlib import Path
 
     from pathvlm.chat import ChatRequestError, load_reasoner
+    from pathvlm.cli.common import domain_note, warn
+    from pathvlm.domain import reasoner_check, with_note
 
     if not args.report and not (args.question or "").strip():
         raise ChatRequestError("give a question after the image, or --report for a structured report")
     reasoner = load_reasoner(args.model, device=args.device, precision=args.precision, vision_tower=args.vision_tower,
                              template=args.template, quantize=args.quantize)
+    # the bundled reasoners see the image through pathclip-nano's tower: its domain description applies
+    verdict = reasoner_check(args.model, device=args.device, warn=warn).check([args.image])[0]
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                system=args.system)
     if args.report:
         rep = reasoner.report(args.image, max_new_tokens=args.max_new_tokens or 160, system=args.system)
+        rep.text = with_note(rep.text, verdict)
         if args.out:
             Path(args.out).write_text(rep.text)
-        print(json.dumps(asdict(rep), indent=2) if args.json else rep.text)
+        if args.json:
+            print(json.dumps({**asdict(rep), "domain": verdict}, indent=2))
+        else:
+            print(rep.text)
         return 0
     messages = [{"role": "user", "content": args.question}]
     if args.json or args.no_stream:
         res = reasoner.chat([args.image], messages, **gen)
-        print(json.dumps(asdict(res), indent=2) if args.json else res.text)
+        if args.json:
+            print(json.dumps({**asdict(res), "domain": verdict}, indent=2))
+        else:
+            domain_note(verdict)
+            print(res.text)
         return 0
+    domain_note(verdict)
     for piece in reasoner.chat([args.image], messages, stream=True, **gen):
         sys.stdout.write(piece)
         sys.stdout.flush()

@@ -20,8 +20,10 @@ def add_parser(sub):
 
 
 def run(args):
-    from pathvlm.cli.common import print_json
+    from pathvlm.cli.common import domain_note, print_json, warn
     from pathvlm.clip.factory import create_clip
+    from pathvlm.domain import DomainCheck
+    from pathvlm.embed import embed_images
     from pathvlm.images import expand_image_args
     from pathvlm.zeroshot import ZeroShotClassifier, load_prompt_set, prompt_set_from_names
 
@@ -29,12 +31,17 @@ def run(args):
     prompt_set = load_prompt_set(args.task) if args.task else prompt_set_from_names(args.classes)
     model, preprocess, tokenizer = create_clip(args.model, device=args.device, text_tower=args.text_tower)
     clf = ZeroShotClassifier(model, tokenizer, prompt_set, ensemble=not args.single_prompt, device=args.device)
-    results = clf.classify_files(paths, preprocess, top_k=args.top_k, batch_size=args.batch_size,
-                                 num_workers=0 if len(paths) < 64 else None)
+    feats = embed_images(model, preprocess, paths, strict=True, device=args.device, batch_size=args.batch_size,
+                         num_workers=0 if len(paths) < 64 else None)
+    results = [clf.describe(str(p), row, args.top_k) for p, row in zip(paths, clf.probabilities(feats))]
+    check = DomainCheck.for_model(model, preprocess, args.model, warn=warn)
+    for r, verdict in zip(results, check.check_features(feats)):
+        r["domain"] = verdict
     if args.json:
         print_json({"model": args.model, "task": prompt_set.name, "classes": clf.class_names, "results": results})
         return 0
     for r in results:
         best = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"])
         print(f"{r['image']}: {best}")
+        domain_note(r["domain"])
     return 0

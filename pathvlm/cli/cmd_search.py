@@ -13,7 +13,8 @@ def add_parser(sub):
 
 
 def run(args):
-    from pathvlm.cli.common import print_json
+    from pathvlm.cli.common import domain_note, print_json, warn
+    from pathvlm.domain import DomainCheck
     from pathvlm.clip.factory import create_clip
     from pathvlm.encoders.factory import create_image_encoder
     from pathvlm.errors import PathVLMError
@@ -26,16 +27,20 @@ def run(args):
     source = args.model or idx.info["model"]["source"]
     if not source:
         raise PathVLMError("the index does not record its model source: pass --model")
+    verdict = None
     if args.image:
         model, preprocess = create_image_encoder(source, device=args.device, text_tower=args.text_tower)
         hits = idx.search_image(args.image, model, preprocess, k=args.k, device=args.device)
+        verdict = DomainCheck.for_model(model, preprocess, source, warn=warn).check([args.image])[0]
     else:  # an image-only model is refused here with a message saying what it can do instead
         model, preprocess, tokenizer = create_clip(source, device=args.device, text_tower=args.text_tower)
         hits = idx.search_text(args.query, model, tokenizer, k=args.k, device=args.device)
     for h in hits:
         h["file"] = str(idx.resolve(h))
     if args.json:
-        print_json({"query": args.query, "image": args.image, "model": source, "hits": hits})
+        print_json({"query": args.query, "image": args.image, "model": source, "hits": hits,
+                    **({"domain": verdict} if verdict is not None else {})})
         return 0
     print(table([[h["rank"], f"{h['score']:.4f}", h["file"]] for h in hits], ["rank", "score", "path"]))
+    domain_note(verdict)
     return 0

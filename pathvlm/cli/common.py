@@ -26,3 +26,14 @@ def print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
+
+
+def warn(text: str) -> None:
+    """A warning for the user on stderr (stdout stays the command's output)."""
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def domain_note(verdict: dict | None) -> None:
+    """The plain line a command prints when its image lies outside the model's training domain."""
+    if verdict and verdict.get("warning"):
+        print(f"note: {verdict['warning']}")

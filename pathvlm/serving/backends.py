@@ -34,6 +34,7 @@ class Generation:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str = "stop"
+    domain: dict | None = None  # the images' domain check (pathvlm.domain), set by the service
 
 
 class LocalReasoner:
@@ -48,6 +49,7 @@ class LocalReasoner:
             raise PathVLMError(f"the reasoner is not available in this pathvlm ({e}); start with --reasoner none") from None
         self._chat = chat
         self.reasoner = chat.load_reasoner(source=source, device=device, quantize=quantize)
+        self.source = source
         self.name = Path(source).name if Path(source).exists() else source
 
     @property

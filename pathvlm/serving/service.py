@@ -89,6 +89,10 @@ class PathVLMService:
         from pathvlm.zeroshot import ClassEmbeddingCache
 
         self.class_cache = ClassEmbeddingCache(lim.class_cache_size)
+        from pathvlm.domain import DomainCheck
+
+        self.domain = DomainCheck.for_model(self.model, self.preprocess, self.clip_name, warn=log.warning)
+        self._reasoner_domain = None
         self.started = time.time()
 
     @classmethod
@@ -216,10 +220,12 @@ class PathVLMService:
 
         def work():
             clf = self._classifier(ps)
-            probs = clf.probabilities(self._embed_image(_decoded(image)))[0]
+            feats = self._embed_image(_decoded(image))
+            probs = clf.probabilities(feats)[0]
             out = clf.describe("upload", probs, max(1, min(int(top_k), len(clf.class_names))))
             out.pop("image")
-            return {"model": self.clip_name, "task": clf.prompt_set.name, "classes": clf.class_names, **out}
+            return {"model": self.clip_name, "task": clf.prompt_set.name, "classes": clf.class_names, **out,
+                    "domain": self.domain.check_features(feats)[0]}
 
         return ticket.run(work)
 
@@ -267,12 +273,17 @@ class PathVLMService:
 
     def search_image(self, image, k: int = 8) -> list[dict]:
         """``image``: a PIL image or a :class:`RequestImage` (decoded in the slot), or a callable giving one."""
+        return self.search_image_checked(image, k)[0]
+
+    def search_image_checked(self, image, k: int = 8) -> tuple[list[dict], dict]:
+        """:meth:`search_image`'s hits and the query image's domain check (:mod:`pathvlm.domain`)."""
         idx, k = self._need_index(), self._check_k(k)
         ticket, image = self._admit_image("embed", image)
 
         def work():
-            scores, ids = idx.search_vectors(self._embed_image(_decoded(image)).numpy(), k)
-            return self._hits(scores[0], ids[0])
+            feats = self._embed_image(_decoded(image))
+            scores, ids = idx.search_vectors(feats.numpy(), k)
+            return self._hits(scores[0], ids[0]), self.domain.check_features(feats)[0]
 
         return ticket.run(work)
 
@@ -355,15 +366,52 @@ class PathVLMService:
         ticket, n = self.admit_then("generate", lambda: self.check_chat(images, messages, max_new_tokens), ticket)
         return self._admit("generate", images, ticket), n, gen
 
+    @property
+    def reasoner_domain(self):
+        """The domain check for the reasoner's images: the bundled reasoners see them through a bundled PathCLIP
+        tower (pathvlm-nano: pathclip-nano), whose description applies; other reasoners and remote backends are
+        not checked."""
+        from pathvlm.domain import DomainCheck, reasoner_check, reasoner_tower
+
+        if self._reasoner_domain is None:
+            source = getattr(self.generator, "source", None)
+            tower = reasoner_tower(source)
+            if tower is not None and tower == self.clip_name:
+                self._reasoner_domain = self.domain  # the same model and description: no second copy
+            elif tower is not None:
+                self._reasoner_domain = reasoner_check(source, device=self.device, warn=log.warning)
+            else:
+                self._reasoner_domain = DomainCheck(None, None, self.reasoner_name, None)
+        return self._reasoner_domain
+
+    def _check_reasoner_images(self, images: list) -> dict:
+        from pathvlm.domain import combine
+
+        return combine(self.reasoner_domain.check(images), self.reasoner_name)
+
     def chat(self, images, messages, max_new_tokens: int | None = None, ticket=None, **gen) -> Generation:
         ticket, n, gen = self._prepare_chat(images, messages, max_new_tokens, ticket, gen)
-        return ticket.run(lambda: self.generator.generate(_decoded_all(images), messages, max_new_tokens=n, **gen))
+
+        def work():
+            decoded = _decoded_all(images)
+            out = self.generator.generate(decoded, messages, max_new_tokens=n, **gen)
+            out.domain = self._check_reasoner_images(decoded)
+            return out
+
+        return ticket.run(work)
 
     def chat_stream(self, images, messages, max_new_tokens: int | None = None, ticket=None, **gen) -> Iterator[str]:
-        """Raw text pieces; admission (or 503) happens here, before the first piece is asked for."""
+        """Raw text pieces; admission (or 503) happens here, before the first piece is asked for. The images'
+        domain check is the stream's ``domain`` once the first piece has come."""
         ticket, n, gen = self._prepare_chat(images, messages, max_new_tokens, ticket, gen)
-        stream = ticket.stream(lambda: self.generator.stream(_decoded_all(images), messages, max_new_tokens=n, **gen))
-        stream.max_new_tokens = n
+
+        def start():
+            decoded = _decoded_all(images)
+            stream.domain = self._check_reasoner_images(decoded)
+            return self.generator.stream(decoded, messages, max_new_tokens=n, **gen)
+
+        stream = ticket.stream(start)
+        stream.max_new_tokens, stream.domain = n, None
         return stream
 
     def report(self, image, max_new_tokens: int | None = None) -> Generation:
@@ -371,7 +419,17 @@ class PathVLMService:
         cap = min(self.limits.max_new_tokens, getattr(gen.limits, "max_new_tokens", self.limits.max_new_tokens))
         n = min(max_new_tokens or 160, cap)
         ticket = self._admit("generate", [image])
-        return ticket.run(lambda: gen.report(_decoded(image), max_new_tokens=n))
+
+        def work():
+            from pathvlm.domain import with_note
+
+            decoded = _decoded(image)
+            out = gen.report(decoded, max_new_tokens=n)
+            out.domain = self._check_reasoner_images([decoded])
+            out.text = with_note(out.text, out.domain)
+            return out
+
+        return ticket.run(work)
 
     # ------------------------------------------------------------------ status
     def health(self) -> dict:
@@ -385,6 +443,8 @@ class PathVLMService:
             "queues": {name: g.stats() for name, g in self.gates.items()},
             "pixels": self.pixels.stats(),
             "class_cache": self.class_cache.stats(),
+            "domain": {"clip": self.domain.status(), "reasoner": self.reasoner_domain.status()
+                       if self.generator is not None else None},
         }
 
 
