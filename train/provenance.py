@@ -114,7 +114,8 @@ def environment() -> dict:
             return None
 
     return {"python": platform.python_version(), "packages": {p: ver(p) for p in PACKAGES},
-            "machine": platform.machine(), "processor": platform.processor() or None, "torch_threads": torch.get_num_threads()}
+            "machine": platform.machine(), "processor": platform.processor() or None, "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def provenance(recipes: list[dict], start: str, data: dict, commit: dict | None = None, env: dict | None = None) -> dict:
@@ -157,7 +158,7 @@ def provenance_markdown(prov: dict) -> str:
     if env:
         pk = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items() if v)
         lines.append(f"- **Environment**: Python {env.get('python')}, {pk}; {env.get('machine')}, "
-                     f"{env.get('torch_threads')} torch threads")
+                     f"{env.get('torch_threads')} torch threads, CPU kernels {env.get('cpu_capability') or 'not recorded'}")
     lines.append("- **Rebuild and compare**: `make reproduce` (`python -m train.reproduce`, docs/reproduce.md)")
     return "\n".join(lines) + "\n"
 
