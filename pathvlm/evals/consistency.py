@@ -40,7 +40,8 @@ REASONS = {
     "wrong_organ": "the text names an organ other than the tile's",
 }
 
-BENIGN_WORDS = ("benign", "normal", "non-neoplastic", "nonneoplastic", "non-malignant", "reactive", "bland")
+# not "reactive": a "reactive stroma" (desmoplasia) surrounds invasive carcinoma, so it is no benign verdict
+BENIGN_WORDS = ("benign", "normal", "non-neoplastic", "nonneoplastic", "non-malignant", "bland")
 STRONG_MALIGNANT = ("malignant", "malignancy", "carcinoma", "adenocarcinoma", "cancer", "cancerous", "metastatic")
 MALIGNANT_WORDS = STRONG_MALIGNANT + ("neoplastic", "tumour", "tumor", "invasive")
 BENIGN_QUALIFIERS = ("benign", "normal", "non-neoplastic", "nonneoplastic", "non-malignant")  # "benign adenocarcinoma"
