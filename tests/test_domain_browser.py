@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import he_like_tile
 from serve_helpers import make_gallery
-from test_serve_browser import CHROMEDRIVER, CHROMIUM, shot, upload, wait_for
+from test_serve_browser import CHROMEDRIVER, CHROMIUM, browser, shot, upload, wait_for  # noqa: F401 (browser: the fixture)
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not (__import__("os").path.exists(CHROMIUM) and __import__("os").path.exists(CHROMEDRIVER)),
@@ -44,24 +44,6 @@ def server(described_clip_dir, tiny_reasoner_dir, tmp_path_factory):
     with ServerThread(create_app(service)) as srv:
         srv.service = service
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser(server, tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
 
 
 def open_tab(driver, server, name):

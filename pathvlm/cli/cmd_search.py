@@ -14,8 +14,9 @@ def add_parser(sub):
 
 def run(args):
     from pathvlm.cli.common import domain_note, print_json, warn
-    from pathvlm.domain import DomainCheck
     from pathvlm.clip.factory import create_clip
+    from pathvlm.domain import DomainCheck
+    from pathvlm.embed import embed_images
     from pathvlm.encoders.factory import create_image_encoder
     from pathvlm.errors import PathVLMError
     from pathvlm.formatting import table
@@ -30,8 +31,10 @@ def run(args):
     verdict = None
     if args.image:
         model, preprocess = create_image_encoder(source, device=args.device, text_tower=args.text_tower)
-        hits = idx.search_image(args.image, model, preprocess, k=args.k, device=args.device)
-        verdict = DomainCheck.for_model(model, preprocess, source, warn=warn).check([args.image])[0]
+        idx.check_model(model)
+        feats = embed_images(model, preprocess, [args.image], strict=True, num_workers=0, device=args.device)
+        hits = idx.search_embedding(feats, k=args.k)  # the one embedding serves the search and the domain check
+        verdict = DomainCheck.for_model(model, preprocess, source, warn=warn).check_features(feats)[0]
     else:  # an image-only model is refused here with a message saying what it can do instead
         model, preprocess, tokenizer = create_clip(source, device=args.device, text_tower=args.text_tower)
         hits = idx.search_text(args.query, model, tokenizer, k=args.k, device=args.device)

@@ -220,8 +220,11 @@ class GalleryIndex:
 
     def search_image(self, image, model, preprocess, k: int = 10, device="cpu") -> list[dict]:
         self.check_model(model)
-        q = embed_images(model, preprocess, [image], strict=True, num_workers=0, device=device).numpy()
-        scores, ids = self.search_vectors(q, k)
+        return self.search_embedding(embed_images(model, preprocess, [image], strict=True, num_workers=0, device=device), k)
+
+    def search_embedding(self, embedding, k: int = 10) -> list[dict]:
+        """Hits for one query embedding already made with this index's model ([1, D] tensor or array)."""
+        scores, ids = self.search_vectors(np.asarray(embedding, dtype=np.float32), k)
         return self._hits(scores[0], ids[0])
 
     def resolve(self, item: dict) -> Path:
