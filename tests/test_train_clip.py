@@ -123,6 +123,30 @@ def test_config_errors(tmp_path):
     with pytest.raises(PathVLMError, match="clip or siglip"):
         load_config(tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml", {"loss": "siglip"}).loss == "siglip"
+    (tmp_path / "c.yaml").write_text("oversample: {normal oral mucosa: 1.5}\n")
+    with pytest.raises(PathVLMError, match="whole number"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_oversample_repeats_only_the_named_label():
+    from pathvlm.errors import PathVLMError
+    from train.clip.data import oversample_rows
+
+    rows = [{"id": str(i), "label": lab} for i, lab in enumerate(["a", "a", "a", "b"])]
+    out = oversample_rows(rows, {"b": 3})
+    assert [r["label"] for r in out].count("b") == 3 and [r["label"] for r in out].count("a") == 3
+    with pytest.raises(PathVLMError, match="do not have: c"):
+        oversample_rows(rows, {"c": 2})
+
+
+def test_oversample_lengthens_the_epoch(tmp_path, tiny_clip_dir, built_data):
+    from train.clip.data import read_rows
+
+    labels = sorted({r["label"] for r in read_rows(str(built_data), "train")})
+    n = len(read_rows(str(built_data), "train"))
+    extra = sum(r["label"] == labels[0] for r in read_rows(str(built_data), "train"))
+    result = train_clip(config(tmp_path, tiny_clip_dir, built_data, oversample={labels[0]: 2}, batch_size=2))
+    assert extra and result["history"][-1]["step"] == (n + extra) // 2
 
 
 def test_shipped_recipe_parses():

@@ -40,6 +40,8 @@ class ClipTrainConfig:
     num_workers: int = 0
     save_every_steps: int = 0  # 0: at the end of each epoch only
     keep_checkpoints: int = 2
+    oversample: dict = field(default_factory=dict, metadata={"help": "label -> whole number of times its training "
+                             "rows are repeated each epoch (e.g. a class with few tiles); evaluation is unchanged"})
     eval_task: str = "lc25000_colon"  # zero-shot prompt set for the held-out split
     eval_split: str = "test"
     eval_unseen_sources: list = field(default_factory=list)  # e.g. the histolytics tiles
@@ -60,4 +62,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ClipTrainCon
         raise PathVLMError(f"{p}: unknown field(s) {', '.join(sorted(unknown))}")
     if data.get("loss", "clip") not in ("clip", "siglip"):
         raise PathVLMError(f"{p}: loss must be clip or siglip")
+    for label, factor in (data.get("oversample") or {}).items():
+        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+            raise PathVLMError(f"{p}: oversample[{label!r}] must be a whole number >= 1, got {factor!r}")
     return ClipTrainConfig(**data)

@@ -30,6 +30,19 @@ def read_rows(data_dir: str, split: str, exclude_sources=(), only_sources=None) 
     return rows
 
 
+def oversample_rows(rows: list[dict], factors: dict) -> list[dict]:
+    """Repeat the rows of each label in ``factors`` that many times (a rare class seen more often per epoch).
+    A label no row carries is an error: a typo would otherwise train silently without the intended balance."""
+    from pathvlm.errors import PathVLMError
+
+    labels = {r["label"] for r in rows}
+    missing = sorted(set(factors) - labels)
+    if missing:
+        raise PathVLMError(f"oversample names label(s) the training rows do not have: {', '.join(missing)} "
+                           f"(labels: {', '.join(sorted(labels))})")
+    return [r for r in rows for _ in range(factors.get(r["label"], 1))]
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}:{index}".encode()).digest()[:8], "little") % (2**63)
 

@@ -23,7 +23,7 @@ from pathvlm.clip.factory import create_clip, make_preprocess
 from pathvlm.clip.folder import save_clip
 from train.clip import checkpoint as ckpt
 from train.clip.config import ClipTrainConfig
-from train.clip.data import ClipPairs, epoch_batches, read_rows
+from train.clip.data import ClipPairs, epoch_batches, oversample_rows, read_rows
 from train.clip.evaluate import evaluate
 from train.clip.towers import add_lora, freeze_locked_batchnorm, lock_towers, merged_copy
 
@@ -129,6 +129,7 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
     train_tf = make_preprocess(model.visual.preprocess_cfg, train=True)
 
     rows = read_rows(cfg.data, "train", exclude_sources=cfg.exclude_sources + cfg.eval_unseen_sources)
+    rows = oversample_rows(rows, cfg.oversample) if cfg.oversample else rows
     heldout = read_rows(cfg.data, cfg.eval_split, exclude_sources=cfg.exclude_sources + cfg.eval_unseen_sources)
     unseen = [r for s in ("train", "val", "test") for r in read_rows(cfg.data, s, only_sources=cfg.eval_unseen_sources)] \
         if cfg.eval_unseen_sources else []
