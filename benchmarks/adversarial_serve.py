@@ -18,7 +18,8 @@ a file, image or chat history; /gradio_api/call and the queue join route; with a
 a 504 that must free its slot); 4 presets that are paths; 5 clients that disconnect while queued or
 running; 6 inputs that gave 500s, the error envelope, 413, 405; 7 damaged JPEGs, EXIF orientation,
 EPS, failed-login throttling, slow headers, slow bodies, and the index build's corrupt build.json
-and --part-size (command line).
+and --part-size (command line); 8 the routes added since (/v1/report's inputs and token, the domain
+field on every image answer).
 """
 from __future__ import annotations
 
@@ -687,6 +688,56 @@ def _status_probe(ctx: Context, path: str, body, want: int):
     return r.status_code == want and (want == 200 or envelope_ok(r)), f"{r.status_code} {error_message(r)[:100]!r}"
 
 
+# ---------------------------------------------------------------------- routes added after the issue
+@probe("8.1", "8", "/v1/report: a lying JPEG header, an oversized PNG chunk, bare text and max_tokens 0 -> 400")
+def p_report_bad_inputs(ctx: Context):
+    bodies = {"lying JPEG": {"image": data_url(lying_jpeg((4000, 6000)), "image/jpeg")},
+              "zTXt chunk": {"image": data_url(png_with_chunk(b"zTXt"))},
+              "not an image": {"image": base64.b64encode(b"hello, not an image").decode()},
+              "max_tokens 0": {"image": data_url(png_bytes(tile(8, 64))), "max_tokens": 0}}
+    bad = []
+    before = _mem_start(ctx)
+    with ctx.client(timeout=120) as c:
+        for label, body in bodies.items():
+            r = c.post("/v1/report", json=body)
+            if r.status_code != 400 or not envelope_ok(r):
+                bad.append(f"{label}: {r.status_code} {r.text[:80]!r}")
+        r = c.get("/v1/report")
+        if r.status_code != 405:
+            bad.append(f"GET /v1/report: {r.status_code}")
+    growth, detail = _mem_end(ctx, before)
+    ok = not bad and (growth is None or growth < 200e6)
+    return ok, ("; ".join(bad) or "all 400 in the envelope, GET 405") + f"; {detail}"
+
+
+@probe("8.2", "8", "/v1/report and the CLIP routes refuse requests without the token")
+def p_report_needs_token(ctx: Context):
+    if not ctx.token:
+        return None, "needs a server with --token"
+    body = {"image": data_url(png_bytes(tile(9, 64)))}
+    with ctx.client(auth=False) as c:
+        codes = {path: c.post(path, json=b).status_code for path, b in
+                 (("/v1/report", body), ("/v1/classify", {**body, "labels": "a,b"}), ("/v1/search", {"text": "x"}))}
+    return all(v == 401 for v in codes.values()), str(codes)
+
+
+@probe("8.3", "8", "every image answer carries the domain check (classify, search --image, report, chat)")
+def p_domain_field(ctx: Context):
+    img = data_url(png_bytes(tile(10)))
+    missing = []
+    with ctx.client(timeout=300) as c:
+        answers = {"classify": c.post("/v1/classify", json={"image": img, "labels": "a,b"}),
+                   "search": c.post("/v1/search", json={"image": img, "k": 1}),
+                   "report": c.post("/v1/report", json={"image": img, "max_tokens": 4}),
+                   "chat": c.post("/v1/chat/completions", json=chat("one word?", img, max_tokens=2))}
+    for name, r in answers.items():
+        if r.status_code == 404 and name == "search":
+            continue  # no gallery index on this server
+        if r.status_code != 200 or "domain" not in r.json():
+            missing.append(f"{name}: {r.status_code} {sorted(r.json())[:6] if r.status_code == 200 else r.text[:60]!r}")
+    return not missing, "; ".join(missing) or "domain in " + ", ".join(answers)
+
+
 # ---------------------------------------------------------------------- with auth only
 @probe("7.4", "7", "failed logins throttled (API bearer token and web /login)")
 def p_logins(ctx: Context):
@@ -745,8 +796,8 @@ def p_cli_part_size(ctx: Context):
 
 SESSIONS = {  # probe ids per server: the open one, the one with --token (gradio with a web login), the command line
     "open": ["1.1", "1.2", "1.3", "1.4", "4.1", "6.1", "6.2", "6.3", "6.4", "6.5", "6.6", "6.7", "6.8", "6.9", "7.1",
-             "7.2", "7.3", "7.5", "7.6", "2.1", "2.2", "3.1", "3.2", "5.1"],
-    "auth": ["1.1", "1.2", "1.3", "1.4", "7.4"],
+             "7.2", "7.3", "7.5", "7.6", "8.1", "8.3", "2.1", "2.2", "3.1", "3.2", "5.1"],
+    "auth": ["1.1", "1.2", "1.3", "1.4", "7.4", "8.2"],
     "cli": ["6.10", "7.7", "7.8"],
 }
 

@@ -200,8 +200,8 @@ def create_api(service: PathVLMService, app: FastAPI | None = None) -> FastAPI:
 
     @app.post("/v1/report", tags=["chat"])
     async def report(req: ReportRequest, request: Request):
-        def work():
-            r = service.report(service.image_from_payload(req.image), max_new_tokens=req.max_tokens)
+        def work():  # the image is read once admitted, as for /v1/classify
+            r = service.report(lambda: service.image_from_payload(req.image), max_new_tokens=req.max_tokens)
             return {"model": service.reasoner_name, "report": r.text, "impression": r.answer,
                     "reasoning": r.thinking, "domain": r.domain}
 

@@ -415,10 +415,11 @@ class PathVLMService:
         return stream
 
     def report(self, image, max_new_tokens: int | None = None) -> Generation:
+        """``image``: a PIL image or a :class:`RequestImage`, or a callable giving one (read once admitted)."""
         gen = self._need_generator()
         cap = min(self.limits.max_new_tokens, getattr(gen.limits, "max_new_tokens", self.limits.max_new_tokens))
         n = min(max_new_tokens or 160, cap)
-        ticket = self._admit("generate", [image])
+        ticket, image = self._admit_image("generate", image)
 
         def work():
             from pathvlm.domain import with_note
