@@ -211,14 +211,15 @@ def test_pathclip_nano_is_deterministic(nano):
     assert model_fingerprint(again) == model_fingerprint(nano[0])
 
 
-def test_bundled_weights_are_small_and_only_the_trained_part():
+@pytest.mark.parametrize("name", ["pathclip-nano", "pathclip-nano-v1"])
+def test_bundled_weights_are_small_and_only_the_trained_part(name):
     from safetensors import safe_open
 
     from pathvlm.clip.registry import NAMED_MODELS, WEIGHTS_DIR
 
-    spec = NAMED_MODELS["pathclip-nano"]
+    spec = NAMED_MODELS[name]
     if not spec.trained:
-        pytest.skip("pathclip-nano weights not bundled in this checkout")
+        pytest.skip(f"{name} weights not bundled in this checkout")
     path = WEIGHTS_DIR / spec.trained_weights
     assert path.stat().st_size < 25e6
     with safe_open(str(path), "pt") as f:
@@ -226,8 +227,8 @@ def test_bundled_weights_are_small_and_only_the_trained_part():
         assert all(f.get_tensor(k).dtype in (torch.float16, torch.bfloat16, torch.int64) for k in keys)
     assert not any(k.startswith("text.transformer.") for k in keys)
     assert any(k.startswith("visual.trunk.") for k in keys) and "text.proj.weight" in keys
-    trained, _, _ = create_clip("pathclip-nano")
-    untrained, _, _ = create_clip("pathclip-nano-untrained")
+    trained, _, _ = create_clip(name)
+    untrained, _, _ = create_clip(spec.baseline)
     a, b = trained.state_dict(), untrained.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("text.transformer."))
     assert not torch.equal(a["visual.head.proj.weight"], b["visual.head.proj.weight"])

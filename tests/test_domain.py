@@ -195,17 +195,32 @@ def test_api_no_flag_without_a_description(tiny_clip_dir, tmp_path_factory, tmp_
 
 
 # ---------------------------------------------------------------------- the bundled description
-def test_bundled_description_matches_the_bundled_weights():
-    """Fails on purpose when pathclip-nano's weights change without rebuilding its description
-    (python -m train.clip.domain pathclip-nano --config train/recipes/clip/pathclip_nano.yaml)."""
-    path, weights = description_path("pathclip-nano"), weights_path("pathclip-nano")
-    assert path.is_file(), f"{path} is missing: build it with python -m train.clip.domain pathclip-nano"
+BUNDLED = {"pathclip-nano": ("train/recipes/clip/pathclip_nano_v2.yaml", "colon and oral mucosa", 4),
+           "pathclip-nano-v1": ("train/recipes/clip/pathclip_nano.yaml", "colon", 2)}
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED))
+def test_bundled_description_matches_the_bundled_weights(name):
+    """Fails on purpose when a bundled PathCLIP's weights change without rebuilding its description
+    (python -m train.clip.domain NAME --config RECIPE, docs/models.md#the-domain-check)."""
+    recipe, domain, n_classes = BUNDLED[name]
+    path, weights = description_path(name), weights_path(name)
+    assert path.is_file(), f"{path} is missing: build it with python -m train.clip.domain {name} --config {recipe}"
     desc = DomainDescription.load(path)
-    assert desc.weights_sha256 == sha256_file(weights), "pathclip-nano's weights changed: rebuild its domain description"
-    assert desc.model == "pathclip-nano" and desc.means.shape[1] == 256 and path.stat().st_size < 50_000
-    assert desc.domain.startswith("colon") and len(desc.classes) >= 2 and desc.basis.shape == (256, desc.info["k"])
-    assert desc.info["val_pass_rate"] >= 0.95
-    assert load_description("pathclip-nano") is not None
+    assert desc.weights_sha256 == sha256_file(weights), f"{name}'s weights changed: rebuild its domain description"
+    assert desc.model == name and desc.means.shape[1] == 256 and path.stat().st_size < 50_000
+    assert desc.domain.startswith(domain + " H&E tiles") and len(desc.classes) == n_classes
+    assert desc.basis.shape == (256, desc.info["k"]) and desc.info["val_pass_rate"] >= 0.95
+    assert recipe in desc.info["command"]
+    assert load_description(name) is not None
+
+
+def test_pathvlm_nano_is_checked_with_its_own_tower():
+    """pathvlm-nano sees images through pathclip-nano-v1's tower: that description, not pathclip-nano's, applies."""
+    from pathvlm.domain import reasoner_tower
+
+    assert reasoner_tower("pathvlm-nano") == "pathclip-nano-v1" and reasoner_tower("pathvlm-nano-untrained") == "pathclip-nano-v1"
+    assert load_description("pathclip-nano-v1").domain.startswith("colon H&E")
 
 
 def test_builder_fits_calibrates_and_reports(tiny_clip_dir, built_fixture_data, tmp_path, capsys):

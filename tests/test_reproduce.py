@@ -2,7 +2,8 @@
 
 The fast tests check the comparison, the report, the provenance and that a rebuilt bundle in a scratch folder is
 what gets evaluated. The full rebuild is marked slow and runs only with PATHVLM_REPRODUCE=1 (15 min of CPU for
-PathCLIP; add PATHVLM_REPRODUCE=all for the reasoner, about 80 min)."""
+pathclip-nano-v1; PATHVLM_REPRODUCE=clip for pathclip-nano v2, about 50 min; PATHVLM_REPRODUCE=all for both and the
+reasoner, about 80 min more)."""
 from __future__ import annotations
 
 import json
@@ -18,22 +19,27 @@ from train.provenance import data_checksums, provenance, provenance_markdown, re
 
 CARD = {"pathclip-nano": {"retrieval/t2i_R@5": 13 / 202, "zeroshot/balanced_accuracy": 0.9957627118644068},
         "pathclip-nano-untrained": {"retrieval/t2i_R@5": 2 / 202}}
+V1_COLUMNS = reproduce.clip_columns({"eval_task": "lc25000_colon", "eval_extra_tasks": []})
+
+
+def compare(card, rebuilt):
+    return reproduce.compare_clip("pathclip-nano", "pathclip-nano-untrained", card, rebuilt, V1_COLUMNS)
 
 
 def test_clip_figures_match_to_the_printed_digit_and_one_retrieval_hit_does_not():
     same = {m: dict(v) for m, v in CARD.items()}
     same["pathclip-nano"]["zeroshot/balanced_accuracy"] = 0.99576  # prints 0.996 like the card
-    rows = {(r["model"], r["figure"]): r for r in reproduce.compare_clip(CARD, same)}
+    rows = {(r["model"], r["figure"]): r for r in compare(CARD, same)}
     assert rows[("pathclip-nano", "zero-shot balanced acc.")]["match"]
     assert rows[("pathclip-nano", "text-to-image R@5")]["match"]
     assert rows[("pathclip-nano", "image-to-text R@5")]["match"]  # absent from both: nothing to compare
     one_hit = {m: dict(v) for m, v in CARD.items()}
     one_hit["pathclip-nano"]["retrieval/t2i_R@5"] = 12 / 202  # 0.059 vs 0.064, the issue's case
-    rows = {(r["model"], r["figure"]): r for r in reproduce.compare_clip(CARD, one_hit)}
+    rows = {(r["model"], r["figure"]): r for r in compare(CARD, one_hit)}
     bad = rows[("pathclip-nano", "text-to-image R@5")]
     assert not bad["match"] and bad["diff"] == pytest.approx(-1 / 202)
     missing = {"pathclip-nano": {}}
-    assert not {(r["model"], r["figure"]): r for r in reproduce.compare_clip(CARD, missing)}[
+    assert not {(r["model"], r["figure"]): r for r in compare(CARD, missing)}[
         ("pathclip-nano", "text-to-image R@5")]["match"]
 
 
@@ -66,16 +72,22 @@ def test_main_writes_the_report_and_fails_when_a_figure_differs(tmp_path, monkey
     ok = [reproduce.compare_row("pathclip-nano", "x", 0.5, 0.5)]
     monkeypatch.setattr(reproduce, "run_clip", lambda *a: (ok, ["note"], {"weights": {"identical": True}}))
     monkeypatch.setattr(reproduce, "run_vlm", lambda *a: pytest.fail("--only clip ran the reasoner"))
-    assert reproduce.main(["--only", "clip", "--data", str(data), "--out", str(tmp_path / "o")]) == 0
+    assert reproduce.main(["--only", "clip", "--data-v2", str(data), "--out", str(tmp_path / "o")]) == 0
     report = (tmp_path / "o" / "report.md").read_text()
     assert "| pathclip-nano | x | 0.500 | 0.500 | +0.000 | yes |" in report and "- note" in report
     assert json.loads((tmp_path / "o" / "report.json").read_text())["clip"]["weights"]["identical"]
+    seen = []
+    monkeypatch.setattr(reproduce, "run_clip", lambda choice, *a: seen.append(choice) or (ok, [], {}))
+    assert reproduce.main(["--only", "clip-v1", "--data", str(data), "--out", str(tmp_path / "o")]) == 0
+    assert reproduce.main(["--only", "clip", "--data-v2", str(data), "--out", str(tmp_path / "o")]) == 0
+    assert seen == ["clip-v1", "clip"]
+    monkeypatch.setattr(reproduce, "run_clip", lambda *a: (ok, ["note"], {"weights": {"identical": True}}))
     bad = [reproduce.compare_row("pathclip-nano", "x", 0.5, 0.51)]
     monkeypatch.setattr(reproduce, "run_clip", lambda *a: (bad, [], {}))
-    assert reproduce.main(["--only", "clip", "--data", str(data), "--out", str(tmp_path / "o")]) == 1
+    assert reproduce.main(["--only", "clip", "--data-v2", str(data), "--out", str(tmp_path / "o")]) == 1
     assert "| NO |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="not a built recipe folder"):
-        reproduce.main(["--only", "clip", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+        reproduce.main(["--only", "clip-v1", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     from pathvlm.errors import PathVLMError
 
     def no_data(*a):
@@ -110,7 +122,7 @@ def test_provenance_records_recipe_overrides_start_weights_and_data_digests(tmp_
     s = start_weights("pathclip-nano-untrained")
     assert s["trained_weights"] is None
     v = start_weights("pathvlm-nano-untrained")
-    assert v["trained_weights"] is None and v["clip"]["source"] == "pathclip-nano"
+    assert v["trained_weights"] is None and v["clip"]["source"] == "pathclip-nano-v1"
     prov = provenance([info], "pathclip-nano-untrained", d, commit={"commit": "f" * 40, "dirty": True})
     md = provenance_markdown(prov)
     assert f"`{'f' * 40}` (with uncommitted changes)" in md and "`pathclip-nano-untrained` (untrained baseline" in md
@@ -144,12 +156,14 @@ def test_bundle_evaluates_the_scratch_weights_not_the_shipped_ones(tmp_path):
 @pytest.mark.slow
 @pytest.mark.shared
 @pytest.mark.skipif(not os.environ.get("PATHVLM_REPRODUCE"), reason="the full rebuild: set PATHVLM_REPRODUCE=1 "
-                    "(PathCLIP, ~15 min of CPU) or PATHVLM_REPRODUCE=all (and the reasoner, ~80 min more)")
+                    "(pathclip-nano-v1, ~15 min of CPU), =clip (pathclip-nano, ~50 min) or =all (both and the "
+                    "reasoner, ~80 min more)")
 def test_rebuild_matches_the_model_cards(tmp_path):
-    data = os.environ.get("PATHVLM_REPRODUCE_DATA")
-    args = ["--out", str(tmp_path / "reproduce")] + (["--data", data] if data else [])
+    data, data_v2 = os.environ.get("PATHVLM_REPRODUCE_DATA"), os.environ.get("PATHVLM_REPRODUCE_DATA_V2")
+    args = ["--out", str(tmp_path / "reproduce")] + (["--data", data] if data else []) + \
+        (["--data-v2", data_v2] if data_v2 else [])
     if os.environ["PATHVLM_REPRODUCE"] != "all":
-        args += ["--only", "clip"]
+        args += ["--only", "clip" if os.environ["PATHVLM_REPRODUCE"] == "clip" else "clip-v1"]
     assert reproduce.main(args) == 0, (tmp_path / "reproduce" / "report.md").read_text()
 
 

@@ -165,10 +165,13 @@ def provenance_markdown(prov: dict) -> str:
 
 # ----------------------------------------------------------------------------- shipped bundles
 SHIPPED = {  # name -> (weights folder, recipes, starting weights, datasets read, section the provenance precedes, note)
-    "pathclip-nano": ("pathvlm/clip/weights", ["train/recipes/clip/pathclip_nano.yaml"], "pathclip-nano-untrained",
-                      ["clip"], "## Limits",
-                      "the recipe then said `model: pathclip-nano`, which loaded the untrained towers because no weights "
-                      "file existed yet: the start `pathclip-nano-untrained` gives now"),
+    "pathclip-nano": ("pathvlm/clip/weights", ["train/recipes/clip/pathclip_nano_v2.yaml"], "pathclip-nano-untrained",
+                      ["clip"], "## Limits", ""),
+    "pathclip-nano-v1": ("pathvlm/clip/weights", ["train/recipes/clip/pathclip_nano.yaml"], "pathclip-nano-untrained",
+                         ["clip"], "## Limits",
+                         "released as pathclip-nano; the recipe then said `model: pathclip-nano`, which loaded the "
+                         "untrained towers because no weights file existed yet: the start `pathclip-nano-untrained` "
+                         "gives now"),
     "pathvlm-nano": ("pathvlm/vlm/weights", ["train/recipes/vlm/nano_align.yaml", "train/recipes/vlm/nano_sft.yaml",
                                              "train/recipes/vlm/nano_grpo.yaml"], "pathvlm-nano-untrained",
                      ["align", "grpo", "sft"], "## Licences",

@@ -2,26 +2,28 @@
 into a scratch folder, evaluate them as their model cards were evaluated, and print each card figure beside the
 rebuilt one.
 
-    make reproduce                                       # both models (CLIP ~15 min, reasoner ~80 min, 2 CPU cores)
-    python -m train.reproduce --only clip --data runs/data/nano
-    python -m train.reproduce --only vlm --out runs/reproduce
+    make reproduce                                       # all three (2 CPU cores: CLIP v2 ~50 min, v1 ~15 min,
+                                                         # reasoner ~80 min)
+    python -m train.reproduce --only clip --data-v2 runs/data/nano_v2     # pathclip-nano (v2, two organs)
+    python -m train.reproduce --only clip-v1 --data runs/data/nano        # pathclip-nano-v1 (colon)
+    python -m train.reproduce --only vlm --out runs/reproduce             # pathvlm-nano (on pathclip-nano-v1)
 
 Steps, all under ``--out`` (default ``runs/reproduce``; the shipped bundles are only read):
 
-1. data: ``--data`` when it is a built folder, else ``pathvlm data build data_recipes/nano.yaml`` into
-   ``OUT/data/nano`` (needs ``../shared/data``);
-2. clip: ``pathvlm train clip --config train/recipes/clip/pathclip_nano.yaml`` (from ``pathclip-nano-untrained``)
-   into ``OUT/clip/pathclip-nano``, then ``python -m train.clip.bundle ... --out OUT/weights``, which evaluates
-   the rebuilt fp16 weights with the card's code;
-3. vlm: the align, SFT and GRPO recipes (from ``pathvlm-nano-untrained``: the shipped pathclip-nano tower,
+1. data: ``--data`` / ``--data-v2`` when they are built folders, else ``pathvlm data build data_recipes/nano.yaml``
+   (``nano_v2.yaml``) into ``OUT/data/nano`` (``OUT/data/nano_v2``) (needs ``../shared/data``);
+2. clip, clip-v1: ``pathvlm train clip --config train/recipes/clip/pathclip_nano_v2.yaml`` (``pathclip_nano.yaml``
+   for v1), both from ``pathclip-nano-untrained``, into ``OUT/clip/<name>``, then ``python -m train.clip.bundle
+   ... --name <name> --out OUT/weights``, which evaluates the rebuilt fp16 weights with the card's code;
+3. vlm: the align, SFT and GRPO recipes (from ``pathvlm-nano-untrained``: the shipped pathclip-nano-v1 tower,
    SmolLM2-135M-Instruct and a seeded projector), each stage continuing the previous stage's adapter under
    ``OUT/vlm``, the align stage re-asked 192 questions with 160 tokens, then ``python -m train.vlm.bundle
    ... --out OUT/weights``;
 4. a table of card figure, rebuilt figure and difference, written to ``OUT/report.md`` and ``OUT/report.json``.
 
 The CLIP training is seeded and runs with deterministic algorithms on the CPU, so its figures are held to the
-card's printed digit (exit code 1 otherwise); measured 2026-12-02, 9 of the 12 matched (docs/results.md). The
-reasoner is compared within ``--vlm-tolerance`` (its run-to-run spread is not measured yet).
+card's printed digit (exit code 1 otherwise); measured 2026-12-02 for v1, 9 of the 12 matched (docs/results.md).
+The reasoner is compared within ``--vlm-tolerance`` (its run-to-run spread is not measured yet).
 """
 from __future__ import annotations
 
@@ -31,16 +33,13 @@ import shutil
 import sys
 from pathlib import Path
 
-DATA_RECIPE = "data_recipes/nano.yaml"
-CLIP_RECIPE = "train/recipes/clip/pathclip_nano.yaml"
+DATA_RECIPES = {"nano": "data_recipes/nano.yaml", "nano_v2": "data_recipes/nano_v2.yaml"}
+# --only choice -> (bundled name, training recipe, data recipe key)
+CLIP_MODELS = {"clip": ("pathclip-nano", "train/recipes/clip/pathclip_nano_v2.yaml", "nano_v2"),
+               "clip-v1": ("pathclip-nano-v1", "train/recipes/clip/pathclip_nano.yaml", "nano")}
 VLM_RECIPES = {"align": "train/recipes/vlm/nano_align.yaml", "sft": "train/recipes/vlm/nano_sft.yaml",
                "grpo": "train/recipes/vlm/nano_grpo.yaml"}
-CLIP_NAME, VLM_NAME = "pathclip-nano", "pathvlm-nano"
-# (label, key in the results JSON) in the card's column order
-CLIP_METRICS = [("zero-shot balanced acc.", "zeroshot/balanced_accuracy"),
-                ("same, unseen class names", "zeroshot[lc25000_colon_unseen_names]/balanced_accuracy"),
-                ("text-to-image R@5", "retrieval/t2i_R@5"), ("text-to-image class P@5", "retrieval/t2i_class_P@5"),
-                ("image-to-text R@5", "retrieval/i2t_R@5"), ("unseen HGSC balanced acc.", "unseen_zeroshot/balanced_accuracy")]
+VLM_NAME = "pathvlm-nano"
 VLM_METRICS = [("accuracy", ("accuracy",)), ("MCQ", ("by_type", "option_letter")), ("yes/no", ("by_type", "yes_no")),
                ("blank: answer changed", ("blank_answer_changed",)), ("blank: accuracy", ("blank_accuracy",)),
                ("noise: answer changed", ("noise_answer_changed",)), ("noise: accuracy", ("noise_accuracy",)),
@@ -60,10 +59,17 @@ def compare_row(model: str, label: str, card, rebuilt, digits: int = 3, toleranc
     return row
 
 
-def compare_clip(card: dict, rebuilt: dict) -> list[dict]:
+def clip_columns(cfg: dict) -> list[tuple[str, str]]:
+    """(label, key in the results JSON) in the card's column order (``train.clip.bundle.table_columns``)."""
+    from train.clip.bundle import table_columns
+
+    return table_columns(cfg)
+
+
+def compare_clip(name: str, baseline: str, card: dict, rebuilt: dict, columns: list[tuple[str, str]]) -> list[dict]:
     rows = []
-    for model in (f"{CLIP_NAME}-untrained", CLIP_NAME):
-        for label, key in CLIP_METRICS:
+    for model in (baseline, name):
+        for label, key in columns:
             rows.append(compare_row(model, label, card.get(model, {}).get(key), rebuilt.get(model, {}).get(key)))
     return rows
 
@@ -117,19 +123,21 @@ def report_markdown(rows: list[dict], notes: list[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- steps
-def ensure_data(data: str | None, out: Path) -> str:
+def ensure_data(data: str | None, out: Path, key: str = "nano") -> str:
+    flag = "--data" if key == "nano" else "--data-v2"
     if data and (Path(data) / "checksums.json").is_file():
         return data
     if data:
-        raise SystemExit(f"--data {data}: not a built recipe folder (no checksums.json); leave it out to build one")
-    target = out / "data" / "nano"
+        raise SystemExit(f"{flag} {data}: not a built recipe folder (no checksums.json); leave it out to build one")
+    target = out / "data" / key
     if (target / "checksums.json").is_file():
         return str(target)
     from pathvlm.data.build import build_recipe
     from pathvlm.data.config import load_recipe
 
-    print(f"[reproduce] building {DATA_RECIPE} into {target}", flush=True)
-    build_recipe(load_recipe(DATA_RECIPE), target, recipe_path=DATA_RECIPE)
+    recipe = DATA_RECIPES[key]
+    print(f"[reproduce] building {recipe} into {target}", flush=True)
+    build_recipe(load_recipe(recipe), target, recipe_path=recipe)
     return str(target)
 
 
@@ -138,30 +146,34 @@ def _fresh(folder: Path, resume: bool) -> None:
         shutil.rmtree(folder)
 
 
-def run_clip(data: str, out: Path, resume: bool, weights_dir: Path, shipped_dir: Path) -> tuple[list[dict], list[str], dict]:
+def run_clip(choice: str, data: str, out: Path, resume: bool, weights_dir: Path,
+             shipped_dir: Path) -> tuple[list[dict], list[str], dict]:
+    from pathvlm.clip.registry import NAMED_MODELS
     from train.clip import bundle
     from train.clip.config import load_config
     from train.clip.trainer import train_clip
 
-    run = out / "clip" / CLIP_NAME
+    name, recipe, _ = CLIP_MODELS[choice]
+    run = out / "clip" / name
     _fresh(run, resume)
-    cfg = load_config(CLIP_RECIPE, {"data": data, "output_dir": str(run)})
-    print(f"[reproduce] pathvlm train clip --config {CLIP_RECIPE} --set data={data} --set output_dir={run}", flush=True)
+    cfg = load_config(recipe, {"data": data, "output_dir": str(run)})
+    print(f"[reproduce] pathvlm train clip --config {recipe} --set data={data} --set output_dir={run}", flush=True)
     train_clip(cfg)
-    print(f"[reproduce] python -m train.clip.bundle {run} --data {data} --out {weights_dir}", flush=True)
-    bundle.main([str(run), "--data", data, "--out", str(weights_dir), "--recipe", CLIP_RECIPE])
-    card = json.loads((shipped_dir / f"{CLIP_NAME}.results.json").read_text())
-    rebuilt = json.loads((weights_dir / f"{CLIP_NAME}.results.json").read_text())
-    rows = compare_clip(card, rebuilt)
-    wd = weights_diff(shipped_dir / f"{CLIP_NAME}.safetensors", weights_dir / f"{CLIP_NAME}.safetensors")
-    notes = [f"{CLIP_NAME} weights (fp16): " + ("bitwise identical to the shipped file" if wd.get("identical") else
+    print(f"[reproduce] python -m train.clip.bundle {run} --data {data} --name {name} --out {weights_dir}", flush=True)
+    bundle.main([str(run), "--data", data, "--name", name, "--out", str(weights_dir), "--recipe", recipe])
+    card = json.loads((shipped_dir / f"{name}.results.json").read_text())
+    rebuilt = json.loads((weights_dir / f"{name}.results.json").read_text())
+    columns = clip_columns(vars(cfg))
+    rows = compare_clip(name, NAMED_MODELS[name].baseline, card, rebuilt, columns)
+    wd = weights_diff(shipped_dir / f"{name}.safetensors", weights_dir / f"{name}.safetensors")
+    notes = [f"{name} weights (fp16): " + ("bitwise identical to the shipped file" if wd.get("identical") else
              f"{wd.get('tensors_differing')} of {wd.get('tensors')} tensors differ from the shipped file "
              f"(largest absolute difference {wd.get('max_abs_diff')} in {wd.get('worst_tensor')})")]
     history = json.loads((run / "history.json").read_text())["history"]
     last = history[-1] if history else {}
     extra = {"weights": wd, "training_time_eval": last}
-    notes.append("training-time evaluation of the last epoch (fp32, in the training process): " + ", ".join(
-        f"{label} {fmt(last.get(key))}" for label, key in CLIP_METRICS))
+    notes.append(f"{name}: training-time evaluation of the last epoch (fp32, in the training process, its "
+                 f"{cfg.eval_split} split): " + ", ".join(f"{label} {fmt(last.get(key))}" for label, key in columns))
     return rows, notes, extra
 
 
@@ -200,9 +212,11 @@ def main(argv=None) -> int:
     from pathvlm.vlm.build import WEIGHTS_DIR as VLM_WEIGHTS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["clip", "vlm"], help="rebuild one model (default: both)")
+    ap.add_argument("--only", choices=[*CLIP_MODELS, "vlm"], help="rebuild one model (default: all three)")
     ap.add_argument("--out", default="runs/reproduce", help="scratch folder for data, runs, bundles and the report")
     ap.add_argument("--data", default=None, help="a built data_recipes/nano.yaml folder (default: build one in OUT)")
+    ap.add_argument("--data-v2", default=None, help="a built data_recipes/nano_v2.yaml folder, for pathclip-nano "
+                    "(default: build one in OUT)")
     ap.add_argument("--resume", action="store_true", help="continue runs already in OUT (default: start them afresh)")
     ap.add_argument("--vlm-tolerance", type=float, default=0.03,
                     help="largest difference accepted for the reasoner's figures (accuracies on 192 questions)")
@@ -210,12 +224,14 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     weights_dir = out / "weights"
-    data = ensure_data(args.data, out)
     rows, notes, extra = [], [], {}
-    if args.only in (None, "clip"):
-        r, n, e = run_clip(data, out, args.resume, weights_dir, CLIP_WEIGHTS)
-        rows, notes, extra["clip"] = rows + r, notes + n, e
+    for choice, (_, _, key) in CLIP_MODELS.items():
+        if args.only in (None, choice):
+            data = ensure_data(args.data_v2 if key == "nano_v2" else args.data, out, key)
+            r, n, e = run_clip(choice, data, out, args.resume, weights_dir, CLIP_WEIGHTS)
+            rows, notes, extra[choice] = rows + r, notes + n, e
     if args.only in (None, "vlm"):
+        data = ensure_data(args.data, out, "nano")
         r, n, e = run_vlm(data, out, args.resume, weights_dir, VLM_WEIGHTS, args.vlm_tolerance)
         rows, notes, extra["vlm"] = rows + r, notes + n, e
     text = report_markdown(rows, notes)

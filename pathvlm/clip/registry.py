@@ -34,6 +34,7 @@ class NamedModel:
     description: str = ""
     trained_weights: str | None = None  # safetensors in pathvlm/clip/weights/ overriding the towers' weights
     text_proj_init: str = "default"  # "orthogonal": a seeded orthogonal map that keeps the text tower's geometry
+    baseline: str | None = None  # the untrained name a trained one is measured against (and rebuilt from)
 
     @property
     def trained(self) -> bool:
@@ -59,9 +60,14 @@ _NANO = dict(
 
 NAMED_MODELS: dict[str, NamedModel] = {
     "pathclip-nano": NamedModel(
-        name="pathclip-nano", **_NANO, trained_weights="pathclip-nano.safetensors",
-        description="EfficientNet-Lite0 + all-MiniLM-L6-v2 (locked), trained on the nano data (model card: "
-                    "pathvlm/clip/weights/pathclip-nano.md)",
+        name="pathclip-nano", **_NANO, trained_weights="pathclip-nano.safetensors", baseline="pathclip-nano-untrained",
+        description="EfficientNet-Lite0 + all-MiniLM-L6-v2 (locked), trained on colon and oral mucosa tiles (v2; model "
+                    "card: pathvlm/clip/weights/pathclip-nano.md)",
+    ),
+    "pathclip-nano-v1": NamedModel(
+        name="pathclip-nano-v1", **_NANO, trained_weights="pathclip-nano-v1.safetensors", baseline="pathclip-nano-untrained",
+        description="pathclip-nano's first release, trained on colon tiles only: pathvlm-nano's image tower (model card: "
+                    "pathvlm/clip/weights/pathclip-nano-v1.md)",
     ),
     "pathclip-nano-untrained": NamedModel(
         name="pathclip-nano-untrained", **_NANO,

@@ -1,7 +1,7 @@
 """Assemble a PathVLM (model + processor) from a PathCLIP source and a causal-LM source, and load saved ones.
 
 Sources for the reasoner (``load_vlm``):
-- ``pathvlm-nano``: the bundled model, pathclip-nano + SmolLM2-135M-Instruct + the committed
+- ``pathvlm-nano``: the bundled model, pathclip-nano-v1 + SmolLM2-135M-Instruct + the committed
   projector and LoRA weights (``pathvlm/vlm/weights/pathvlm-nano.safetensors``), merged at load;
 - ``pathvlm-nano-untrained``: the same parts with a freshly initialised (seeded) projector;
 - a folder written by ``save_pretrained`` (ours, or any transformers image-text-to-text checkpoint
@@ -35,9 +35,10 @@ class NamedReasoner:
 
 
 NAMED_REASONERS = {
-    "pathvlm-nano": NamedReasoner("pathvlm-nano", "pathclip-nano", "default", "pathvlm-nano.safetensors",
-                                  description="pathclip-nano + SmolLM2-135M-Instruct, align -> SFT -> GRPO on the nano data"),
-    "pathvlm-nano-untrained": NamedReasoner("pathvlm-nano-untrained", "pathclip-nano", "default", None,
+    # pathvlm-nano was trained on pathclip-nano v1's image tower: pinned to it by name, whatever pathclip-nano is now
+    "pathvlm-nano": NamedReasoner("pathvlm-nano", "pathclip-nano-v1", "default", "pathvlm-nano.safetensors",
+                                  description="pathclip-nano-v1 + SmolLM2-135M-Instruct, align -> SFT -> GRPO on the nano data"),
+    "pathvlm-nano-untrained": NamedReasoner("pathvlm-nano-untrained", "pathclip-nano-v1", "default", None,
                                             description="the same parts with an untrained (seeded) projector: a baseline"),
 }
 

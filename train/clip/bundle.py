@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -48,7 +49,7 @@ def create_bundled(name: str, weights_dir: Path | None = None):
     spec = NAMED_MODELS.get(name)
     if weights_dir is None or spec is None or not spec.trained_weights or Path(weights_dir) == WEIGHTS_DIR:
         return create_clip(name)
-    model, preprocess, tok = create_clip(f"{name}-untrained")
+    model, preprocess, tok = create_clip(spec.baseline or f"{name}-untrained")
     load_trained_weights(model, Path(weights_dir) / spec.trained_weights)
     model.eval()
     return model, preprocess, tok
@@ -97,11 +98,11 @@ def results_table(results: dict, cfg: dict) -> str:
 
 
 def card(name: str, run_dir: Path, results: dict, weights: Path, cfg: dict, history: dict, prov: dict | None = None,
-         data: str = "runs/data/nano") -> str:
+         data: str = "runs/data/nano", command: str = "", split: str = "test") -> str:
     from train.provenance import provenance_markdown
 
     if cfg.get("eval_task") != "lc25000_colon":
-        return card_two_organs(name, run_dir, results, weights, cfg, history) + (
+        return card_two_organs(name, run_dir, results, weights, cfg, history, command, split) + (
             "\n" + provenance_markdown(prov) if prov else "")
     table = results_table(results, cfg)
     n_test = next(iter(results.values()))["zeroshot/n"]
@@ -158,17 +159,23 @@ tool. Use real pathology CLIPs (QuiltNet, PLIP, CONCH) through the same factory 
 """
 
 
-def card_two_organs(name: str, run_dir: Path, results: dict, weights: Path | None, cfg: dict, history: dict) -> str:
+def card_two_organs(name: str, run_dir: Path, results: dict, weights: Path | None, cfg: dict, history: dict,
+                    command: str = "", split: str = "test") -> str:
     """The card of a model trained on nano_v2 (colon and oral mucosa): the run's own tasks side by side."""
     first = next(iter(results.values()))
+    monitored = (f"The recipe's settings (epochs, tower learning rate, oversampling) were chosen on the "
+                 f"{cfg['eval_split']} split, which the training run evaluates after each epoch; the {split} split "
+                 "above was read once, by this command. " if cfg.get("eval_split") != split else "")
     n_test, n_unseen = first.get("zeroshot/n", 0), first.get("unseen_zeroshot/n", 0)
     size = f"{weights.stat().st_size / 1e6:.1f} MB" if weights is not None and weights.exists() else "not written"
     extras = ", ".join(f"`{t}`" for t in cfg.get("eval_extra_tasks") or [])
     return f"""# Model card: {name} (v2: colon and oral mucosa)
 
 A small, fully open pathology CLIP for laptops and tests, trained by pathvlm's own recipe on two organs.
+The first release, trained on colon alone, stays bundled as `pathclip-nano-v1` (pathvlm-nano was trained on its
+image tower).
 
-- **Architecture**: as pathclip-nano v1: open_clip `CustomTextCLIP` (`pathvlm/clip/model_configs/pathclip-nano.json`),
+- **Architecture**: as pathclip-nano-v1: open_clip `CustomTextCLIP` (`pathvlm/clip/model_configs/pathclip-nano.json`),
   timm `efficientnet_lite0` image tower and the all-MiniLM-L6-v2 text transformer, 256-d joint space.
 - **What was trained** (LiT): the image tower, its projection and the temperature, from `{cfg['model']}`; the
   text transformer and its seeded orthogonal projection stay locked. fp16 trained tensors: {size}.
@@ -196,14 +203,11 @@ caption-to-image retrieval over the held-out tiles (chance {5 / max(n_test, 1):.
 
 {results_table(results, cfg)}
 
-Every row is measured by one command on the same tiles: `python -m train.clip.bundle {run_dir} --data
-{cfg['data']} --out {run_dir}/card --recipe train/recipes/clip/pathclip_nano_v2.yaml --also {run_dir}/final
---also-shipped` (it writes this run's fp16 tensors there, not into the bundle, and evaluates the name with them;
-`{name} (shipped)` is the bundled model as users load it today, `{run_dir}/final` this run in fp32). The shipped
-v1 was trained on the nano split: check that none of the colon tiles held out here is in its training groups
-before reading its colon figures (for nano.yaml and nano_v2.yaml at seed 0, none is). Oral tiles have no patient ids:
-tiles of one patient that are not near-copies may sit on both sides of the split, so the oral figures are
-optimistic.
+Every row is measured by one command on the same tiles: `{command}` (rows: the untrained baseline, any
+`--also` sources, and `{name}` as users load it, from its fp16 tensors). {monitored}The colon-only
+figures of a model trained on the nano split (pathclip-nano-v1) are comparable here: none of the colon tiles held
+out by nano_v2 is in a training group of nano.yaml at seed 0. Oral tiles have no patient ids: tiles of one
+patient that are not near-copies may sit on both sides of the split, so the oral figures are optimistic.
 
 ## Limits
 
@@ -224,6 +228,8 @@ def main(argv=None) -> int:
     ap.add_argument("--also-shipped", action="store_true", help="with --out: also evaluate the shipped weights of "
                     "--name (row 'NAME (shipped)'), e.g. the bundled v1 beside a v2 candidate")
     ap.add_argument("--recipe", default=RECIPE, help="the recipe the run was trained with (recorded with its sha256)")
+    ap.add_argument("--split", default="test", help="the held-out split the card is measured on (default test; the "
+                    "run's own eval_split may be val, which chose its settings)")
     args = ap.parse_args(argv)
     run = Path(args.run_dir)
     meta = json.loads((run / "final" / "pathvlm.json").read_text())
@@ -235,13 +241,16 @@ def main(argv=None) -> int:
         weights = write_weights(run / "final", args.name, out_dir=out)
     spec = NAMED_MODELS[args.name]
     shipped = [args.name + SHIPPED] if args.also_shipped else []
-    results = compare([f"{args.name}-untrained", *args.also, *shipped, args.name], args.data, cfg["eval_split"], cfg["eval_unseen_sources"],
+    baseline = spec.baseline or f"{args.name}-untrained"
+    results = compare([baseline, *args.also, *shipped, args.name], args.data, args.split, cfg["eval_unseen_sources"],
                       cfg["eval_task"], cfg["eval_unseen_task"], cfg.get("eval_extra_tasks") or ["lc25000_colon_unseen_names"],
                       weights_dir=out)
     print(json.dumps(results, indent=1))
     prov = clip_provenance(cfg, args.recipe, args.data, meta.get("commit"))
     (out / f"{args.name}.results.json").write_text(json.dumps({**results, "provenance": prov}, indent=1, sort_keys=True))
-    (out / f"{args.name}.md").write_text(card(spec.name, run, results, weights, cfg, history, prov, args.data))
+    command = "python -m train.clip.bundle " + " ".join(argv if argv is not None else sys.argv[1:])
+    (out / f"{args.name}.md").write_text(card(spec.name, run, results, weights, cfg, history, prov, args.data,
+                                              command, args.split))
     print(f"wrote {weights} and {out / f'{args.name}.md'}")
     return 0
 

@@ -61,7 +61,7 @@ class VLMTrainConfig:
     beta: float = 0.04  # KL penalty against the starting policy
     temperature: float = 1.0
     use_vllm: bool = False
-    clip_model: str = "pathclip-nano"  # for the image_agreement reward
+    clip_model: str = "pathclip-nano-v1"  # for the image_agreement reward (pathvlm-nano's own tower)
     screen_prompts: int = field(default=0, metadata={
         "help": "GRPO: the starting policy answers this many training prompts (greedy) first, and "
                 "max_train_samples is filled mostly with the ones it missed (0: no screening)"})
