@@ -334,18 +334,20 @@ def reasoner_tower(source: str | None) -> str | None:
 
 
 _REASONER_CHECKS: dict = {}
+_REASONER_LOCK = threading.Lock()  # not _LOCK: load_description takes that one (a Lock is not re-entrant)
 
 
 def reasoner_check(source: str | None, device: str = "cpu", warn=None) -> DomainCheck:
     """The domain check for a reasoner's images: its bundled tower's description, or an unchecked one."""
     clip = reasoner_tower(source)
-    if clip is None or load_description(clip, warn=warn) is None:
+    desc = load_description(clip, warn=warn) if clip is not None else None
+    if desc is None:
         return DomainCheck(None, None, source, None)
     key = (clip, str(device))
-    with _LOCK:
+    with _REASONER_LOCK:
         if key not in _REASONER_CHECKS:
             from pathvlm.clip.factory import create_clip
 
             model, preprocess, _ = create_clip(clip, device=device)
-            _REASONER_CHECKS[key] = DomainCheck(model, preprocess, clip, load_description(clip, warn=warn))
+            _REASONER_CHECKS[key] = DomainCheck(model, preprocess, clip, desc)
         return _REASONER_CHECKS[key]

