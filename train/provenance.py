@@ -10,11 +10,9 @@ import json
 import subprocess
 from pathlib import Path
 
+from pathvlm.paths import sha256_file
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def git_commit(root: Path = ROOT) -> dict:
@@ -67,7 +65,7 @@ def start_weights(source: str) -> dict:
         if spec.trained_weights:
             path = CLIP_WEIGHTS / spec.trained_weights
             out["trained_weights"] = {"file": spec.trained_weights,
-                                      "sha256": file_sha256(path) if path.exists() else None}
+                                      "sha256": sha256_file(path) if path.exists() else None}
         return out
     if source in NAMED_REASONERS:
         spec = NAMED_REASONERS[source]
@@ -76,7 +74,7 @@ def start_weights(source: str) -> dict:
                "projector_seed": spec.seed, "trained_weights": None}
         if spec.weights:
             path = VLM_WEIGHTS / spec.weights
-            out["trained_weights"] = {"file": spec.weights, "sha256": file_sha256(path) if path.exists() else None}
+            out["trained_weights"] = {"file": spec.weights, "sha256": sha256_file(path) if path.exists() else None}
         return out
     return {"source": source, "kind": "folder or other source"}
 
@@ -88,7 +86,7 @@ def recipe_info(recipe: str | Path, run_config: dict | None = None, ignore=("dat
 
     p = Path(recipe)
     rel = str(p.resolve().relative_to(ROOT)) if p.resolve().is_relative_to(ROOT) else str(p)
-    out = {"path": rel, "sha256": file_sha256(p) if p.is_file() else None}
+    out = {"path": rel, "sha256": sha256_file(p) if p.is_file() else None}
     if run_config is not None and p.is_file():
         fields = yaml.safe_load(p.read_text()) or {}
         out["overrides"] = {k: run_config[k] for k, v in fields.items()

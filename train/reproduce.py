@@ -59,14 +59,8 @@ def compare_row(model: str, label: str, card, rebuilt, digits: int = 3, toleranc
     return row
 
 
-def clip_columns(cfg: dict) -> list[tuple[str, str]]:
-    """(label, key in the results JSON) in the card's column order (``train.clip.bundle.table_columns``)."""
-    from train.clip.bundle import table_columns
-
-    return table_columns(cfg)
-
-
 def compare_clip(name: str, baseline: str, card: dict, rebuilt: dict, columns: list[tuple[str, str]]) -> list[dict]:
+    """``columns``: (label, key in the results JSON) in the card's order (``train.clip.bundle.table_columns``)."""
     rows = []
     for model in (baseline, name):
         for label, key in columns:
@@ -163,7 +157,7 @@ def run_clip(choice: str, data: str, out: Path, resume: bool, weights_dir: Path,
     bundle.main([str(run), "--data", data, "--name", name, "--out", str(weights_dir), "--recipe", recipe])
     card = json.loads((shipped_dir / f"{name}.results.json").read_text())
     rebuilt = json.loads((weights_dir / f"{name}.results.json").read_text())
-    columns = clip_columns(vars(cfg))
+    columns = bundle.table_columns(vars(cfg))
     rows = compare_clip(name, NAMED_MODELS[name].baseline, card, rebuilt, columns)
     wd = weights_diff(shipped_dir / f"{name}.safetensors", weights_dir / f"{name}.safetensors")
     notes = [f"{name} weights (fp16): " + ("bitwise identical to the shipped file" if wd.get("identical") else

@@ -20,7 +20,6 @@ import json
 import sys
 
 import numpy as np
-import torch
 
 from pathvlm.errors import PathVLMError
 
@@ -82,7 +81,6 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="val", help="the held-out split (default val)")
     ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
-    torch.manual_seed(0)
     try:
         r = measure(args.source, args.data, args.task, args.model, args.split)
     except PathVLMError as e:
