@@ -18,17 +18,22 @@ from conftest import he_like_tile
 MAX_UPLOAD = 200_000
 
 
-def start_server(tiny_clip_dir, gallery, tmp_path_factory, **overrides):
-    """``pathvlm serve``'s app on tiny models in a uvicorn thread: ``(ServerThread, service)``."""
+def load_service(clip_dir, gallery, tmp_path_factory, limits: dict, **overrides):
+    """A :class:`PathVLMService` on tiny models, its index in a fresh temp folder (``overrides``: ServeConfig fields)."""
     from pathvlm.serving.config import ServeConfig, limits_from_dict
     from pathvlm.serving.service import PathVLMService
+
+    cfg = ServeConfig(clip=str(clip_dir), gallery=str(gallery), index=str(tmp_path_factory.mktemp("index") / "idx"),
+                      limits=limits_from_dict(limits), **overrides)
+    return PathVLMService.load(cfg, say=lambda *_: None)
+
+
+def start_server(tiny_clip_dir, gallery, tmp_path_factory, **overrides):
+    """``pathvlm serve``'s app on tiny models in a uvicorn thread: ``(ServerThread, service)``."""
     from serve.server import ServerThread, create_app
 
     limits = {"max_upload_bytes": MAX_UPLOAD, "max_image_pixels": 1_000_000, **overrides.pop("limits", {})}
-    cfg = ServeConfig(clip=str(tiny_clip_dir), gallery=str(gallery),
-                      index=str(tmp_path_factory.mktemp("index") / "idx"), limits=limits_from_dict(limits),
-                      **{"reasoner": "none", **overrides})
-    service = PathVLMService.load(cfg, say=lambda *_: None)
+    service = load_service(tiny_clip_dir, gallery, tmp_path_factory, limits, **{"reasoner": "none", **overrides})
     return ServerThread(create_app(service)).start(), service
 
 

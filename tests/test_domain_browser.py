@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import he_like_tile
-from serve_helpers import make_gallery
+from serve_helpers import load_service, make_gallery
 from test_serve_browser import CHROMEDRIVER, CHROMIUM, browser, shot, upload, wait_for  # noqa: F401 (browser: the fixture)
 
 pytestmark = [pytest.mark.browser,
@@ -31,14 +31,11 @@ def images(tmp_path_factory):
 def server(described_clip_dir, tiny_reasoner_dir, tmp_path_factory):
     pytest.importorskip("gradio")
     pytest.importorskip("selenium")
-    from pathvlm.serving.config import ServeConfig, limits_from_dict
-    from pathvlm.serving.service import PathVLMService
     from serve.server import ServerThread, create_app
 
     gallery = make_gallery(tmp_path_factory.mktemp("domain-browser") / "gallery", n=8)
-    cfg = ServeConfig(clip=str(described_clip_dir), reasoner=str(tiny_reasoner_dir), gallery=str(gallery),
-                      index=str(tmp_path_factory.mktemp("index") / "idx"), limits=limits_from_dict({"max_new_tokens": 16}))
-    service = PathVLMService.load(cfg, say=lambda *_: None)
+    service = load_service(described_clip_dir, gallery, tmp_path_factory, {"max_new_tokens": 16},
+                           reasoner=str(tiny_reasoner_dir))
     # the tiny reasoner's tower is the tiny PathCLIP (as pathvlm-nano's is pathclip-nano): let its description apply
     service._reasoner_domain = service.domain
     with ServerThread(create_app(service)) as srv:

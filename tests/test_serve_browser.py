@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_helpers import make_gallery, real_he_tile
+from serve_helpers import load_service, make_gallery, real_he_tile
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = [pytest.mark.browser,
@@ -36,15 +36,11 @@ def he_tile(tmp_path_factory):
 def server(tiny_clip_dir, tiny_reasoner_dir, tmp_path_factory):
     pytest.importorskip("gradio")
     pytest.importorskip("selenium")
-    from pathvlm.serving.config import ServeConfig, limits_from_dict
-    from pathvlm.serving.service import PathVLMService
     from serve.server import ServerThread, create_app
 
     gallery = make_gallery(tmp_path_factory.mktemp("browser") / "gallery", n=8)
-    cfg = ServeConfig(clip=str(tiny_clip_dir), reasoner=str(tiny_reasoner_dir), gallery=str(gallery),
-                      index=str(tmp_path_factory.mktemp("index") / "idx"),
-                      limits=limits_from_dict({"max_new_tokens": 48}))
-    service = PathVLMService.load(cfg, say=lambda *_: None)
+    service = load_service(tiny_clip_dir, gallery, tmp_path_factory, {"max_new_tokens": 48},
+                           reasoner=str(tiny_reasoner_dir))
     with ServerThread(create_app(service)) as srv:
         srv.service = service
         yield srv
