@@ -9,7 +9,7 @@ domain* when the score is at most a threshold calibrated on held-out in-domain t
 ``target`` quantile of their scores, so that share of them passes).
 
 The description is stored beside the weights it describes
-(``pathvlm/clip/weights/<name>.domain.safetensors`` for a bundled model, ``domain.safetensors``
+(``pathvlm/clip/weights/<weights stem>.domain.safetensors`` for a bundled model, ``domain.safetensors``
 in a pathvlm model folder), with the sha256 of those weights in its metadata. When the weights no
 longer match, the description is stale: it is ignored with a warning, and no image is flagged.
 Models without a description (a user's own folder without one, a hub model,
@@ -187,13 +187,14 @@ def _folder(source) -> Path | None:
 
 
 def description_path(source) -> Path | None:
-    """Where the description of a PathCLIP source lives: ``pathvlm/clip/weights/<name>.domain.safetensors``
-    for a bundled, trained name; ``<folder>/domain.safetensors`` for a pathvlm folder; else None."""
+    """Where the description of a PathCLIP source lives: ``pathvlm/clip/weights/<stem>.domain.safetensors``
+    for a bundled, trained name (the stem of its weights file); ``<folder>/domain.safetensors`` for a pathvlm folder; else None."""
     from pathvlm.clip.registry import NAMED_MODELS, WEIGHTS_DIR
 
     spec = NAMED_MODELS.get(source) if isinstance(source, str) else None
     if spec is not None:
-        return WEIGHTS_DIR / f"{source}{SUFFIX}" if spec.trained_weights else None
+        # keyed by the weights file, so a pinned alias (pathclip-nano-v2) shares its weights' description
+        return WEIGHTS_DIR / f"{Path(spec.trained_weights).stem}{SUFFIX}" if spec.trained_weights else None
     folder = _folder(source)
     return folder / FOLDER_FILE if folder is not None else None
 

@@ -69,3 +69,22 @@ def test_the_check_catches_a_recipe_that_continues_a_bundle(tmp_path):
     assert "shipped weights" in start_problem(vlm_config(tmp_path / "a.yaml"))
     (tmp_path / "ok.yaml").write_text("model: runs/clip/pathclip-nano-v1/final\n")  # an older bundle, as a folder
     assert start_problem(clip_config(tmp_path / "ok.yaml")) is None
+
+
+def test_moving_names_load_their_pinned_release_and_reasoners_name_pinned_towers():
+    """pathclip-nano and pathvlm-nano move to each new release; the pinned names (pathclip-nano-v2, pathvlm-nano-v1)
+    never change. A reasoner (trained or a baseline) names a pinned tower, so retraining pathclip-nano cannot change
+    the image tower under it (the problem the untrained baselines had before they were pinned)."""
+    from pathvlm.clip.registry import RELEASES as CLIP_RELEASES
+    from pathvlm.domain import description_path
+    from pathvlm.vlm.build import RELEASES as VLM_RELEASES
+
+    for moving, pinned in CLIP_RELEASES.items():
+        assert NAMED_MODELS[moving].trained_weights == NAMED_MODELS[pinned].trained_weights
+        assert description_path(moving) == description_path(pinned)  # one description per weights file
+    for moving, pinned in VLM_RELEASES.items():
+        assert NAMED_REASONERS[moving].weights == NAMED_REASONERS[pinned].weights
+        assert NAMED_REASONERS[moving].clip == NAMED_REASONERS[pinned].clip
+    for name, spec in NAMED_REASONERS.items():
+        assert spec.clip in NAMED_MODELS and spec.clip not in CLIP_RELEASES, \
+            f"{name} names the moving tower {spec.clip!r}: name its pinned release"

@@ -69,11 +69,23 @@ NAMED_MODELS: dict[str, NamedModel] = {
         description="pathclip-nano's first release, trained on colon tiles only: pathvlm-nano's image tower (model card: "
                     "pathvlm/clip/weights/pathclip-nano-v1.md)",
     ),
+    # The same weights as pathclip-nano today, under a name that will always load them: a model trained on this
+    # tower (pathvlm-nano v2) and its untrained baseline name it. When pathclip-nano moves on, its files are renamed
+    # to pathclip-nano-v2.* (as v1's were) and this entry follows them.
+    "pathclip-nano-v2": NamedModel(
+        name="pathclip-nano-v2", **_NANO, trained_weights="pathclip-nano.safetensors", baseline="pathclip-nano-untrained",
+        description="pathclip-nano's second release (colon and oral mucosa), pinned: pathvlm-nano v2's image tower "
+                    "(model card: pathvlm/clip/weights/pathclip-nano.md)",
+    ),
     "pathclip-nano-untrained": NamedModel(
         name="pathclip-nano-untrained", **_NANO,
         description="the same towers with fresh (seeded) projections: the baseline pathclip-nano is measured against",
     ),
 }
+
+# A name users type that moves to each new release -> the pinned name of the release it loads now. A model
+# trained on a tower (a reasoner, a baseline) names the pinned one, so its tower never changes under it.
+RELEASES = {"pathclip-nano": "pathclip-nano-v2"}
 
 
 def resolve_pip_path(value: str) -> str:

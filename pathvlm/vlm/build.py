@@ -4,6 +4,7 @@ Sources for the reasoner (``load_vlm``):
 - ``pathvlm-nano``: the bundled model, pathclip-nano-v1 + SmolLM2-135M-Instruct + the committed
   projector and LoRA weights (``pathvlm/vlm/weights/pathvlm-nano.safetensors``), merged at load;
 - ``pathvlm-nano-untrained``: the same parts with a freshly initialised (seeded) projector;
+- ``pathvlm-nano-v2-untrained``: pathclip-nano-v2 (colon + oral mucosa) + SmolLM2 + a seeded projector;
 - a folder written by ``save_pretrained`` (ours, or any transformers image-text-to-text checkpoint
   such as a LLaVA- or Qwen2.5-VL-based one, loaded with the Auto classes, never remote code).
 """
@@ -38,9 +39,19 @@ NAMED_REASONERS = {
     # pathvlm-nano was trained on pathclip-nano v1's image tower: pinned to it by name, whatever pathclip-nano is now
     "pathvlm-nano": NamedReasoner("pathvlm-nano", "pathclip-nano-v1", "default", "pathvlm-nano.safetensors",
                                   description="pathclip-nano-v1 + SmolLM2-135M-Instruct, align -> SFT -> GRPO on the nano data"),
+    # the same weights under a name that will always load them (paired comparisons with later releases)
+    "pathvlm-nano-v1": NamedReasoner("pathvlm-nano-v1", "pathclip-nano-v1", "default", "pathvlm-nano.safetensors",
+                                     description="pathvlm-nano's first release (colon only), pinned"),
     "pathvlm-nano-untrained": NamedReasoner("pathvlm-nano-untrained", "pathclip-nano-v1", "default", None,
                                             description="the same parts with an untrained (seeded) projector: a baseline"),
+    # pathvlm-nano v2 starts here: pathclip-nano-v2 is a pinned name (its weights never change), so this baseline's
+    # weights never change either
+    "pathvlm-nano-v2-untrained": NamedReasoner("pathvlm-nano-v2-untrained", "pathclip-nano-v2", "default", None,
+                                               description="pathclip-nano-v2 + SmolLM2-135M-Instruct with an untrained "
+                                                           "(seeded) projector: pathvlm-nano v2's starting point"),
 }
+
+RELEASES = {"pathvlm-nano": "pathvlm-nano-v1"}  # the moving name -> the pinned release it loads now
 
 
 def resize_embeddings(lm, n_tokens: int) -> None:
