@@ -120,6 +120,16 @@ def run_generative(task, reasoner, items: list[dict], plots: Path, clip_loader=N
         out["closed"] = g.closed_metrics(extracted, [items[i]["answer"] for i in closed],
                                          [items[i]["answer_type"] for i in closed])
         out["closed"]["answer_entropy_bits"] = g.answer_entropy(extracted)
+        from pathvlm.data.knowledge import KnowledgeBase
+
+        kb = KnowledgeBase.load()
+        organs = [item_organ(items[i], task, kb) or "unknown" for i in closed]
+        if len(set(organs)) > 1:  # a task over several organs: the same measures per organ
+            out["closed"]["by_organ"] = {
+                o: g.closed_metrics([e for e, x in zip(extracted, organs) if x == o],
+                                    [items[i]["answer"] for i, x in zip(closed, organs) if x == o],
+                                    [items[i]["answer_type"] for i, x in zip(closed, organs) if x == o])
+                for o in sorted(set(organs))}
         controls = task.settings.get("controls", list(g.CONTROLS))
         if controls:
             out["controls"] = _controls(task, reasoner, [items[i] for i in closed], [images[i] for i in closed],

@@ -106,6 +106,20 @@ def test_controls_tell_an_image_blind_model_from_one_that_looks():
     assert looks["controls"]["shuffled"]["answer_change_rate"] > 0
 
 
+def test_closed_accuracy_per_organ_on_a_two_organ_task():
+    labels = ["colon adenocarcinoma", "oral squamous cell carcinoma"]
+    items = [{"id": str(k), "image": g.png_bytes(Image.new("RGB", (16, 16), (200,) * 3 if k % 2 else (20,) * 3)),
+              "question": "Is it bright?", "answer": "yes" if k % 2 else "no", "answer_type": "yes_no", "options": [],
+              "label": labels[k // 4]} for k in range(8)]
+    task = Task(name="t", kind="vqa_closed", dataset={}, settings={"controls": []})
+    looks = run_generative(task, CannedReasoner(blind=False), items[:3] + items[4:], None)["closed"]
+    assert looks["by_organ"]["colon"]["n"] == 3 and looks["by_organ"]["oral mucosa"]["n"] == 4
+    blind = run_generative(task, CannedReasoner(blind=True), items, None)["closed"]
+    assert blind["by_organ"]["colon"]["accuracy"] == 0.5 and blind["by_organ"]["oral mucosa"]["accuracy_yes_no"] == 0.5
+    one = run_generative(task, CannedReasoner(blind=True), items[:4], None)["closed"]
+    assert "by_organ" not in one  # one organ: the overall figures are its figures
+
+
 def test_cli_picks_the_reasoner_per_task_kind():
     zs, qa = load_task("lc25000_colon_zeroshot"), load_task("lc25000_colon_closed_qa")
     assert resolve_models("my-vlm", None, [qa]) == (None, "my-vlm")

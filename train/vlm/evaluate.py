@@ -29,6 +29,38 @@ def paired_comparison(before: list[int], after: list[int]) -> dict:
             "accuracy_change": (t["gained"] - t["lost"]) / t["n"], "mcnemar_p": t["p_value"]}
 
 
+def breakdown(correct: list, types: list[str], sources: list[str]) -> dict:
+    """Accuracy per data source (organ), overall and per answer type: ``{source: {n, accuracy, option_letter,
+    yes_no, n_option_letter, n_yes_no}}``."""
+    out = {}
+    for src in sorted(set(sources)):
+        idx = [i for i, s in enumerate(sources) if s == src]
+        row = {"n": len(idx), "accuracy": sum(correct[i] for i in idx) / len(idx)}
+        for t in ("option_letter", "yes_no"):
+            sub = [i for i in idx if types[i] == t]
+            row[f"n_{t}"] = len(sub)
+            row[t] = sum(correct[i] for i in sub) / len(sub) if sub else None
+        out[src] = row
+    return out
+
+
+def paired_by_source(a: dict, b: dict) -> dict:
+    """Two evaluations of the same questions (``eval.json`` dicts with ``ids``, ``sources`` and ``correct``):
+    McNemar overall and per source, on the questions both answered (matched by id)."""
+    if not a.get("ids") or not b.get("ids"):
+        raise ValueError("paired comparison needs per-question ids in both evaluations (re-run train.vlm.evaluate)")
+    ca, cb = dict(zip(a["ids"], a["correct"])), dict(zip(b["ids"], b["correct"]))
+    src = dict(zip(a["ids"], a["sources"]))
+    shared = [i for i in a["ids"] if i in cb]
+    if not shared:
+        raise ValueError("the two evaluations share no questions")
+    out = {"all": paired_comparison([ca[i] for i in shared], [cb[i] for i in shared])}
+    for s in sorted({src[i] for i in shared}):
+        ids = [i for i in shared if src[i] == s]
+        out[s] = paired_comparison([ca[i] for i in ids], [cb[i] for i in ids])
+    return out
+
+
 def answer_and_score(reasoner, rows, max_new_tokens: int, batch_size: int, images=None, progress: bool = False,
                      temperature: float = 0.0, seed: int | None = None):
     """Greedy (with ``temperature``: sampled, seeded) answers to ``rows`` (a dataset of closed questions:
@@ -55,12 +87,15 @@ def closed_question_accuracy(model, processor, cfg, controls=("blank", "noise"),
                   seed=cfg.seed if temperature else None)
     results, correct = answer_and_score(reasoner, rows, progress=True, **limits)
     types = list(rows["answer_type"])
+    sources = list(rows["source"]) if "source" in rows.column_names else ["all"] * len(rows)
     out = {"n": len(rows), "accuracy": sum(correct) / len(rows),
            "by_type": {t: sum(c for c, ty in zip(correct, types) if ty == t) / max(1, types.count(t))
                        for t in ("option_letter", "yes_no")},
+           "by_source": breakdown(correct, types, sources),
            "max_new_tokens": cfg.eval_max_new_tokens, "split": cfg.eval_split,
            "decoding": f"sampled, temperature {temperature}" if temperature else "greedy",
            "correct": [int(c) for c in correct],  # per question, for paired comparisons between stages
+           "ids": list(rows["id"]) if "id" in rows.column_names else None, "sources": sources,
            "examples": [{"question": p[-1]["content"][-1]["text"], "answer": a, "completion": r.text}
                         for p, a, r in zip(list(rows["prompt"])[:3], rows["answer"], results)]}
     answers = [res.answer.strip().lower() for res in results]
@@ -92,6 +127,12 @@ def load_run(run, cfg):
     return model, processor
 
 
+def output_name(split: str | None, temperature: float) -> str:
+    """``eval.json`` (the run's own split), ``eval-test.json`` (``--split test``), ``eval-t0.7.json`` (sampled)."""
+    stem = "eval" + (f"-{split}" if split else "")
+    return f"{stem}-t{temperature:g}.json" if temperature else f"{stem}.json"
+
+
 def main(argv=None) -> int:
     """Re-run the evaluation hook on finished stages with other decoding limits (same questions):
 
@@ -99,7 +140,14 @@ def main(argv=None) -> int:
 
     writes ``eval.json`` in each run folder (``results.json`` keeps the in-training evaluation). A run folder
     without ``final/`` (a run cut short, or one trained elsewhere and brought back as its adapter) is
-    evaluated as its starting model plus ``adapter.safetensors``."""
+    evaluated as its starting model plus ``adapter.safetensors``.
+
+    ``--split test`` reads another split than the run's hook did (writes ``eval-test.json``); ``--samples 0``
+    asks every closed question of it. ``--against NAME`` also asks a bundled reasoner (``pathvlm-nano-v1``)
+    the same questions, writes ``<run>/eval-<split>-<NAME>.json`` and prints the paired (McNemar) comparison,
+    overall and per source, into ``<run>/paired-<split>-<NAME>.json``:
+
+        python -m train.vlm.evaluate runs/vlm/nano-v2-grpo --split test --samples 0 --against pathvlm-nano-v1"""
     import argparse
     import json
     from pathlib import Path
@@ -109,24 +157,46 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--max-new-tokens", type=int, default=160)
-    ap.add_argument("--samples", type=int, default=None, help="default: the run's eval_samples")
+    ap.add_argument("--samples", type=int, default=None, help="default: the run's eval_samples; 0: every question")
+    ap.add_argument("--split", default=None, help="default: the run's eval_split (the hook's)")
+    ap.add_argument("--against", default=None, help="a bundled reasoner asked the same questions (paired comparison)")
+    ap.add_argument("--no-controls", action="store_true", help="skip the blank and noise image controls")
     ap.add_argument("--temperature", type=float, default=0.0,
                     help="sample at this temperature (seeded) instead of greedy decoding; writes eval-t{T}.json, "
                          "no image controls")
     args = ap.parse_args(argv)
+    controls = () if args.temperature or args.no_controls else ("blank", "noise")
+
+    def report(where, result, cfg):
+        by_src = {k: round(v["accuracy"], 3) for k, v in result["by_source"].items()}
+        print(f"{where}: accuracy {result['accuracy']:.3f} {result['by_type']} by source {by_src} (n={result['n']}, "
+              f"split {cfg.eval_split}, max_new_tokens={cfg.eval_max_new_tokens}, {result['decoding']})")
+
     for run in map(Path, args.runs):
         saved = json.loads((run / "results.json").read_text())["config"]
         cfg = VLMTrainConfig(**saved)
         cfg.eval_max_new_tokens = args.max_new_tokens
-        if args.samples:
+        if args.samples is not None:
             cfg.eval_samples = args.samples
+        if args.split:
+            cfg.eval_split = args.split
         model, processor = load_run(run, cfg)
-        controls = () if args.temperature else ("blank", "noise")
         result = closed_question_accuracy(model, processor, cfg, controls, temperature=args.temperature)
-        name = f"eval-t{args.temperature:g}.json" if args.temperature else "eval.json"
-        (run / name).write_text(json.dumps(result, indent=2, default=str))
-        print(f"{run}: accuracy {result['accuracy']:.3f} {result['by_type']} (n={result['n']}, "
-              f"max_new_tokens={cfg.eval_max_new_tokens}, {result['decoding']})")
+        (run / output_name(args.split, args.temperature)).write_text(json.dumps(result, indent=2, default=str))
+        report(run, result, cfg)
+        if args.against:
+            from pathvlm.vlm.build import load_vlm
+
+            other = closed_question_accuracy(*load_vlm(args.against), cfg, controls, temperature=args.temperature)
+            stem = output_name(args.split, args.temperature)[:-len(".json")]
+            (run / f"{stem}-{args.against}.json").write_text(json.dumps(other, indent=2, default=str))
+            report(args.against, other, cfg)
+            paired = {"before": args.against, "after": str(run), "split": cfg.eval_split,
+                      "comparison": paired_by_source(other, result)}
+            (run / f"paired-{stem[len('eval-'):] or 'eval'}-{args.against}.json").write_text(json.dumps(paired, indent=2))
+            for src, c in paired["comparison"].items():
+                print(f"  {args.against} -> {run.name} [{src}]: n {c['n']}, gained {c['gained']}, lost {c['lost']}, "
+                      f"McNemar p {c['mcnemar_p']:.2g}")
     return 0
 
 
