@@ -283,6 +283,34 @@ def test_paired_comparison_is_mcnemar():
         paired_comparison([1], [1, 0])
 
 
+def test_breakdown_and_paired_comparison_per_source():
+    from train.vlm.evaluate import breakdown, output_name, paired_by_source
+
+    correct = [1, 0, 1, 1, 0, 0]
+    types = ["option_letter", "yes_no", "yes_no", "option_letter", "option_letter", "yes_no"]
+    sources = ["colon", "colon", "colon", "oral", "oral", "oral"]
+    b = breakdown(correct, types, sources)
+    assert b["colon"] == {"n": 3, "accuracy": pytest.approx(2 / 3), "n_option_letter": 1, "option_letter": 1.0,
+                          "n_yes_no": 2, "yes_no": 0.5}
+    assert b["oral"]["option_letter"] == 0.5 and b["oral"]["yes_no"] == 0.0
+    assert breakdown([1], ["yes_no"], ["x"])["x"]["option_letter"] is None  # no MCQ there: not 0
+
+    ids = [f"q{i}" for i in range(6)]
+    old = {"ids": ids, "sources": sources, "correct": correct}
+    # the new model answers in another order and misses q0, gains q4 and q5; q9 is not in the old one
+    new = {"ids": ["q9", *reversed(ids)], "sources": ["oral", *reversed(sources)], "correct": [1, 1, 1, 1, 1, 1, 0]}
+    p = paired_by_source(old, new)
+    assert (p["all"]["n"], p["all"]["gained"], p["all"]["lost"]) == (6, 3, 1)
+    assert (p["colon"]["gained"], p["colon"]["lost"]) == (1, 1)
+    assert (p["oral"]["n"], p["oral"]["gained"], p["oral"]["lost"]) == (3, 2, 0)
+    with pytest.raises(ValueError, match="ids"):
+        paired_by_source({"correct": [1]}, new)
+    with pytest.raises(ValueError, match="share no questions"):
+        paired_by_source(old, {"ids": ["z"], "sources": ["oral"], "correct": [1]})
+    assert output_name(None, 0.0) == "eval.json" and output_name("test", 0.0) == "eval-test.json"
+    assert output_name(None, 0.7) == "eval-t0.7.json"
+
+
 def test_grpo_prompt_screening(tiny_reasoner_dir, built_fixture_data, tmp_path, monkeypatch):
     """The starting policy answers a pool once; GRPO trains mostly on what it missed, and a resumed run
     reuses the saved screening instead of answering again."""
@@ -373,3 +401,30 @@ def test_sampled_evaluation_is_seeded(tiny_reasoner_dir, built_fixture_data, tmp
     assert first["decoding"] == "sampled, temperature 1.0" and greedy["decoding"] == "greedy"
     assert [e["completion"] for e in first["examples"]] == [e["completion"] for e in again["examples"]]
     assert [e["completion"] for e in first["examples"]] != [e["completion"] for e in greedy["examples"]]
+
+
+def test_bundle_card_names_the_release_its_tower_data_and_held_out_figures(tmp_path):
+    from train.vlm.bundle import model_card, variant_of
+
+    data = tmp_path / "build"
+    data.mkdir()
+    (data / "data_card.json").write_text(json.dumps({"recipe_file": "data_recipes/nano_v2.yaml"}))
+    assert variant_of(str(data)).recipe == "data_recipes/nano_v2.yaml"  # by the recipe, whatever the folder
+    assert variant_of("runs/data/nano").script.endswith("train_nano.sh")
+    assert variant_of(str(tmp_path)).recipe == "?"  # another recipe's build: plain text, no error
+    row = {"stage": "grpo", "dir": "r/g", "steps": 4, "train_samples": 8, "train_seconds": 1.0, "eval_n": 4,
+           "accuracy": 0.5, "by_type": {"option_letter": 0.5, "yes_no": 0.5}, "eval_split": "val", "correct": [1, 0, 1, 0]}
+    test = {"n": 6, "accuracy": 0.5, "max_new_tokens": 160, "by_type": {"option_letter": 1 / 3, "yes_no": 2 / 3},
+            "by_source": {"lc25000_colon": {"n": 4, "accuracy": 0.75, "option_letter": 0.5, "yes_no": 1.0},
+                          "oral_scc": {"n": 2, "accuracy": 0.0, "option_letter": 0.0, "yes_no": None}}}
+    paired = {"before": "pathvlm-nano-v1", "comparison": {
+        "all": {"n": 6, "gained": 2, "lost": 1, "accuracy_change": 1 / 6, "mcnemar_p": 1.0}}}
+    card = model_card([row], 12_000_000, None, name="pathvlm-nano-v2", tower="pathclip-nano-v2", data=str(data),
+                      test=test, paired=paired)
+    assert card.startswith("# pathvlm-nano-v2\n") and "**pathclip-nano-v2**'s image tower" in card
+    assert "`pathvlm-nano-v2.safetensors`" in card and "oral mucosa" in card and "train_nano_v2.sh" in card
+    assert "the `grpo` val split" in card and "hooks above read the `val` split" in card
+    assert "| oral_scc | 2 | 0.000 | 0.000 | – |" in card and "| all | 6 | 0.500 | 0.333 | 0.667 |" in card
+    assert "Against `pathvlm-nano-v1`" in card and "| all | 6 | 2 | 1 | +0.167 | 1 |" in card
+    plain = model_card([row], 12_000_000)  # no held-out evaluation: no section
+    assert "Held-out test split" not in plain and "**pathclip-nano-v1**" in plain

