@@ -44,7 +44,7 @@ def test_answers_in_the_trained_format_and_streams_the_same(nano, he_tile):
 def test_bundle_changes_the_model(nano):
     from pathvlm.vlm.build import load_vlm
 
-    base, _ = load_vlm("pathvlm-nano-untrained")
+    base, _ = load_vlm(NAMED_REASONERS["pathvlm-nano"].baseline)
     trained = dict(nano.model.named_parameters())
     changed = [k for k, p in base.named_parameters() if not (p == trained[k]).all()]
     assert any("multi_modal_projector" in k for k in changed) and any("language_model" in k for k in changed)

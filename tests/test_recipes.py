@@ -88,3 +88,6 @@ def test_moving_names_load_their_pinned_release_and_reasoners_name_pinned_towers
     for name, spec in NAMED_REASONERS.items():
         assert spec.clip in NAMED_MODELS and spec.clip not in CLIP_RELEASES, \
             f"{name} names the moving tower {spec.clip!r}: name its pinned release"
+        if spec.weights:  # a trained reasoner names the baseline it was trained from, on the same tower
+            base = NAMED_REASONERS[spec.baseline]
+            assert base.weights is None and base.clip == spec.clip, name

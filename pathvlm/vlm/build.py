@@ -29,6 +29,7 @@ class NamedReasoner:
     weights: str | None  # safetensors in WEIGHTS_DIR: projector + LoRA (A/B) tensors
     seed: int = 0
     description: str = ""
+    baseline: str | None = None  # the untrained name it was trained from (and is measured against)
 
     @property
     def trained(self) -> bool:
@@ -38,10 +39,12 @@ class NamedReasoner:
 NAMED_REASONERS = {
     # pathvlm-nano was trained on pathclip-nano v1's image tower: pinned to it by name, whatever pathclip-nano is now
     "pathvlm-nano": NamedReasoner("pathvlm-nano", "pathclip-nano-v1", "default", "pathvlm-nano.safetensors",
-                                  description="pathclip-nano-v1 + SmolLM2-135M-Instruct, align -> SFT -> GRPO on the nano data"),
+                                  description="pathclip-nano-v1 + SmolLM2-135M-Instruct, align -> SFT -> GRPO on the nano data",
+                                  baseline="pathvlm-nano-untrained"),
     # the same weights under a name that will always load them (paired comparisons with later releases)
     "pathvlm-nano-v1": NamedReasoner("pathvlm-nano-v1", "pathclip-nano-v1", "default", "pathvlm-nano.safetensors",
-                                     description="pathvlm-nano's first release (colon only), pinned"),
+                                     description="pathvlm-nano's first release (colon only), pinned",
+                                     baseline="pathvlm-nano-untrained"),
     "pathvlm-nano-untrained": NamedReasoner("pathvlm-nano-untrained", "pathclip-nano-v1", "default", None,
                                             description="the same parts with an untrained (seeded) projector: a baseline"),
     # pathvlm-nano v2 starts here: pathclip-nano-v2 is a pinned name (its weights never change), so this baseline's
