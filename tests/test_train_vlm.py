@@ -428,3 +428,22 @@ def test_bundle_card_names_the_release_its_tower_data_and_held_out_figures(tmp_p
     assert "Against `pathvlm-nano-v1`" in card and "| all | 6 | 2 | 1 | +0.167 | 1 |" in card
     plain = model_card([row], 12_000_000)  # no held-out evaluation: no section
     assert "Held-out test split" not in plain and "**pathclip-nano-v1**" in plain
+
+
+def test_error_analysis_reads_magnification_texts_and_reclassifies_saved_answers():
+    from pathvlm.data.knowledge import KnowledgeBase
+    from train.vlm.error_analysis import class_observations, classify, realign
+
+    kb = KnowledgeBase.load()
+    obs = class_observations(kb)
+    label = "oral squamous cell carcinoma"
+    high = kb.observations(label, "400x")
+    assert high != kb.observations(label) and high in obs[label]
+    row = {"label": label, "answer_type": "option_letter",
+           "options": ["colon adenocarcinoma", label, "inflammatory infiltrate", "normal oral mucosa"]}
+    text = f"<think>{high} This fits {label}, which is option D.</think><answer>D</answer>"
+    assert classify(row, text, False, obs) == "wrong_lookup"  # was no_description with the general text only
+    rows = [{"question": q, "answer": a, "k": k} for k, (q, a) in enumerate([("q1", "A"), ("q2", "B"), ("q1", "A")])]
+    assert [r["k"] for r in realign(rows, [{"question": "q2", "answer": "B"}, {"question": "q1", "answer": "A"}])] == [1, 2]
+    with pytest.raises(ValueError, match="does not match"):
+        realign(rows, [{"question": "q3", "answer": "A"}])

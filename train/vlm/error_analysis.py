@@ -11,7 +11,10 @@ sorted by its reasoning block, matched against the knowledge base's observations
   ``wrong_conclusion`` (X is another class);
 - ``no_description``: no class's observations appear.
 
-    python -m train.vlm.error_analysis runs/vlm/nano-sft [--samples 192] [--max-new-tokens 160]
+    python -m train.vlm.error_analysis runs/vlm/nano-sft [--samples 192] [--max-new-tokens 160] [--reclassify]
+
+A class's reasoning is recognised in any of its texts, the general one and those per magnification (the oral
+mucosa classes have 100x and 400x texts). ``--reclassify`` sorts the wrong answers an earlier run saved again.
 """
 from __future__ import annotations
 
@@ -22,10 +25,34 @@ from collections import Counter
 from pathlib import Path
 
 
-def described_class(text: str, observations: dict[str, str]) -> str | None:
-    """The class whose knowledge-base observations open the completion's reasoning, or None."""
-    hits = [label for label, obs in observations.items() if obs and obs.split(".")[0] in text]
+def described_class(text: str, observations: dict[str, str | list[str]]) -> str | None:
+    """The class whose knowledge-base observations open the completion's reasoning, or None. A class may have
+    several texts (its general observations and one per magnification): any of them counts."""
+    def variants(obs):
+        return [obs] if isinstance(obs, str) else list(obs)
+
+    hits = [label for label, obs in observations.items() if any(o and o.split(".")[0] in text for o in variants(obs))]
     return hits[0] if len(hits) == 1 else None
+
+
+def class_observations(kb) -> dict[str, list[str]]:
+    """Every class's observation texts: the general one and one per magnification the knowledge base gives."""
+    return {label: [kb.observations(label)] + [kb.observations(label, m) for m in (e.get("magnifications") or {})]
+            for label, e in kb.classes.items()}
+
+
+def realign(rows: list[dict], wrong: list[dict]) -> list[dict]:
+    """The rows the saved wrong answers belong to: ``wrong`` is a subsequence of ``rows`` in order, matched by
+    question text and reference answer."""
+    out, k = [], 0
+    for w in wrong:
+        while k < len(rows) and (rows[k]["question"], rows[k]["answer"]) != (w["question"], w["answer"]):
+            k += 1
+        if k == len(rows):
+            raise ValueError("errors.json does not match the run's questions: re-run without --reclassify")
+        out.append(rows[k])
+        k += 1
+    return out
 
 
 # "fits X, which is option L" (the nano data), or the option scan ("B. colon adenocarcinoma: yes, so the answer is B")
@@ -60,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("run")
     ap.add_argument("--samples", type=int, default=None, help="default: the run's eval_samples")
     ap.add_argument("--max-new-tokens", type=int, default=160)
+    ap.add_argument("--reclassify", action="store_true",
+                    help="sort the wrong answers saved in errors.json again (no model, no generation)")
     args = ap.parse_args(argv)
 
     from pathvlm.chat import Reasoner
@@ -72,7 +101,22 @@ def main(argv=None) -> int:
     cfg = VLMTrainConfig(**json.loads((run / "results.json").read_text())["config"])
     rows = closed_questions(cfg, cfg.eval_split, args.samples or cfg.eval_samples)
     kb = KnowledgeBase.load()
-    observations = {label: kb.observations(label) for label in kb.classes}
+    observations = class_observations(kb)
+    if args.reclassify:
+        saved = json.loads((run / "errors.json").read_text())
+        table = [{"question": p[-1]["content"][-1]["text"], "answer": a, "label": lab, "answer_type": t, "options": o}
+                 for p, a, lab, t, o in zip(rows["prompt"], rows["answer"], rows["label"], rows["answer_type"],
+                                            rows["options"])]
+        for w, row in zip(saved["wrong"], realign(table, saved["wrong"])):
+            w["kind"] = classify(row, w["completion"], False, observations)
+        kinds = Counter(w["kind"] for w in saved["wrong"])
+        saved["kinds"] = {"correct": saved["n"] - len(saved["wrong"]), **kinds}
+        saved["examples"] = {}
+        for w in saved["wrong"]:
+            saved["examples"].setdefault(w["kind"], w["completion"])
+        (run / "errors.json").write_text(json.dumps(saved, indent=2))
+        print(json.dumps({k: v for k, v in saved.items() if k not in ("examples", "wrong")}, indent=2))
+        return 0
     model, processor = load_run(run, cfg)
     results, correct = answer_and_score(Reasoner(model, processor, name="errors"), rows, args.max_new_tokens,
                                         cfg.eval_batch_size, progress=True)
