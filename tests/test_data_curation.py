@@ -75,6 +75,11 @@ def test_caption_near_duplicates_minhash_lsh():
     assert nd.pair_count == 3 + 1  # {a, b, A} three pairs, {c, c} one
     assert dedup.caption_near_duplicates([a, c], threshold=0.8).pair_count == 0
     assert dedup.minhash(a).jaccard(dedup.minhash(b)) > 0.6
+    from datasketch import MinHash
+
+    fresh = MinHash(num_perm=128, seed=1)  # reused permutations give a fresh MinHash's signature exactly
+    fresh.update_batch([s.encode("utf-8") for s in sorted(dedup.shingles(a))])
+    assert (dedup.minhash(a).hashvalues == fresh.hashvalues).all()
 
 
 def test_dhash_is_imagehash():

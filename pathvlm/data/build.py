@@ -168,7 +168,33 @@ def load_images(rows, recipe, malformed, examples, log: StageLog, progress: bool
     return out
 
 
-def curate_text(rows, recipe, malformed, log: StageLog, card: dict):
+def _curate_caption(job: tuple) -> tuple:
+    """One caption through cleaning, the rule-based visual filter, the language and length filters (a pure function
+    of the caption and the settings, so it runs on the worker pool): ``(stage reached, text, changed, kept
+    sentences, removed sentences, the caption before the visual filter)``, the stage being ``empty``, ``visual``, ``language``, ``length`` or ``ok``."""
+    text, clean, visual, english_only, min_words, max_words = job
+    changed = False
+    if clean:
+        cleaned = text_clean.clean_caption(text)
+        changed, text = cleaned != text.strip(), cleaned
+    if not text:
+        return "empty", text, changed, [], [], text
+    kept, removed, cleaned = [], [], text
+    if visual:
+        res = text_clean.visual_sentences(text, rule=text_clean.is_visual_sentence)
+        kept, removed, text = res.kept, res.removed, res.text
+        if not text:
+            return "visual", text, changed, kept, removed, cleaned
+    if english_only and not text_clean.looks_english(text):
+        return "language", text, changed, kept, removed, cleaned
+    if not min_words <= text_clean.word_count(text) <= max_words:
+        return "length", text, changed, kept, removed, cleaned
+    return "ok", text, changed, kept, removed, cleaned
+
+
+def curate_text(rows, recipe, malformed, log: StageLog, card: dict, workers: int = 1):
+    """Captions cleaned and filtered (``_curate_caption``), on ``workers`` processes when the visual filter is the
+    rule (the model filter runs here, in order); the same rows, counts and examples whatever the worker count."""
     c = recipe.curation
     model_filter = None
     if c.visual_filter == "model":
@@ -182,35 +208,58 @@ def curate_text(rows, recipe, malformed, log: StageLog, card: dict):
     examples = {"kept": [], "removed": []}
     out = []
     after_clean = after_visual = after_lang = 0
+    captions = [r for r in rows if r["task"] == "caption"]
+    if model_filter is None:
+        from pathvlm.data.parallel import ordered_map
+
+        jobs = [(r["text"], c.clean_captions, c.visual_filter != "none", c.english_only, c.min_words, c.max_words)
+                for r in captions]
+        results = iter(ordered_map(_curate_caption, jobs, workers if len(jobs) >= 2000 else 1))
     for r in rows:
         if r["task"] != "caption":
             out.append(r)
             continue
-        text = r["text"]
-        if c.clean_captions:
-            cleaned = text_clean.clean_caption(text)
-            changed += cleaned != text.strip()
-            text = cleaned
-        if not text:
+        if model_filter is None:
+            stage, text, was_changed, kept, removed, cleaned = next(results)
+        else:  # the model filter: the same steps, here
+            text = r["text"]
+            was_changed = False
+            if c.clean_captions:
+                cleaned = text_clean.clean_caption(text)
+                was_changed, text = cleaned != text.strip(), cleaned
+            cleaned = text
+            kept, removed, stage = [], [], "ok"
+            if not text:
+                stage = "empty"
+            else:
+                res = text_clean.visual_sentences(text, rule=model_filter)
+                kept, removed, text = res.kept, res.removed, res.text
+                if not text:
+                    stage = "visual"
+                elif c.english_only and not text_clean.looks_english(text):
+                    stage = "language"
+                elif not c.min_words <= text_clean.word_count(text) <= c.max_words:
+                    stage = "length"
+        changed += was_changed
+        if stage == "empty":
             malformed[f"{r['source']}: empty caption"] += 1
             continue
         after_clean += 1
         if c.visual_filter != "none":
-            res = text_clean.visual_sentences(text, rule=model_filter or text_clean.is_visual_sentence)
-            kept_s += len(res.kept)
-            removed_s += len(res.removed)
-            if res.removed and len(examples["removed"]) < 8 and all(e["caption"] != text[:300] for e in examples["removed"]):
-                examples["removed"].append({"caption": text[:300], "removed": res.removed[:3]})
-            if res.kept and len(examples["kept"]) < 8 and all(e["caption"] != text[:300] for e in examples["kept"]):
-                examples["kept"].append({"caption": text[:300], "kept": res.kept[:3]})
-            text = res.text
-            if not text:
-                continue
+            kept_s += len(kept)
+            removed_s += len(removed)
+            shown = cleaned[:300]  # the caption before the visual filter, as the examples always showed it
+            if removed and len(examples["removed"]) < 8 and all(e["caption"] != shown for e in examples["removed"]):
+                examples["removed"].append({"caption": shown, "removed": removed[:3]})
+            if kept and len(examples["kept"]) < 8 and all(e["caption"] != shown for e in examples["kept"]):
+                examples["kept"].append({"caption": shown, "kept": kept[:3]})
+        if stage == "visual":
+            continue
         after_visual += 1
-        if c.english_only and not text_clean.looks_english(text):
+        if stage == "language":
             continue
         after_lang += 1
-        if not c.min_words <= text_clean.word_count(text) <= c.max_words:
+        if stage == "length":
             continue
         out.append({**r, "text": text})
     n_caps = sum(1 for r in rows if r["task"] == "caption")
@@ -342,7 +391,7 @@ def build_recipe(recipe: RecipeConfig, out: str | Path, progress: bool = True, r
     if not rows:
         raise PathVLMError("the recipe's sources gave no usable rows: " + json.dumps(dict(malformed)))
     rows = load_images(rows, recipe, malformed, malformed_examples, log, progress, workers, engine)
-    rows = curate_text(rows, recipe, malformed, log, card)
+    rows = curate_text(rows, recipe, malformed, log, card, workers)
     rows, _ = deduplicate(rows, recipe, log, card, workers)
     rows.sort(key=lambda r: (r["source"], r["id"]))
     rows = split_rows(rows, recipe, log, card)
