@@ -310,7 +310,11 @@ def deduplicate(rows, recipe, log: StageLog, card: dict, workers: int = 1):
     # groups (dedup.duplicate_clusters) merges them transitively, each into its smallest name
     group_names = sorted({r["group"] for r in out})
     gidx = {g: i for i, g in enumerate(group_names)}
-    links = [(gidx[min(gs)], gidx[g]) for gs in groups_by_root.values() for g in gs if len(gs) > 1 and g != min(gs)]
+    links = []
+    for gs in groups_by_root.values():
+        if len(gs) > 1:
+            first = min(gs)  # once per cluster: in the loop it was quadratic in the cluster's size (alike tiles)
+            links += [(gidx[first], gidx[g]) for g in gs if g != first]
     group_root = dedup.duplicate_clusters(len(group_names), links)
     merge = {g: group_names[group_root[i]] for i, g in enumerate(group_names) if group_root[i] != i}
     for r in out:

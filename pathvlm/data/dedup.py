@@ -76,7 +76,8 @@ def caption_near_duplicates(texts: list[str], threshold: float = 0.8, num_perm: 
     from pathvlm.data.parallel import ordered_map
 
     n = len(texts)
-    norm = [normalise_text(t) for t in texts]
+    # two regex passes per caption: on the pool for large builds (in order, so the same list)
+    norm = ordered_map(normalise_text, texts, workers if n >= 2000 else 1, chunksize=1024)
     first: dict[str, int] = {}
     members: dict[str, int] = {}
     edges: set[tuple[int, int]] = set()
