@@ -101,7 +101,8 @@ def run_generative(task, reasoner, items: list[dict], plots: Path, clip_loader=N
     for it, q, t in list(zip(items, questions, texts))[: int(task.settings.get("examples", 5))]:
         examples.append({"id": it["id"], "question": q, "reference": it["answer"], "completion": t})
     out["examples"] = examples
-    out.update(self_consistency(task, reasoner, items, questions, texts))
+    organs = item_organs(items, task)
+    out.update(self_consistency(task, reasoner, items, questions, texts, organs))
     if task.kind in ("caption", "report"):
         ref = [i for i, it in enumerate(items) if it["answer"]]
         if not ref:
@@ -120,16 +121,14 @@ def run_generative(task, reasoner, items: list[dict], plots: Path, clip_loader=N
         out["closed"] = g.closed_metrics(extracted, [items[i]["answer"] for i in closed],
                                          [items[i]["answer_type"] for i in closed])
         out["closed"]["answer_entropy_bits"] = g.answer_entropy(extracted)
-        from pathvlm.data.knowledge import KnowledgeBase
-
-        kb = KnowledgeBase.load()
-        organs = [item_organ(items[i], task, kb) or "unknown" for i in closed]
-        if len(set(organs)) > 1:  # a task over several organs: the same measures per organ
-            out["closed"]["by_organ"] = {
-                o: g.closed_metrics([e for e, x in zip(extracted, organs) if x == o],
-                                    [items[i]["answer"] for i, x in zip(closed, organs) if x == o],
-                                    [items[i]["answer_type"] for i, x in zip(closed, organs) if x == o])
-                for o in sorted(set(organs))}
+        closed_organs = [organs[i] or "unknown" for i in closed]
+        if len(set(closed_organs)) > 1:  # a task over several organs: the same measures per organ
+            out["closed"]["by_organ"] = {}
+            for o in sorted(set(closed_organs)):
+                ks = [k for k, x in enumerate(closed_organs) if x == o]  # positions in `closed` and `extracted`
+                out["closed"]["by_organ"][o] = g.closed_metrics([extracted[k] for k in ks],
+                                                                [items[closed[k]]["answer"] for k in ks],
+                                                                [items[closed[k]]["answer_type"] for k in ks])
         controls = task.settings.get("controls", list(g.CONTROLS))
         if controls:
             out["controls"] = _controls(task, reasoner, [items[i] for i in closed], [images[i] for i in closed],
@@ -151,16 +150,23 @@ def item_organ(item: dict, task, kb=None) -> str | None:
     return next(iter(organs)) if len(organs) == 1 else None
 
 
-def self_consistency(task, reasoner, items: list[dict], questions: list[str], texts: list[str]) -> dict:
+def item_organs(items: list[dict], task) -> list[str | None]:
+    """:func:`item_organ` of every item, with the knowledge base read once."""
+    from pathvlm.data.knowledge import KnowledgeBase
+
+    kb = KnowledgeBase.load()
+    return [item_organ(it, task, kb) for it in items]
+
+
+def self_consistency(task, reasoner, items: list[dict], questions: list[str], texts: list[str],
+                     organs: list[str | None] | None = None) -> dict:
     """``consistency`` (pathvlm.evals.consistency: reasoning vs answer, report lines, self-contradiction,
     wrong organ) and ``garbled_word_rate`` (pathvlm.evals.garbled, with the reasoner's tokenizer and the
-    questions' words in the lexicon) of the completions."""
-    from pathvlm.data.knowledge import KnowledgeBase
+    questions' words in the lexicon) of the completions. ``organs``: the items' (:func:`item_organs`)."""
     from pathvlm.evals.consistency import consistency_metrics, options_in
     from pathvlm.evals.garbled import Lexicon, garbled_metrics
 
-    kb = KnowledgeBase.load()
-    organs = [item_organ(it, task, kb) for it in items]
+    organs = organs if organs is not None else item_organs(items, task)
     options = [list(it.get("options") or []) or options_in(q) for it, q in zip(items, questions)]
     cons = consistency_metrics(texts, questions, options, organs, [str(it["id"]) for it in items],
                                n_examples=int(task.settings.get("examples", 5)))

@@ -159,3 +159,30 @@ def test_model_sentence_filter_scores_against_prototypes(tiny_clip):
     default = text_clean.ModelSentenceFilter(model, tok)
     e = default._embed([s])[0]
     assert default(s) == (float(e @ default.visual) - float(e @ default.clinical) > 0)
+
+
+def test_caption_curation_gives_the_same_rows_and_card_with_the_model_filter_path_and_on_the_pool(monkeypatch):
+    """The model filter runs the same per-caption steps in the main process; with the rule as its 'model' it must
+    give what the rule gives, and 2 workers what 1 gives."""
+    from collections import Counter
+
+    import pathvlm.clip.factory
+    from pathvlm.data import build
+    from pathvlm.data.config import CurationConfig, RecipeConfig
+
+    texts = ["H&E section showing glands with atypia. The patient was 54 years old.", "  ", "The patient recovered.",
+             "Sheets of atypical cells with mitoses.", "Ceci n'est pas une légende française du tout.", "Glands."]
+    rows = [{"task": "caption", "text": t, "source": "s", "id": str(k)} for k, t in enumerate(texts * 400)]
+    rows.insert(3, {"task": "classification", "text": "", "source": "s", "id": "x"})
+
+    def curate(mode, workers):
+        recipe = RecipeConfig(name="t", sources=[], curation=CurationConfig(visual_filter=mode, min_words=2))
+        malformed, card = Counter(), {}
+        out = build.curate_text([dict(r) for r in rows], recipe, malformed, build.StageLog(), card, workers)
+        return out, dict(malformed), {**card["visual_filter"], "mode": None}
+
+    monkeypatch.setattr(pathvlm.clip.factory, "create_clip", lambda source: (None, None, None))
+    monkeypatch.setattr(text_clean, "ModelSentenceFilter", lambda model, tok: text_clean.is_visual_sentence)
+    rule = curate("rule", 1)
+    assert rule[0] and rule[1] == {"s: empty caption": 400} and rule[2]["sentences_removed"] > 0
+    assert curate("model", 1) == rule == curate("rule", 2)

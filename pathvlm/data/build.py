@@ -7,6 +7,7 @@ and a rerun produces byte-identical files (checksums.json).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -168,11 +169,11 @@ def load_images(rows, recipe, malformed, examples, log: StageLog, progress: bool
     return out
 
 
-def _curate_caption(job: tuple) -> tuple:
-    """One caption through cleaning, the rule-based visual filter, the language and length filters (a pure function
-    of the caption and the settings, so it runs on the worker pool): ``(stage reached, text, changed, kept
-    sentences, removed sentences, the caption before the visual filter)``, the stage being ``empty``, ``visual``, ``language``, ``length`` or ``ok``."""
-    text, clean, visual, english_only, min_words, max_words = job
+def _curate_caption(text: str, clean: bool, rule, english_only: bool, min_words: int, max_words: int) -> tuple:
+    """One caption through cleaning, the visual filter (``rule``: a sentence -> keep?; None: no filter), the
+    language and length filters: ``(stage reached, text, changed, kept sentences, removed sentences, the caption
+    before the visual filter)``, the stage being ``empty``, ``visual``, ``language``, ``length`` or ``ok``. A pure
+    function of the caption when ``rule`` is, so it runs on the worker pool."""
     changed = False
     if clean:
         cleaned = text_clean.clean_caption(text)
@@ -180,8 +181,8 @@ def _curate_caption(job: tuple) -> tuple:
     if not text:
         return "empty", text, changed, [], [], text
     kept, removed, cleaned = [], [], text
-    if visual:
-        res = text_clean.visual_sentences(text, rule=text_clean.is_visual_sentence)
+    if rule is not None:
+        res = text_clean.visual_sentences(text, rule=rule)
         kept, removed, text = res.kept, res.removed, res.text
         if not text:
             return "visual", text, changed, kept, removed, cleaned
@@ -193,8 +194,8 @@ def _curate_caption(job: tuple) -> tuple:
 
 
 def curate_text(rows, recipe, malformed, log: StageLog, card: dict, workers: int = 1):
-    """Captions cleaned and filtered (``_curate_caption``), on ``workers`` processes when the visual filter is the
-    rule (the model filter runs here, in order); the same rows, counts and examples whatever the worker count."""
+    """Captions cleaned and filtered (``_curate_caption``), on ``workers`` processes unless the visual filter is the
+    model (it runs here, in order); the same rows, counts and examples whatever the worker count."""
     c = recipe.curation
     model_filter = None
     if c.visual_filter == "model":
@@ -208,38 +209,18 @@ def curate_text(rows, recipe, malformed, log: StageLog, card: dict, workers: int
     examples = {"kept": [], "removed": []}
     out = []
     after_clean = after_visual = after_lang = 0
-    captions = [r for r in rows if r["task"] == "caption"]
-    if model_filter is None:
-        from pathvlm.data.parallel import ordered_map
-
-        jobs = [(r["text"], c.clean_captions, c.visual_filter != "none", c.english_only, c.min_words, c.max_words)
-                for r in captions]
-        results = iter(ordered_map(_curate_caption, jobs, workers if len(jobs) >= 2000 else 1))
+    rule = None if c.visual_filter == "none" else (model_filter or text_clean.is_visual_sentence)
+    captions = [r["text"] for r in rows if r["task"] == "caption"]
+    # the rule is a pure function: on the pool for large builds; the model filter runs here
+    pool = workers if model_filter is None and len(captions) >= 2000 else 1
+    curate = functools.partial(_curate_caption, clean=c.clean_captions, rule=rule, english_only=c.english_only,
+                               min_words=c.min_words, max_words=c.max_words)
+    results = iter(ordered_map(curate, captions, pool))
     for r in rows:
         if r["task"] != "caption":
             out.append(r)
             continue
-        if model_filter is None:
-            stage, text, was_changed, kept, removed, cleaned = next(results)
-        else:  # the model filter: the same steps, here
-            text = r["text"]
-            was_changed = False
-            if c.clean_captions:
-                cleaned = text_clean.clean_caption(text)
-                was_changed, text = cleaned != text.strip(), cleaned
-            cleaned = text
-            kept, removed, stage = [], [], "ok"
-            if not text:
-                stage = "empty"
-            else:
-                res = text_clean.visual_sentences(text, rule=model_filter)
-                kept, removed, text = res.kept, res.removed, res.text
-                if not text:
-                    stage = "visual"
-                elif c.english_only and not text_clean.looks_english(text):
-                    stage = "language"
-                elif not c.min_words <= text_clean.word_count(text) <= c.max_words:
-                    stage = "length"
+        stage, text, was_changed, kept, removed, cleaned = next(results)
         changed += was_changed
         if stage == "empty":
             malformed[f"{r['source']}: empty caption"] += 1
@@ -262,8 +243,7 @@ def curate_text(rows, recipe, malformed, log: StageLog, card: dict, workers: int
         if stage == "length":
             continue
         out.append({**r, "text": text})
-    n_caps = sum(1 for r in rows if r["task"] == "caption")
-    log.add("clean_captions", n_caps, after_clean, changed=changed)
+    log.add("clean_captions", len(captions), after_clean, changed=changed)
     log.add(f"visual_filter ({c.visual_filter})", after_clean, after_visual, sentences_kept=kept_s, sentences_removed=removed_s)
     log.add("language_filter", after_visual, after_lang)
     log.add("length_filter", after_lang, sum(1 for r in out if r["task"] == "caption"),

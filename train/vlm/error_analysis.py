@@ -109,14 +109,8 @@ def main(argv=None) -> int:
                                             rows["options"])]
         for w, row in zip(saved["wrong"], realign(table, saved["wrong"])):
             w["kind"] = classify(row, w["completion"], False, observations)
-        kinds = Counter(w["kind"] for w in saved["wrong"])
-        saved["kinds"] = {"correct": saved["n"] - len(saved["wrong"]), **kinds}
-        saved["examples"] = {}
-        for w in saved["wrong"]:
-            saved["examples"].setdefault(w["kind"], w["completion"])
-        (run / "errors.json").write_text(json.dumps(saved, indent=2))
-        print(json.dumps({k: v for k, v in saved.items() if k not in ("examples", "wrong")}, indent=2))
-        return 0
+        kinds = ["correct"] * (saved["n"] - len(saved["wrong"])) + [w["kind"] for w in saved["wrong"]]
+        return write_summary(run, saved["n"], saved["accuracy"], kinds, saved["wrong"])
     model, processor = load_run(run, cfg)
     results, correct = answer_and_score(Reasoner(model, processor, name="errors"), rows, args.max_new_tokens,
                                         cfg.eval_batch_size, progress=True)
@@ -126,11 +120,15 @@ def main(argv=None) -> int:
     kinds = [classify(m, t, bool(c), observations) for m, t, c in zip(meta, texts, correct)]
     wrong = [{"question": p[-1]["content"][-1]["text"], "answer": a, "kind": k, "completion": t}
              for p, a, k, t in zip(rows["prompt"], rows["answer"], kinds, texts) if k != "correct"]
+    return write_summary(run, len(rows), sum(correct) / len(rows), kinds, wrong)
+
+
+def write_summary(run: Path, n: int, accuracy: float, kinds: list[str], wrong: list[dict]) -> int:
+    """``errors.json``: the counts per kind, the first wrong answer of each kind, every wrong answer; printed too."""
     examples = {}
-    for w in wrong:  # the first wrong answer of each kind
+    for w in wrong:
         examples.setdefault(w["kind"], w["completion"])
-    summary = {"n": len(rows), "accuracy": sum(correct) / len(rows), "kinds": dict(Counter(kinds)),
-               "examples": examples, "wrong": wrong}
+    summary = {"n": n, "accuracy": accuracy, "kinds": dict(Counter(kinds)), "examples": examples, "wrong": wrong}
     (run / "errors.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("examples", "wrong")}, indent=2))
     return 0

@@ -172,6 +172,7 @@ def main(argv=None) -> int:
         print(f"{where}: accuracy {result['accuracy']:.3f} {result['by_type']} by source {by_src} (n={result['n']}, "
               f"split {cfg.eval_split}, max_new_tokens={cfg.eval_max_new_tokens}, {result['decoding']})")
 
+    against = {}  # the bundled reasoner's answers per question set: asked once however many runs share it
     for run in map(Path, args.runs):
         saved = json.loads((run / "results.json").read_text())["config"]
         cfg = VLMTrainConfig(**saved)
@@ -187,13 +188,17 @@ def main(argv=None) -> int:
         if args.against:
             from pathvlm.vlm.build import load_vlm
 
-            other = closed_question_accuracy(*load_vlm(args.against), cfg, controls, temperature=args.temperature)
+            key = (cfg.data, cfg.eval_split, cfg.eval_samples, tuple(cfg.sources), cfg.eval_max_new_tokens)
+            if key not in against:
+                against[key] = closed_question_accuracy(*load_vlm(args.against), cfg, controls,
+                                                        temperature=args.temperature)
+                report(args.against, against[key], cfg)
+            other = against[key]
             stem = output_name(args.split, args.temperature)[:-len(".json")]
             (run / f"{stem}-{args.against}.json").write_text(json.dumps(other, indent=2, default=str))
-            report(args.against, other, cfg)
             paired = {"before": args.against, "after": str(run), "split": cfg.eval_split,
                       "comparison": paired_by_source(other, result)}
-            (run / f"paired-{stem[len('eval-'):] or 'eval'}-{args.against}.json").write_text(json.dumps(paired, indent=2))
+            (run / f"{stem.replace('eval', 'paired', 1)}-{args.against}.json").write_text(json.dumps(paired, indent=2))
             for src, c in paired["comparison"].items():
                 print(f"  {args.against} -> {run.name} [{src}]: n {c['n']}, gained {c['gained']}, lost {c['lost']}, "
                       f"McNemar p {c['mcnemar_p']:.2g}")
