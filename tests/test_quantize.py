@@ -80,3 +80,24 @@ def test_serve_config_takes_quantize():
     assert load_serve_config(None).quantize == "none"
     with pytest.raises(PathVLMError, match="quantize must be one of"):
         load_serve_config(None, quantize="fp8")
+
+
+def test_the_int8_simulator_of_diagnose_quantized_computes_what_the_kernel_computes():
+    """benchmarks/diagnose_quantized.py compares int8 schemes by simulating them in float32; its simulation of the
+    scheme --quantize int8 runs (per-row int8 weights, per-token 7-bit activations) must equal the real kernel."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "diagnose_quantized.py"
+    spec = importlib.util.spec_from_file_location("diagnose_quantized", path)
+    dq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dq)
+    torch.manual_seed(0)
+    for width in (96, 576, 1536):
+        lin = torch.nn.Linear(width, 64, bias=False)
+        x = torch.randn(1, width) * torch.rand(1, width) * 3
+        real = Q.QuantizedLinear(lin)(x)
+        simulated = torch.nn.functional.linear(dq.fake_activations(x, 7 if Q.REDUCE_RANGE else 8), dq.fake_weight(lin.weight))
+        error = (real - lin(x)).abs().max()
+        assert error > 1e-3  # quantisation does change the product ...
+        assert (real - simulated).abs().max() < 1e-3 * error  # ... and the simulation changes it the same way
