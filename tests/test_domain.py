@@ -223,24 +223,27 @@ def test_reasoner_check_of_a_bundled_reasoner_returns(tmp_path):
 
     _REASONER_CHECKS.clear()
     out = {}
-    t = threading.Thread(target=lambda: out.setdefault("check", reasoner_check("pathvlm-nano")), daemon=True)
+    t = threading.Thread(target=lambda: out.setdefault("check", reasoner_check("pathvlm-nano-v1")), daemon=True)
     t.start()
     t.join(120)
-    assert not t.is_alive(), "reasoner_check('pathvlm-nano') did not return within 120 s (a deadlock)"
+    assert not t.is_alive(), "reasoner_check('pathvlm-nano-v1') did not return within 120 s (a deadlock)"
     check = out["check"]
     assert check.active and check.description.model == "pathclip-nano-v1"
     out_of_domain_image(tmp_path / "green.png")
     verdict = check.check([str(tmp_path / "green.png")])[0]
     assert verdict["checked"] and verdict["in_domain"] is False and "pathclip-nano-v1 was trained on colon" in verdict["warning"]
-    assert reasoner_check("pathvlm-nano") is check  # cached: one tower per process
+    assert reasoner_check("pathvlm-nano-v1") is check  # cached: one tower per process
 
 
 def test_pathvlm_nano_is_checked_with_its_own_tower():
-    """pathvlm-nano sees images through pathclip-nano-v1's tower: that description, not pathclip-nano's, applies."""
+    """Each reasoner is checked with its own tower's description: pathvlm-nano-v1 sees images through
+    pathclip-nano-v1 (colon), pathvlm-nano (v2) through pathclip-nano-v2 (colon and oral mucosa)."""
     from pathvlm.domain import reasoner_tower
 
-    assert reasoner_tower("pathvlm-nano") == "pathclip-nano-v1" and reasoner_tower("pathvlm-nano-untrained") == "pathclip-nano-v1"
+    assert reasoner_tower("pathvlm-nano-v1") == "pathclip-nano-v1" and reasoner_tower("pathvlm-nano-untrained") == "pathclip-nano-v1"
     assert load_description("pathclip-nano-v1").domain.startswith("colon H&E")
+    assert reasoner_tower("pathvlm-nano") == reasoner_tower("pathvlm-nano-v2-untrained") == "pathclip-nano-v2"
+    assert "oral" in load_description("pathclip-nano-v2").domain
 
 
 def test_builder_fits_calibrates_and_reports(tiny_clip_dir, built_fixture_data, tmp_path, capsys):

