@@ -8,8 +8,8 @@ through copies of the model whose linear layers are *simulated* in int8 (fake qu
 symmetric per output row, activations per token, asymmetric, as FBGEMM's dynamic kernel quantises one row).
 For each variant it prints the mean KL divergence per answer token against fp32 and the share of answer tokens
 whose greedy choice stays the same. The prompt rows keep float activations, as the real prefill does
-(``pathvlm.vlm.quantize``). Variants: everything at 7-bit activations (what ``--quantize int8`` runs on an
-AVX2 CPU), weights only, activations only, one layer group at a time, 8-bit activations (CPUs with VNNI), and
+(``pathvlm.vlm.quantize``). Variants: everything at 7-bit activations (what ``--quantize int8`` runs on any
+CPU), weights only, activations only, one layer group at a time, 8-bit activations (CPUs with VNNI), and
 SmoothQuant (activation outliers moved into the weights, calibrated on ``--calibration`` training questions).
 
 It also finds the verdict of every yes/no answer ("These features are those of ..." against "... are not those
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
               .clamp(min=1e-5) for n in names}
 
     variants = [
-        ("all layers, 7-bit activations (--quantize int8 on AVX2)", dict(names=names)),
+        ("all layers, 7-bit activations (what --quantize int8 runs)", dict(names=names)),
         ("weights only (float activations)", dict(names=names, act_bits=None)),
         ("activations only, 7-bit (float weights)", dict(names=names, weights=False)),
         ("attention q/k/v only", dict(names=group("q_proj|k_proj|v_proj"))),
