@@ -30,9 +30,11 @@ import torch
 
 
 def fake_weight(w):
-    """Symmetric per-row int8, returned as the float32 values it stands for."""
-    s = (w.abs().amax(1, keepdim=True) / 127).clamp(min=1e-12)
-    return (w / s).round().clamp(-127, 127) * s
+    """The float32 values ``--quantize int8``'s per-row weights stand for (``pathvlm.vlm.quantize.int8_weight``)."""
+    from pathvlm.vlm.quantize import int8_weight
+
+    q, scale = int8_weight(w)
+    return q.float() * scale[:, None]
 
 
 def fake_activations(x, bits: int):

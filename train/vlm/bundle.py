@@ -48,11 +48,16 @@ def _fmt(x, digits=3):
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def main_stages(rows: list[dict]) -> list[dict]:
+    """The trained chain's stage rows, without the ablations reported beside them."""
+    return [r for r in rows if not r["stage"].startswith("ablation")]
+
+
 def paired_lines(rows: list[dict]) -> list[str]:
     """Each stage against the one before it, on the same questions (exact McNemar test)."""
     from train.vlm.evaluate import paired_comparison
 
-    main = [r for r in rows if not r["stage"].startswith("ablation")]
+    main = main_stages(rows)
 
     def start_of(ablation):  # the main stage whose adapter the ablation continued, else the last stage's start
         same = [m for m in main if ablation.get("started_from") and Path(m["dir"]) == Path(ablation["started_from"])]
@@ -155,7 +160,7 @@ def model_card(rows: list[dict], size: int, prov: dict | None = None, name: str 
     from train.provenance import provenance_markdown
 
     v = variant_of(data)
-    stages = [r["stage"].split(" ")[0] for r in rows if not r["stage"].startswith("ablation")]
+    stages = [r["stage"].split(" ")[0] for r in main_stages(rows)]
     chain = " -> ".join({"sft": "chain-of-thought SFT", "grpo": "GRPO"}.get(s, s) for s in stages)
     short = ", ".join({"sft": "SFT", "grpo": "GRPO"}.get(s, s) for s in stages)
     lines = [f"# {name}", "",
