@@ -2,12 +2,13 @@
 
 The fast tests check the comparison, the report, the provenance and that a rebuilt bundle in a scratch folder is
 what gets evaluated. The full rebuild is marked slow and runs only with PATHVLM_REPRODUCE=1 (15 min of CPU for
-pathclip-nano-v1; PATHVLM_REPRODUCE=clip for pathclip-nano v2, about 50 min; PATHVLM_REPRODUCE=all for both and the
-reasoner, about 80 min more)."""
+pathclip-nano-v1; PATHVLM_REPRODUCE=clip for pathclip-nano v2, about 50 min; =vlm for pathvlm-nano v2, about 90 min;
+=vlm-v1, about 80 min; =all for the four)."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -157,14 +158,15 @@ def test_bundle_evaluates_the_scratch_weights_not_the_shipped_ones(tmp_path):
 @pytest.mark.slow
 @pytest.mark.shared
 @pytest.mark.skipif(not os.environ.get("PATHVLM_REPRODUCE"), reason="the full rebuild: set PATHVLM_REPRODUCE=1 "
-                    "(pathclip-nano-v1, ~15 min of CPU), =clip (pathclip-nano, ~50 min) or =all (both and the "
-                    "reasoner, ~80 min more)")
+                    "(pathclip-nano-v1, ~15 min of CPU), =clip (pathclip-nano, ~50 min), =vlm (pathvlm-nano, ~90 min), "
+                    "=vlm-v1 (~80 min) or =all")
 def test_rebuild_matches_the_model_cards(tmp_path):
     data, data_v2 = os.environ.get("PATHVLM_REPRODUCE_DATA"), os.environ.get("PATHVLM_REPRODUCE_DATA_V2")
     args = ["--out", str(tmp_path / "reproduce")] + (["--data", data] if data else []) + \
         (["--data-v2", data_v2] if data_v2 else [])
-    if os.environ["PATHVLM_REPRODUCE"] != "all":
-        args += ["--only", "clip" if os.environ["PATHVLM_REPRODUCE"] == "clip" else "clip-v1"]
+    which = os.environ["PATHVLM_REPRODUCE"]
+    if which != "all":
+        args += ["--only", "clip-v1" if which == "1" else which]
     assert reproduce.main(args) == 0, (tmp_path / "reproduce" / "report.md").read_text()
 
 
@@ -234,38 +236,75 @@ def test_eval_paths_evaluates_one_run_four_ways_beside_the_training_time_figures
                        model.state_dict()["text.transformer.embeddings.word_embeddings.weight"])
 
 
-def test_the_reasoner_rebuild_chains_the_stages_and_bundles_into_the_scratch_folder(tmp_path, monkeypatch,
+@pytest.mark.parametrize("choice", ["vlm", "vlm-v1"])
+def test_the_reasoner_rebuild_chains_the_stages_and_bundles_into_the_scratch_folder(tmp_path, monkeypatch, choice,
                                                                                    tiny_reasoner_dir, built_fixture_data):
-    """run_vlm's wiring on a tiny reasoner: align -> SFT -> GRPO, each from the previous stage's adapter, the align
-    stage re-asked, the bundle and report in the scratch folder, the shipped folder untouched."""
+    """run_vlm's wiring on a tiny reasoner, as each bundled reasoner was made: v1 align -> SFT -> GRPO with the align
+    stage re-asked, v2 align -> SFT with the test split read once; each stage from the previous stage's adapter,
+    the bundle and report in the scratch folder under the card's file name, the shipped folder untouched."""
     pytest.importorskip("trl")
+    import dataclasses
+
     import yaml
 
+    build = reproduce.VLM_MODELS[choice]
     tiny = dict(model=str(tiny_reasoner_dir), batch_size=4, max_steps=1, lr=5e-2, lora_rank=4, lora_alpha=8,
                 save_steps=1, logging_steps=1, eval_samples=4, eval_max_new_tokens=8, eval_batch_size=4, max_length=256,
                 report_to="none", max_completion_length=8, num_generations=2, seed=0)
     recipes = {}
-    for stage in ("align", "sft", "grpo"):
+    for stage in build.recipes:
         path = tmp_path / f"{stage}.yaml"
         path.write_text(yaml.safe_dump({"stage": stage, **tiny, "lora": stage != "align"}))
         recipes[stage] = str(path)
-    monkeypatch.setattr(reproduce, "VLM_RECIPES", recipes)
+    tiny_build = dataclasses.replace(build, recipes=recipes, align_eval=(8, 4) if build.align_eval else None)
+    monkeypatch.setitem(reproduce.VLM_MODELS, choice, tiny_build)
     shipped = tmp_path / "shipped"
     shipped.mkdir()
-    card = [{"stage": s, "accuracy": 0.5, "by_type": {}} for s in ("align", "sft", "grpo")]
-    (shipped / "pathvlm-nano.results.json").write_text(json.dumps(card))
+    card = {"stages": [{"stage": s, "accuracy": 0.5, "by_type": {}} for s in recipes]}
+    if build.test_read:
+        card["test"] = {"accuracy": 0.5, "by_type": {"option_letter": 0.5}, "by_source": {}}
+    (shipped / f"{build.file}.results.json").write_text(json.dumps(card))
     out = tmp_path / "out"
-    rows, notes, _ = reproduce.run_vlm(str(built_fixture_data), out, False, out / "weights", shipped, 1.0,
-                                      align_eval=(8, 4))
-    assert {r["model"] for r in rows} == {"pathvlm-nano align", "pathvlm-nano sft", "pathvlm-nano grpo"}
-    assert all(r["match"] for r in rows if r["figure"] == "accuracy")  # tolerance 1.0
-    sft_cfg = json.loads((out / "vlm" / "nano-sft" / "results.json").read_text())["config"]
-    assert sft_cfg["init_adapter"] == str(out / "vlm" / "nano-align" / "adapter.safetensors")
-    assert (out / "vlm" / "nano-align" / "eval.json").exists()
-    res = json.loads((out / "weights" / "pathvlm-nano.results.json").read_text())
-    assert [s["stage"] for s in res["stages"]] == ["align", "sft", "grpo"]
+    rows, notes, extra = reproduce.run_vlm(choice, str(built_fixture_data), out, False, out / "weights", shipped, 1.0)
+    models = {r["model"] for r in rows}
+    assert {f"{build.label} {s}" for s in recipes} <= models
+    assert (f"{build.label} test" in models) == build.test_read
+    assert all(r["match"] for r in rows if r["figure"] == "accuracy" and r["card"] is not None)  # tolerance 1.0
+    runs = {s: out / "vlm" / f"{build.file}-{s}" for s in recipes}
+    sft_cfg = json.loads((runs["sft"] / "results.json").read_text())["config"]
+    assert sft_cfg["init_adapter"] == str(runs["align"] / "adapter.safetensors")
+    assert (runs["align"] / "eval.json").exists() == bool(build.align_eval)
+    last = list(runs.values())[-1]
+    assert (last / "eval-test.json").exists() == build.test_read
+    res = json.loads((out / "weights" / f"{build.file}.results.json").read_text())
+    assert [s["stage"] for s in res["stages"]] == list(recipes)
+    assert bool(res.get("test")) == build.test_read
+    assert not build.test_read or res["test"]["split"] == "test" and res["test"]["by_source"]
     assert [r["path"] for r in res["provenance"]["recipes"]] == list(recipes.values())
-    grpo_commit = json.loads((out / "vlm" / "nano-grpo" / "results.json").read_text())["commit"]
-    assert res["provenance"]["commit"] == grpo_commit and grpo_commit["commit"]
-    assert (out / "weights" / "pathvlm-nano.safetensors").exists() and "## Provenance" in (out / "weights" / "pathvlm-nano.md").read_text()
-    assert json.loads((shipped / "pathvlm-nano.results.json").read_text()) == card
+    last_commit = json.loads((last / "results.json").read_text())["commit"]
+    assert res["provenance"]["commit"] == last_commit and last_commit["commit"]
+    assert (out / "weights" / f"{build.file}.safetensors").exists()
+    assert "## Provenance" in (out / "weights" / f"{build.file}.md").read_text()
+    assert json.loads((shipped / f"{build.file}.results.json").read_text()) == card
+    assert not extra["weights"]["identical"] and "no shipped file" in notes[0]  # no weights in the fake folder
+    shutil.copy(out / "weights" / f"{build.file}.safetensors", shipped)
+    assert reproduce.weights_diff(shipped / f"{build.file}.safetensors",
+                                  out / "weights" / f"{build.file}.safetensors")["identical"]
+
+
+def test_vlm_figures_include_the_test_read_by_source_and_hold_to_the_digit_at_tolerance_zero():
+    card = {"stages": [{"stage": "sft", "accuracy": 0.8177}],
+            "test": {"accuracy": 0.8407, "by_type": {"option_letter": 0.818, "yes_no": 0.863},
+                     "by_source": {"oral_scc": {"accuracy": 0.6875, "option_letter": 0.692, "yes_no": 0.683}}}}
+    same = json.loads(json.dumps(card))
+    same["test"]["accuracy"] = 0.84074  # prints 0.841 like the card
+    rows = {(r["model"], r["figure"]): r for r in reproduce.compare_vlm(card, same, 0.0)}
+    assert rows[("pathvlm-nano test", "accuracy")]["match"] and rows[("pathvlm-nano test oral_scc", "MCQ")]["match"]
+    one_question = json.loads(json.dumps(card))
+    one_question["test"]["by_source"]["oral_scc"]["accuracy"] = 0.6875 - 1 / 208
+    rows = {(r["model"], r["figure"]): r for r in reproduce.compare_vlm(card, one_question, 0.0)}
+    assert not rows[("pathvlm-nano test oral_scc", "accuracy")]["match"]
+    assert rows[("pathvlm-nano test oral_scc", "accuracy")]["diff"] == pytest.approx(-1 / 208)
+    no_test = {"stages": card["stages"]}
+    rows = {(r["model"], r["figure"]): r for r in reproduce.compare_vlm(card, no_test, 0.0)}
+    assert not rows[("pathvlm-nano test", "accuracy")]["match"]  # the card has a test read, the rebuild none

@@ -2,11 +2,12 @@
 into a scratch folder, evaluate them as their model cards were evaluated, and print each card figure beside the
 rebuilt one.
 
-    make reproduce                                       # all three (2 CPU cores: CLIP v2 ~50 min, v1 ~15 min,
-                                                         # reasoner ~80 min)
+    make reproduce                                       # all four (2 CPU cores: CLIP v2 ~50 min, v1 ~15 min,
+                                                         # reasoner v2 ~90 min, v1 ~80 min)
     python -m train.reproduce --only clip --data-v2 runs/data/nano_v2     # pathclip-nano (v2, two organs)
     python -m train.reproduce --only clip-v1 --data runs/data/nano        # pathclip-nano-v1 (colon)
-    python -m train.reproduce --only vlm --out runs/reproduce             # pathvlm-nano-v1 (files pathvlm-nano.*)
+    python -m train.reproduce --only vlm --data-v2 runs/data/nano_v2      # pathvlm-nano (v2, files pathvlm-nano-v2.*)
+    python -m train.reproduce --only vlm-v1 --data runs/data/nano         # pathvlm-nano-v1 (files pathvlm-nano.*)
 
 Steps, all under ``--out`` (default ``runs/reproduce``; the shipped bundles are only read):
 
@@ -15,15 +16,19 @@ Steps, all under ``--out`` (default ``runs/reproduce``; the shipped bundles are 
 2. clip, clip-v1: ``pathvlm train clip --config train/recipes/clip/pathclip_nano_v2.yaml`` (``pathclip_nano.yaml``
    for v1), both from ``pathclip-nano-untrained``, into ``OUT/clip/<name>``, then ``python -m train.clip.bundle
    ... --name <name> --out OUT/weights``, which evaluates the rebuilt fp16 weights with the card's code;
-3. vlm: the align, SFT and GRPO recipes (from ``pathvlm-nano-untrained``: the shipped pathclip-nano-v1 tower,
-   SmolLM2-135M-Instruct and a seeded projector), each stage continuing the previous stage's adapter under
-   ``OUT/vlm``, the align stage re-asked 192 questions with 160 tokens, then ``python -m train.vlm.bundle
-   ... --out OUT/weights``;
+3. vlm, vlm-v1: the reasoner's stage recipes (v2: ``nano_v2_align`` -> ``nano_v2_sft`` from
+   ``pathvlm-nano-v2-untrained``, as ``train/recipes/vlm/train_nano_v2.sh``; v1: ``nano_align`` -> ``nano_sft`` ->
+   ``nano_grpo`` from ``pathvlm-nano-untrained``, as ``train_nano.sh``), each stage continuing the previous stage's
+   adapter under ``OUT/vlm``; v1's align stage is re-asked 192 questions with 160 tokens and v2's last stage reads
+   the held-out test split once (``--split test --samples 0 --no-controls``), as their cards were made; then
+   ``python -m train.vlm.bundle ... --name <file name> --out OUT/weights``;
 4. a table of card figure, rebuilt figure and difference, written to ``OUT/report.md`` and ``OUT/report.json``.
 
-The CLIP training is seeded and runs with deterministic algorithms on the CPU, so its figures are held to the
-card's printed digit (exit code 1 otherwise); measured 2026-12-02 for v1, 9 of the 12 matched (docs/results.md).
-The reasoner is compared within ``--vlm-tolerance`` (its run-to-run spread is not measured yet).
+Training is seeded and runs with deterministic algorithms on the CPU, so on a CPU with the kernel level that made
+a card (``cpu_capability`` in its provenance) the figures are held to the card's printed digit (exit code 1
+otherwise) and the notes say whether the rebuilt weights are bitwise identical to the shipped ones. The
+reasoner's figures are compared within ``--vlm-tolerance`` (default 0: to the digit; docs/reproduce.md gives the
+spread measured across kernel levels).
 """
 from __future__ import annotations
 
@@ -31,15 +36,34 @@ import argparse
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 DATA_RECIPES = {"nano": "data_recipes/nano.yaml", "nano_v2": "data_recipes/nano_v2.yaml"}
 # --only choice -> (bundled name, training recipe, data recipe key)
 CLIP_MODELS = {"clip": ("pathclip-nano", "train/recipes/clip/pathclip_nano_v2.yaml", "nano_v2"),
                "clip-v1": ("pathclip-nano-v1", "train/recipes/clip/pathclip_nano.yaml", "nano")}
-VLM_RECIPES = {"align": "train/recipes/vlm/nano_align.yaml", "sft": "train/recipes/vlm/nano_sft.yaml",
-               "grpo": "train/recipes/vlm/nano_grpo.yaml"}
-VLM_NAME = "pathvlm-nano"
+
+
+@dataclass(frozen=True)
+class VlmBuild:
+    """How a bundled reasoner was made: what ``train_nano*.sh`` ran, and what its card evaluated."""
+    label: str                            # the name users load it by
+    file: str                             # its files in pathvlm/vlm/weights: <file>.safetensors, .results.json
+    recipes: dict                         # stage -> recipe, in order
+    data_key: str                         # DATA_RECIPES key
+    align_eval: tuple | None = None       # (max_new_tokens, samples): the align stage re-asked after training
+    test_read: bool = False               # the card holds the last stage's held-out test read
+
+
+VLM_MODELS = {
+    "vlm": VlmBuild("pathvlm-nano", "pathvlm-nano-v2",
+                    {"align": "train/recipes/vlm/nano_v2_align.yaml", "sft": "train/recipes/vlm/nano_v2_sft.yaml"},
+                    "nano_v2", test_read=True),
+    "vlm-v1": VlmBuild("pathvlm-nano-v1", "pathvlm-nano",
+                       {"align": "train/recipes/vlm/nano_align.yaml", "sft": "train/recipes/vlm/nano_sft.yaml",
+                        "grpo": "train/recipes/vlm/nano_grpo.yaml"}, "nano", align_eval=(160, 192)),
+}
 VLM_METRICS = [("accuracy", ("accuracy",)), ("MCQ", ("by_type", "option_letter")), ("yes/no", ("by_type", "yes_no")),
                ("blank: answer changed", ("blank_answer_changed",)), ("blank: accuracy", ("blank_accuracy",)),
                ("noise: answer changed", ("noise_answer_changed",)), ("noise: accuracy", ("noise_accuracy",)),
@@ -79,13 +103,29 @@ def stage_rows(results) -> list[dict]:
     return results["stages"] if isinstance(results, dict) else list(results)
 
 
-def compare_vlm(card, rebuilt, tolerance: float) -> list[dict]:
+TEST_METRICS = [("accuracy", ("accuracy",)), ("MCQ", ("by_type", "option_letter")), ("yes/no", ("by_type", "yes_no"))]
+
+
+def compare_vlm(card, rebuilt, tolerance: float, name: str = "pathvlm-nano") -> list[dict]:
+    """The stages' figures, then the held-out test read (overall, by kind, by source and kind) when the card has
+    one. ``card`` and ``rebuilt``: results JSONs (a list of stage rows, or ``{"stages": [...], "test": ...}``)."""
+    tol = tolerance or None  # 0: the same printed digits
     card_rows = {r["stage"]: r for r in stage_rows(card) if not r["stage"].startswith("ablation")}
     rows = []
     for r in stage_rows(rebuilt):
         c = card_rows.get(r["stage"], {})
         for label, path in VLM_METRICS:
-            rows.append(compare_row(f"{VLM_NAME} {r['stage']}", label, _get(c, path), _get(r, path), tolerance=tolerance))
+            rows.append(compare_row(f"{name} {r['stage']}", label, _get(c, path), _get(r, path), tolerance=tol))
+    card_test = card.get("test") if isinstance(card, dict) else None
+    if card_test:
+        test = (rebuilt.get("test") if isinstance(rebuilt, dict) else None) or {}
+        for label, path in TEST_METRICS:
+            rows.append(compare_row(f"{name} test", label, _get(card_test, path), _get(test, path), tolerance=tol))
+        for src in card_test.get("by_source", {}):
+            for label, key in (("accuracy", "accuracy"), ("MCQ", "option_letter"), ("yes/no", "yes_no")):
+                path = ("by_source", src, key)
+                rows.append(compare_row(f"{name} test {src}", label, _get(card_test, path), _get(test, path),
+                                        tolerance=tol))
     return rows
 
 
@@ -93,6 +133,8 @@ def weights_diff(shipped: Path, rebuilt: Path) -> dict:
     """Whether two bundles' tensors are bitwise equal, and the largest absolute difference otherwise."""
     from safetensors.torch import load_file
 
+    if not Path(shipped).is_file():
+        return {"same_keys": False, "identical": False, "error": f"no shipped file {shipped}"}
     a, b = load_file(str(shipped)), load_file(str(rebuilt))
     if set(a) != set(b):
         return {"same_keys": False, "identical": False}
@@ -171,34 +213,53 @@ def run_clip(choice: str, data: str, out: Path, resume: bool, weights_dir: Path,
     return rows, notes, extra
 
 
-def run_vlm(data: str, out: Path, resume: bool, weights_dir: Path, shipped_dir: Path,
-            tolerance: float, align_eval: tuple[int, int] = (160, 192)) -> tuple[list[dict], list[str], dict]:
+def run_vlm(choice: str, data: str, out: Path, resume: bool, weights_dir: Path, shipped_dir: Path,
+            tolerance: float) -> tuple[list[dict], list[str], dict]:
     from train.vlm import bundle
     from train.vlm import evaluate as vlm_eval
     from train.vlm.config import load_config
     from train.vlm.trainer import run_stage
 
+    build = VLM_MODELS[choice]
     dirs, adapter = [], None
-    for stage, recipe in VLM_RECIPES.items():
-        run = out / "vlm" / f"nano-{stage}"
+    for stage, recipe in build.recipes.items():
+        run = out / "vlm" / f"{build.file}-{stage}"
         _fresh(run, resume)
         overrides = {"data": data, "output_dir": str(run)}
-        if stage != "align":
+        if adapter is not None:
             overrides["init_adapter"] = str(adapter)
         sets = " ".join(f"--set {k}={v}" for k, v in overrides.items())
         print(f"[reproduce] pathvlm train {stage} --config {recipe} {sets}", flush=True)
         run_stage(load_config(recipe, overrides, stage=stage))
         dirs.append(run)
         adapter = run / "adapter.safetensors"
-    # as train/recipes/vlm/train_nano.sh: the align stage asked the 192 questions with 160 tokens
-    tokens, samples = align_eval
-    vlm_eval.main([str(dirs[0]), "--max-new-tokens", str(tokens), "--samples", str(samples)])
-    bundle.main([*map(str, dirs), "--out", str(weights_dir), "--recipes", *VLM_RECIPES.values()])
-    card = json.loads((shipped_dir / f"{VLM_NAME}.results.json").read_text())
-    rebuilt = json.loads((weights_dir / f"{VLM_NAME}.results.json").read_text())
-    rows = compare_vlm(card, rebuilt, tolerance)
-    return rows, [f"{VLM_NAME}: compared within {tolerance} (the reasoner's rebuild is not bitwise: see "
-                  "docs/reproduce.md)"], {}
+    if build.align_eval:  # as train/recipes/vlm/train_nano.sh: the align stage asked 192 questions with 160 tokens
+        tokens, samples = build.align_eval
+        vlm_eval.main([str(dirs[0]), "--max-new-tokens", str(tokens), "--samples", str(samples)])
+    if build.test_read:  # as the v2 card: the last stage reads every closed question of the test split once
+        tokens = json.loads((dirs[-1] / "results.json").read_text())["config"]["eval_max_new_tokens"]  # 160 for v2
+        args = [str(dirs[-1]), "--split", "test", "--samples", "0", "--no-controls", "--max-new-tokens", str(tokens)]
+        print(f"[reproduce] python -m train.vlm.evaluate {' '.join(args)}", flush=True)
+        vlm_eval.main(args)
+    args = [*map(str, dirs), "--out", str(weights_dir), "--name", build.file, "--recipes", *build.recipes.values()]
+    print(f"[reproduce] python -m train.vlm.bundle {' '.join(args)}", flush=True)
+    bundle.main(args)
+    card = json.loads((shipped_dir / f"{build.file}.results.json").read_text())
+    rebuilt = json.loads((weights_dir / f"{build.file}.results.json").read_text())
+    rows = compare_vlm(card, rebuilt, tolerance, name=build.label)
+    wd = weights_diff(shipped_dir / f"{build.file}.safetensors", weights_dir / f"{build.file}.safetensors")
+    level = ((card.get("provenance") or {}).get("environment") or {}).get("cpu_capability") \
+        if isinstance(card, dict) else None
+    from train.provenance import environment
+
+    here = environment().get("cpu_capability")
+    notes = [f"{build.label} weights (fp16 adapter): " + (
+        "bitwise identical to the shipped file" if wd.get("identical") else wd["error"] if "error" in wd else
+        f"{wd.get('tensors_differing')} of {wd.get('tensors')} tensors differ from the shipped file "
+        f"(largest absolute difference {wd.get('max_abs_diff')} in {wd.get('worst_tensor')})")
+        + f"; the card was made on a {level or 'unrecorded'} CPU, this rebuild on {here}",
+        f"{build.label}: compared within {tolerance:g}" + (" (to the printed digit)" if not tolerance else "")]
+    return rows, notes, {"weights": wd, "card_cpu_capability": level, "cpu_capability": here}
 
 
 def main(argv=None) -> int:
@@ -206,14 +267,15 @@ def main(argv=None) -> int:
     from pathvlm.vlm.build import WEIGHTS_DIR as VLM_WEIGHTS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=[*CLIP_MODELS, "vlm"], help="rebuild one model (default: all three)")
+    ap.add_argument("--only", choices=[*CLIP_MODELS, *VLM_MODELS], help="rebuild one model (default: all four)")
     ap.add_argument("--out", default="runs/reproduce", help="scratch folder for data, runs, bundles and the report")
-    ap.add_argument("--data", default=None, help="a built data_recipes/nano.yaml folder (default: build one in OUT)")
-    ap.add_argument("--data-v2", default=None, help="a built data_recipes/nano_v2.yaml folder, for pathclip-nano "
+    ap.add_argument("--data", default=None, help="a built data_recipes/nano.yaml folder, for the v1 models "
+                    "(default: build one in OUT)")
+    ap.add_argument("--data-v2", default=None, help="a built data_recipes/nano_v2.yaml folder, for the v2 models "
                     "(default: build one in OUT)")
     ap.add_argument("--resume", action="store_true", help="continue runs already in OUT (default: start them afresh)")
-    ap.add_argument("--vlm-tolerance", type=float, default=0.03,
-                    help="largest difference accepted for the reasoner's figures (accuracies on 192 questions)")
+    ap.add_argument("--vlm-tolerance", type=float, default=0.0,
+                    help="largest difference accepted for the reasoner's accuracies (default 0: the printed digit)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,10 +286,11 @@ def main(argv=None) -> int:
             data = ensure_data(args.data_v2 if key == "nano_v2" else args.data, out, key)
             r, n, e = run_clip(choice, data, out, args.resume, weights_dir, CLIP_WEIGHTS)
             rows, notes, extra[choice] = rows + r, notes + n, e
-    if args.only in (None, "vlm"):
-        data = ensure_data(args.data, out, "nano")
-        r, n, e = run_vlm(data, out, args.resume, weights_dir, VLM_WEIGHTS, args.vlm_tolerance)
-        rows, notes, extra["vlm"] = rows + r, notes + n, e
+    for choice, build in VLM_MODELS.items():
+        if args.only in (None, choice):
+            data = ensure_data(args.data_v2 if build.data_key == "nano_v2" else args.data, out, build.data_key)
+            r, n, e = run_vlm(choice, data, out, args.resume, weights_dir, VLM_WEIGHTS, args.vlm_tolerance)
+            rows, notes, extra[choice] = rows + r, notes + n, e
     text = report_markdown(rows, notes)
     (out / "report.md").write_text(text)
     from train.provenance import environment, git_commit
