@@ -87,13 +87,18 @@ def _pil(data: bytes):
     return load_image(data)
 
 
-def run_generative(task, reasoner, items: list[dict], plots: Path, clip_loader=None) -> dict:
-    """Ask every question (one image each), score by kind; closed kinds also run the controls."""
+def run_generative(task, reasoner, items: list[dict], plots: Path, clip_loader=None,
+                   completions: Path | None = None) -> dict:
+    """Ask every question (one image each), score by kind; closed kinds also run the controls.
+    ``completions``: a JSON-lines file to write every item's question, reference and completion to, with the
+    consistency reasons found in it (:func:`write_completions`), so each figure can be audited item by item."""
     dec = decoding(task)
     items = qa_items(task, items)
     images = [_pil(it["image"]) for it in items]
     questions = [question_text(it, task) for it in items]
     texts = _ask(reasoner, images, questions, dec)
+    if completions is not None:
+        write_completions(completions, items, questions, texts, item_organs(items, task))
     out: dict = {"decoding": dec, "n": len(items)}
     if any(it.get("image_standin") for it in items):
         out["images"] = "blank stand-ins: the corpus's images are not here, so this measures answers from the text alone"
@@ -156,6 +161,23 @@ def item_organs(items: list[dict], task) -> list[str | None]:
 
     kb = KnowledgeBase.load()
     return [item_organ(it, task, kb) for it in items]
+
+
+def write_completions(path: Path, items: list[dict], questions: list[str], texts: list[str],
+                      organs: list[str | None]) -> None:
+    """One JSON line per item: id, organ, question, reference answer, completion and the consistency reasons
+    (``pathvlm.evals.consistency.check``; empty when consistent)."""
+    import json
+
+    from pathvlm.evals.consistency import check, options_in
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for it, q, t, org in zip(items, questions, texts, organs):
+            opts = list(it.get("options") or []) or options_in(q)
+            f.write(json.dumps({"id": str(it["id"]), "organ": org, "question": q, "reference": it.get("answer"),
+                                "completion": t, "inconsistent": check(t, q, opts, org).reasons}) + "\n")
 
 
 def self_consistency(task, reasoner, items: list[dict], questions: list[str], texts: list[str],

@@ -197,7 +197,8 @@ RUNNERS = {"zeroshot": run_zeroshot, "linear_probe": run_probe, "few_shot": run_
 def run_eval(model_source: str | None, task_names: list[str], out: str | Path, split: str = "test",
              reasoner: str | None = None, skip_missing: bool = False, device: str = "cpu",
              max_samples: int | None = None) -> dict:
-    """Run tasks and write results.json, report.md, report.html and plots under ``out``.
+    """Run tasks and write results.json, report.md, report.html and plots under ``out`` (and, for generative
+    tasks, every completion in ``completions/<task>.jsonl``).
 
     Embedding kinds use ``model_source`` (a PathCLIP, ``create_clip``); generative kinds use
     ``reasoner`` (``pathvlm.chat.load_reasoner``). Each is loaded only if a task needs it. With
@@ -248,7 +249,8 @@ def run_eval(model_source: str | None, task_names: list[str], out: str | Path, s
         if task.generative:
             from evals.generative import run_generative
 
-            metrics = run_generative(task, r, items, out / "plots", clip_loader)
+            metrics = run_generative(task, r, items, out / "plots", clip_loader,
+                                     completions=out / "completions" / f"{task.name}.jsonl")
         else:
             metrics = RUNNERS[task.kind](task, model, tok, preprocess, items, out / "plots")
         results["tasks"][task.name] = {"kind": task.kind, "data_sha256": dh, "seed": task.seed, "prompts": task.prompts,

@@ -137,3 +137,43 @@ def test_metrics_count_reasons():
     assert m["wrong_organ_rate"] == pytest.approx(1 / 3) and set(m["reasons"]) == set(REASONS)
     assert [e["id"] for e in m["examples"]] == ["0", "2"]
     assert consistency_metrics([])["inconsistent_rate"] == 0.0
+
+
+# pathvlm-nano v2's own answer on an oral tile (colon_oral_open): the stroma's "chronic inflammatory infiltrate" is
+# a finding of oral squamous cell carcinoma in the knowledge base, and "inflammatory infiltrate" is also a class
+OSCC_OPEN = ("<think>At low power irregular nests and islands of squamous epithelium infiltrate the stroma. The orderly "
+             "maturation of the surface epithelium is lost and the epithelial-stromal junction is broken. Several nests "
+             "have central keratin pearls of concentric pink keratin. The surrounding stroma shows a desmoplastic "
+             "reaction with a chronic inflammatory infiltrate.</think><answer>oral squamous cell carcinoma</answer>")
+
+
+def test_a_class_named_as_a_finding_of_the_answered_class_is_not_the_reasonings_diagnosis():
+    r = check(OSCC_OPEN, organ="oral mucosa")
+    assert r.consistent and r.reasoning.classes == set(), r.summary()
+    # the same words concluded as a diagnosis still disagree with the answer
+    for end in (" This fits inflammatory infiltrate.", " These features are those of inflammatory infiltrate.",
+                " The diagnosis is inflammatory infiltrate."):
+        r = check(OSCC_OPEN.replace("</think>", end + "</think>"), organ="oral mucosa")
+        assert "reasoning_vs_answer" in r.reasons and r.reasoning.classes == {"inflammatory infiltrate"}, end
+    # a finding of the answered class only: the same description answered as normal mucosa stays inconsistent
+    r = check(OSCC_OPEN.replace("oral squamous cell carcinoma</answer>", "normal oral mucosa</answer>"),
+              organ="oral mucosa")
+    assert not r.consistent
+    # a report: the inflamed stroma in the description does not contradict the diagnosis line
+    rep = ("<think>" + OSCC_OPEN.split("<think>")[1].split("</think>")[0] + "</think><answer>Specimen: oral mucosa, "
+           "H&E-stained section (100x).\nMicroscopic description: Invasive nests of keratinising squamous epithelium "
+           "with keratin pearls and a chronic inflammatory infiltrate in the stroma.\nDiagnosis: Invasive squamous cell "
+           "carcinoma of the oral mucosa.</answer>")
+    assert check(rep, organ="oral mucosa").consistent
+
+
+def test_findings_masked_keeps_length_and_only_blanks_findings_of_the_answered_class():
+    from pathvlm.evals.consistency import findings_masked
+
+    v = vocabulary()
+    text = "The stroma shows a chronic inflammatory infiltrate. This fits inflammatory infiltrate."
+    masked = findings_masked(text, {"oral squamous cell carcinoma"}, v)
+    assert len(masked) == len(text) and masked.count("inflammatory infiltrate") == 1
+    assert masked.endswith("This fits inflammatory infiltrate.")
+    assert findings_masked(text, {"colon adenocarcinoma"}, v) == text  # not a finding of colon adenocarcinoma
+    assert findings_masked(text, set(), v) == text

@@ -287,8 +287,13 @@ def test_self_consistency_and_garbled_words_in_the_results(tmp_path):
     task = Task(name="rep", kind="report", dataset={},
                 settings={"reference_free": True, "organ": "oral mucosa", "prompt": "Write a report."},
                 decoding={"batch_size": 1})
-    m = run_generative(task, ScriptedReasoner(texts), items, tmp_path)
+    m = run_generative(task, ScriptedReasoner(texts), items, tmp_path, completions=tmp_path / "c" / "rep.jsonl")
     assert m["consistency"]["inconsistent_rate"] == pytest.approx(1 / 3)
+    import json
+
+    lines = [json.loads(x) for x in (tmp_path / "c" / "rep.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == ["t0", "t1", "t2"] and [x["completion"] for x in lines] == texts
+    assert [x["inconsistent"] for x in lines] == [[], [], ["wrong_organ"]] and lines[2]["organ"] == "oral mucosa"
     assert m["consistency"]["reasons"]["wrong_organ"] == 1 and m["consistency"]["examples"][0]["id"] == "t2"
     assert m["garbled"]["top"] == [["andselectorin", 1]] and m["garbled_word_rate"] > 0
     assert m["references"].startswith("none") and "bleu4" not in m

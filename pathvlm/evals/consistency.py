@@ -13,6 +13,12 @@ the text denies the class it has just described, a phrase such as "benign adenoc
 itself, an either-or question is answered "No, it is not.", or the text names an organ other than the
 tile's. Consistency is not correctness: a wrong diagnosis argued consistently passes.
 
+A class name can also be a finding: "a chronic inflammatory infiltrate" in the stroma is part of what oral
+squamous cell carcinoma looks like, and "inflammatory infiltrate" is a class of its own. A mention of
+another class whose name the answered class's own knowledge-base descriptions use is read as a finding, not
+as the reasoning's diagnosis, unless the sentence concludes with it ("This fits ...", "consistent with ...",
+"those of ...": :data:`CONCLUSION`).
+
 The vocabulary comes from the morphology knowledge base (``pathvlm/data/knowledge/morphology.json``):
 class names, synonyms and diagnosis lines name classes; their words with the organ words removed
 ("adenocarcinoma" from "colon adenocarcinoma") name them too, when no other class's text uses them;
@@ -57,6 +63,11 @@ POST_NEGATION = r"\s+(?:is|are|was|were)\s+(?:not\s+(?:present|seen|identified|f
 CLAUSE_END = re.compile(r"[.;:?!\n]|\b(?:but|however|although|though|whereas|except|yet|which|in keeping with|"
                         r"consistent with|compatible with|suggestive of|diagnostic of|typical of|characteristic of)\b")
 NEGATION_WINDOW = 6  # words after a trigger that it can reach (NegEx uses 5)
+# words before a class name, in its sentence, that make the name the sentence's diagnosis rather than a finding
+CONCLUSION = re.compile(r"\b(?:fits?|fitting|consistent with|compatible with|in keeping with|suggestive of|"
+                        r"suggests?|diagnostic of|diagnosis|diagnose[sd]?|typical of|characteristic of|those of|"
+                        r"represents?|indicates?|favou?rs?|option|answer|this is|it is|these are)\b")
+SENTENCE_END = re.compile(r"[.;:?!\n]")
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -75,6 +86,7 @@ class Vocabulary:
     features: dict[str, set[str]]  # class -> words only its descriptions use
     class_organ: dict[str, str]
     class_verdict: dict[str, str]
+    class_texts: dict[str, str] = field(default_factory=dict)  # class -> all its descriptions, lower case
     pattern: re.Pattern = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -124,11 +136,16 @@ class Vocabulary:
                 (label,) = labels
                 terms[core] = Term(core, label, verdict[label], None)
         features = _features(kb, set(terms))
-        return cls(terms, organ_words, features, {lb: e["organ"] for lb, e in kb.classes.items()}, verdict)
+        full = {label: _class_text(e, magnifications=True).lower() for label, e in kb.classes.items()}
+        return cls(terms, organ_words, features, {lb: e["organ"] for lb, e in kb.classes.items()}, verdict, full)
 
 
-def _class_text(e: dict) -> str:
-    return " ".join([*e.get("descriptions", []), *e.get("observations", []), e["report"].get("microscopy", "")])
+def _class_text(e: dict, magnifications: bool = False) -> str:
+    """A class's descriptions, observations and report microscopy; with ``magnifications`` also those written
+    for each magnification (``100x``, ``400x``)."""
+    parts = [e] + (list((e.get("magnifications") or {}).values()) if magnifications else [])
+    return " ".join(t for p in parts for t in [*p.get("descriptions", []), *p.get("observations", []),
+                                                (p.get("report") or {}).get("microscopy", "")])
 
 
 def _clean(s: str) -> str:
@@ -171,8 +188,10 @@ def _trigger_at(words: list[str], i: int) -> bool:
 def _features(kb: KnowledgeBase, term_texts: set[str]) -> dict[str, set[str]]:
     """Per class, the affirmed description words that no other class's text uses (names and verdict
     words excluded: they are read as names, not as features)."""
-    words = {label: _affirmed_words(_class_text(e)) for label, e in kb.classes.items()}
-    every = {label: set(_words(_class_text(e))) for label, e in kb.classes.items()}
+    # every description the knowledge base writes for a class, its magnifications' included: a word that only
+    # oral carcinoma's 400x text uses ("glassy pink cytoplasm") must not count as another class's feature
+    words = {label: _affirmed_words(_class_text(e, magnifications=True)) for label, e in kb.classes.items()}
+    every = {label: set(_words(_class_text(e, magnifications=True))) for label, e in kb.classes.items()}
     named = {w for t in term_texts for w in t.split()}
     out = {}
     for label, ws in words.items():
@@ -280,6 +299,39 @@ def described(text: str, vocab: Vocabulary) -> tuple[str | None, str | None]:
     return cls, verdict
 
 
+def findings_masked(text: str, answered: set[str], vocab: Vocabulary) -> str:
+    """``text`` with the mentions of classes that are findings blanked out (same length). A mention is a
+    finding when its sentence does not conclude with it (:data:`CONCLUSION` before it in the same sentence)
+    and its term occurs in the descriptions of an ``answered`` class, or the text itself concludes against
+    that class and another class's descriptions use the term. "The stroma shows a chronic inflammatory
+    infiltrate" in an answer of oral squamous cell carcinoma is a finding; "This fits inflammatory
+    infiltrate" stays a diagnosis."""
+    if not vocab.class_texts:
+        return text
+    low = text.lower()
+    found = [(m, _concludes(low, m.start)) for m in mentions(text, vocab)]
+    # the text's own conclusion against a class ("These features are not those of inflammatory infiltrate"):
+    # an earlier plain mention of it ("a chronic inflammatory infiltrate") is then a finding of some other class
+    denied_here = {m.term.label for m, c in found if c and m.negated and m.term.label}
+    out = list(text)
+    for m, concludes in found:
+        label = m.term.label
+        if not label or label in answered or m.negated or concludes:
+            continue
+        of_answer = any(_has(vocab.class_texts.get(a, ""), m.term.text) for a in answered)
+        of_other = label in denied_here and any(_has(t, m.term.text) for lb, t in vocab.class_texts.items()
+                                                if lb != label)
+        if of_answer or of_other:
+            out[m.start:m.end] = " " * (m.end - m.start)
+    return "".join(out)
+
+
+def _concludes(low: str, start: int) -> bool:
+    """Whether the sentence before ``start`` frames what follows as its diagnosis (:data:`CONCLUSION`)."""
+    ends = list(SENTENCE_END.finditer(low[:start]))
+    return CONCLUSION.search(low[ends[-1].end() if ends else 0:start]) is not None
+
+
 # ----------------------------------------------------------------------------- one answer
 THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.S | re.I)
 DIAGNOSIS = re.compile(r"^\W*(?:final\s+)?diagnosis\s*:\s*(.+)$", re.I | re.M)
@@ -337,7 +389,8 @@ def check(text: str, question: str | None = None, options: list[str] | None = No
     vocab = vocab or vocabulary()
     text = text or ""
     reasoning_text, answer_text = _split(text)
-    r = Reading(claims(reasoning_text, vocab), claims(answer_text, vocab))
+    # the reasoning is read after the answer: what the answer asserts decides which class names are findings
+    r = Reading(Claims(), claims(answer_text, vocab))
     diag = DIAGNOSIS.findall(text)
     r.diagnosis = diag[-1].strip() if diag else None
     r.specimen_organs = claims(" ".join(SPECIMEN.findall(text)), vocab).organs
@@ -362,6 +415,10 @@ def check(text: str, question: str | None = None, options: list[str] | None = No
                 r.option_class = next(iter(picked.classes))
                 r.answer.classes = {r.option_class}
                 r.answer.verdicts = {vocab.class_verdict[r.option_class]}
+
+    # class names that are findings of the answered class, or of the class the whole text's features describe
+    shown = described(QUESTION.sub(" ", text), vocab)[0]
+    r.reasoning = claims(findings_masked(reasoning_text, r.answer.classes | ({shown} if shown else set()), vocab), vocab)
 
     # an either-or question (asked, or written into the answer itself) answered yes or no
     either_or = bool(question and EITHER_OR.search(question) and not ASKED_YES_NO.search(question))
@@ -396,7 +453,7 @@ def check(text: str, question: str | None = None, options: list[str] | None = No
         d = claims(r.diagnosis, vocab)
         tags = ANSWER_TAG.findall(text)
         body = tags[-1] if tags else THINK.sub("", text)
-        desc = claims(DIAGNOSIS.sub("", SPECIMEN.sub("", body)), vocab)
+        desc = claims(findings_masked(DIAGNOSIS.sub("", SPECIMEN.sub("", body)), d.classes, vocab), vocab)
         if (d.organs and r.specimen_organs and not d.organs & r.specimen_organs) \
                 or (desc.described_verdict and d.verdicts and desc.described_verdict not in d.verdicts) \
                 or (desc.classes and d.classes and not desc.classes & d.classes):
