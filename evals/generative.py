@@ -97,8 +97,6 @@ def run_generative(task, reasoner, items: list[dict], plots: Path, clip_loader=N
     images = [_pil(it["image"]) for it in items]
     questions = [question_text(it, task) for it in items]
     texts = _ask(reasoner, images, questions, dec)
-    if completions is not None:
-        write_completions(completions, items, questions, texts, item_organs(items, task))
     out: dict = {"decoding": dec, "n": len(items)}
     if any(it.get("image_standin") for it in items):
         out["images"] = "blank stand-ins: the corpus's images are not here, so this measures answers from the text alone"
@@ -107,7 +105,10 @@ def run_generative(task, reasoner, items: list[dict], plots: Path, clip_loader=N
         examples.append({"id": it["id"], "question": q, "reference": it["answer"], "completion": t})
     out["examples"] = examples
     organs = item_organs(items, task)
-    out.update(self_consistency(task, reasoner, items, questions, texts, organs))
+    reasons: list[list[str]] = []
+    out.update(self_consistency(task, reasoner, items, questions, texts, organs, reasons_out=reasons))
+    if completions is not None:
+        write_completions(completions, items, questions, texts, organs, reasons)
     if task.kind in ("caption", "report"):
         ref = [i for i, it in enumerate(items) if it["answer"]]
         if not ref:
@@ -164,24 +165,21 @@ def item_organs(items: list[dict], task) -> list[str | None]:
 
 
 def write_completions(path: Path, items: list[dict], questions: list[str], texts: list[str],
-                      organs: list[str | None]) -> None:
+                      organs: list[str | None], reasons: list[list[str]]) -> None:
     """One JSON line per item: id, organ, question, reference answer, completion and the consistency reasons
-    (``pathvlm.evals.consistency.check``; empty when consistent)."""
+    :func:`self_consistency` found (empty when consistent)."""
     import json
-
-    from pathvlm.evals.consistency import check, options_in
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
-        for it, q, t, org in zip(items, questions, texts, organs):
-            opts = list(it.get("options") or []) or options_in(q)
+        for it, q, t, org, why in zip(items, questions, texts, organs, reasons):
             f.write(json.dumps({"id": str(it["id"]), "organ": org, "question": q, "reference": it.get("answer"),
-                                "completion": t, "inconsistent": check(t, q, opts, org).reasons}) + "\n")
+                                "completion": t, "inconsistent": why}) + "\n")
 
 
 def self_consistency(task, reasoner, items: list[dict], questions: list[str], texts: list[str],
-                     organs: list[str | None] | None = None) -> dict:
+                     organs: list[str | None] | None = None, reasons_out: list | None = None) -> dict:
     """``consistency`` (pathvlm.evals.consistency: reasoning vs answer, report lines, self-contradiction,
     wrong organ) and ``garbled_word_rate`` (pathvlm.evals.garbled, with the reasoner's tokenizer and the
     questions' words in the lexicon) of the completions. ``organs``: the items' (:func:`item_organs`)."""
@@ -191,7 +189,7 @@ def self_consistency(task, reasoner, items: list[dict], questions: list[str], te
     organs = organs if organs is not None else item_organs(items, task)
     options = [list(it.get("options") or []) or options_in(q) for it, q in zip(items, questions)]
     cons = consistency_metrics(texts, questions, options, organs, [str(it["id"]) for it in items],
-                               n_examples=int(task.settings.get("examples", 5)))
+                               n_examples=int(task.settings.get("examples", 5)), reasons_out=reasons_out)
     tokenizer = getattr(getattr(reasoner, "processor", None), "tokenizer", None)
     return {"consistency": cons, **garbled_metrics(texts, Lexicon.default(tokenizer, extra=questions))}
 

@@ -248,11 +248,9 @@ def run_vlm(choice: str, data: str, out: Path, resume: bool, weights_dir: Path, 
     rebuilt = json.loads((weights_dir / f"{build.file}.results.json").read_text())
     rows = compare_vlm(card, rebuilt, tolerance, name=build.label)
     wd = weights_diff(shipped_dir / f"{build.file}.safetensors", weights_dir / f"{build.file}.safetensors")
-    level = ((card.get("provenance") or {}).get("environment") or {}).get("cpu_capability") \
-        if isinstance(card, dict) else None
     from train.provenance import environment
 
-    here = environment().get("cpu_capability")
+    level, here = _get(card, ("provenance", "environment", "cpu_capability")), environment().get("cpu_capability")
     notes = [f"{build.label} weights (fp16 adapter): " + (
         "bitwise identical to the shipped file" if wd.get("identical") else wd["error"] if "error" in wd else
         f"{wd.get('tensors_differing')} of {wd.get('tensors')} tensors differ from the shipped file "

@@ -417,8 +417,9 @@ def check(text: str, question: str | None = None, options: list[str] | None = No
                 r.answer.verdicts = {vocab.class_verdict[r.option_class]}
 
     # class names that are findings of the answered class, or of the class the whole text's features describe
-    shown = described(QUESTION.sub(" ", text), vocab)[0]
-    r.reasoning = claims(findings_masked(reasoning_text, r.answer.classes | ({shown} if shown else set()), vocab), vocab)
+    whole = claims(text, vocab)
+    shown = {whole.described} if whole.described else set()
+    r.reasoning = claims(findings_masked(reasoning_text, r.answer.classes | shown, vocab), vocab)
 
     # an either-or question (asked, or written into the answer itself) answered yes or no
     either_or = bool(question and EITHER_OR.search(question) and not ASKED_YES_NO.search(question))
@@ -437,7 +438,6 @@ def check(text: str, question: str | None = None, options: list[str] | None = No
         reasons.append("reasoning_vs_answer")
 
     # denying what was just described ("... cribriform glands ... These features are not those of adenocarcinoma")
-    whole = claims(text, vocab)
     r.described = whole.described
     dv = whole.described_verdict
     denied = rc.denied | ac.denied
@@ -504,9 +504,10 @@ def options_in(question: str | None) -> list[str] | None:
 
 def consistency_metrics(texts: list[str], questions: list[str | None] | None = None,
                         options: list[list[str] | None] | None = None, organs: list[str | None] | None = None,
-                        ids: list[str] | None = None, vocab: Vocabulary | None = None, n_examples: int = 5) -> dict:
+                        ids: list[str] | None = None, vocab: Vocabulary | None = None, n_examples: int = 5,
+                        reasons_out: list | None = None) -> dict:
     """The share of inconsistent answers (any reason), the count per reason, the wrong-organ rate and
-    the first inconsistent examples."""
+    the first inconsistent examples. ``reasons_out``: a list that receives each answer's reasons, in order."""
     vocab = vocab or vocabulary()
     n = len(texts)
     questions = questions or [None] * n
@@ -520,6 +521,8 @@ def consistency_metrics(texts: list[str], questions: list[str | None] | None = N
         r = check(t, q, o or options_in(q), org, vocab)
         checked_organ += org is not None
         counts.update(r.reasons)
+        if reasons_out is not None:
+            reasons_out.append(list(r.reasons))
         if r.reasons:
             bad += 1
             if len(examples) < n_examples:
