@@ -149,6 +149,56 @@ def test_oversample_lengthens_the_epoch(tmp_path, tiny_clip_dir, built_data):
     assert extra and result["history"][-1]["step"] == (n + extra) // 2
 
 
+def test_histology_augmentations_are_seeded_views_of_the_same_tissue():
+    import numpy as np
+    from PIL import Image
+
+    from pathvlm.errors import PathVLMError
+    from train.clip.augment import with_augmentations
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    ident = lambda x: x  # noqa: E731
+    assert with_augmentations([], ident) is ident  # no augmentation: the model's transform itself
+    flips = with_augmentations(["dihedral"], ident)
+    views = set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        v = np.asarray(flips(img))
+        views.add(v.tobytes())
+        assert sorted(v.reshape(-1, 3).tolist()) == sorted(np.asarray(img).reshape(-1, 3).tolist())  # same pixels
+    assert len(views) == 8  # all eight rotations and reflections (a random image has no symmetry)
+    both = with_augmentations(["dihedral", "hed"], ident, hed_sigma=0.05)
+    torch.manual_seed(3)
+    a = np.asarray(both(img), dtype=float)
+    torch.manual_seed(3)
+    assert np.array_equal(a, np.asarray(both(img), dtype=float))  # a function of the seed
+    torch.manual_seed(4)
+    assert not np.array_equal(a, np.asarray(both(img), dtype=float))
+    stained = Image.fromarray((np.array([200, 140, 200]) + rng.integers(-30, 30, (24, 32, 3))).astype(np.uint8))
+    torch.manual_seed(5)
+    same = np.asarray(with_augmentations(["hed"], ident, hed_sigma=0.0)(stained), dtype=float)
+    assert np.abs(same - np.asarray(stained, dtype=float)).max() <= 1  # sigma 0: the round trip only
+    torch.manual_seed(5)
+    moved = np.abs(np.asarray(with_augmentations(["hed"], ident)(stained), dtype=float) - same)
+    assert 0.5 < moved.mean() < 20  # an H&E-coloured tile: a stain shift, not a different image
+    with pytest.raises(PathVLMError, match="unknown augmentation"):
+        with_augmentations(["elastic"], ident)
+
+
+def test_augment_is_checked_in_the_recipe_and_trains(tmp_path, tiny_clip_dir, built_data):
+    from pathvlm.errors import PathVLMError
+
+    (tmp_path / "c.yaml").write_text("augment: [dihedral, blur]\n")
+    with pytest.raises(PathVLMError, match="augment must be a list of dihedral, hed"):
+        load_config(tmp_path / "c.yaml")
+    plain = train_clip(config(tmp_path / "a", tiny_clip_dir, built_data, max_steps=2))
+    aug = train_clip(config(tmp_path / "b", tiny_clip_dir, built_data, max_steps=2, augment=["dihedral", "hed"]))
+    assert plain["history"][-1]["step"] == aug["history"][-1]["step"] == 2
+    a, b = weights(tmp_path / "a" / "run" / "final"), weights(tmp_path / "b" / "run" / "final")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the views differ, so the trained weights do
+
+
 def test_shipped_recipe_parses():
     cfg = load_config("train/recipes/clip/pathclip_nano.yaml")
     assert cfg.model == "pathclip-nano-untrained" and cfg.lock_text and cfg.eval_unseen_sources == ["histolytics_hgsc"]

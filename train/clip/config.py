@@ -42,6 +42,10 @@ class ClipTrainConfig:
     keep_checkpoints: int = 2
     oversample: dict = field(default_factory=dict, metadata={"help": "label -> whole number of times its training "
                              "rows are repeated each epoch (e.g. a class with few tiles); evaluation is unchanged"})
+    augment: list = field(default_factory=list, metadata={"help": "histology augmentations of the training views, "
+                          "in order: dihedral (the 8 rotations/reflections), hed (stain jitter); none by default"})
+    hed_sigma: float = field(default=0.05, metadata={"help": "hed: each stain scaled by 1+a and shifted by b, "
+                             "a and b uniform in [-hed_sigma, hed_sigma]"})
     eval_task: str = "lc25000_colon"  # zero-shot prompt set for the held-out split
     eval_split: str = "test"
     eval_unseen_sources: list = field(default_factory=list)  # e.g. the histolytics tiles
@@ -65,4 +69,9 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ClipTrainCon
     for label, factor in (data.get("oversample") or {}).items():
         if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
             raise PathVLMError(f"{p}: oversample[{label!r}] must be a whole number >= 1, got {factor!r}")
+    from train.clip.augment import AUGMENTATIONS
+
+    augment = data.get("augment") or []
+    if not isinstance(augment, list) or any(a not in AUGMENTATIONS for a in augment):
+        raise PathVLMError(f"{p}: augment must be a list of {', '.join(AUGMENTATIONS)}, got {augment!r}")
     return ClipTrainConfig(**data)

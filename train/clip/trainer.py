@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pathvlm.clip.factory import create_clip, make_preprocess
 from pathvlm.clip.folder import save_clip
 from train.clip import checkpoint as ckpt
+from train.clip.augment import with_augmentations
 from train.clip.config import ClipTrainConfig
 from train.clip.data import ClipPairs, epoch_batches, oversample_rows, read_rows
 from train.clip.evaluate import evaluate
@@ -126,7 +127,8 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
                         for m in model.visual.modules())
     if channels_last:
         model.visual.to(memory_format=torch.channels_last)
-    train_tf = make_preprocess(model.visual.preprocess_cfg, train=True)
+    train_tf = with_augmentations(cfg.augment, make_preprocess(model.visual.preprocess_cfg, train=True),
+                                  cfg.hed_sigma)
 
     rows = read_rows(cfg.data, "train", exclude_sources=cfg.exclude_sources + cfg.eval_unseen_sources)
     rows = oversample_rows(rows, cfg.oversample) if cfg.oversample else rows
