@@ -135,6 +135,7 @@ def test_provenance_records_recipe_overrides_start_weights_and_data_digests(tmp_
     assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"] in torch.__version__
     md = provenance_markdown(provenance([info], "pathclip-nano-untrained", d, commit={"commit": None}, env=env))
     assert f"torch {env['packages']['torch']}" in md and "Commit**: unknown" in md
+    assert env["cpu_model"] is None or env["cpu_model"] in md  # Linux: the model name from /proc/cpuinfo
 
 
 def test_bundle_evaluates_the_scratch_weights_not_the_shipped_ones(tmp_path):
@@ -287,6 +288,11 @@ def test_the_reasoner_rebuild_chains_the_stages_and_bundles_into_the_scratch_fol
     assert "## Provenance" in (out / "weights" / f"{build.file}.md").read_text()
     assert json.loads((shipped / f"{build.file}.results.json").read_text()) == card
     assert not extra["weights"]["identical"] and "no shipped file" in notes[0]  # no weights in the fake folder
+    from train.provenance import environment
+
+    here = environment()
+    assert extra["cpu_capability"] == here["cpu_capability"] and extra["cpu_model"] == here["cpu_model"]
+    assert f"this rebuild on a {here['cpu_capability']} CPU" in notes[0]
     shutil.copy(out / "weights" / f"{build.file}.safetensors", shipped)
     assert reproduce.weights_diff(shipped / f"{build.file}.safetensors",
                                   out / "weights" / f"{build.file}.safetensors")["identical"]

@@ -113,7 +113,26 @@ def environment() -> dict:
 
     return {"python": platform.python_version(), "packages": {p: ver(p) for p in PACKAGES},
             "machine": platform.machine(), "processor": platform.processor() or None, "torch_threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_model": cpu_model()}
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; None elsewhere). The kernel level alone does not fix the
+    floats: oneDNN and MKL choose block sizes by CPU model and cache, and training pinned to AVX2 kernels on an
+    AVX-512 CPU still ended in other weights than an AVX2 machine's run (docs/reproduce.md)."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if not key.strip():
+                break  # the first processor's block is enough
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return None
+    if not fields.get("model name"):
+        return None
+    extra = ", ".join(f"{k} {fields[k]}" for k in ("vendor_id", "cpu family", "model", "cache size") if fields.get(k))
+    return f"{fields['model name']} ({extra})" if extra else fields["model name"]
 
 
 def provenance(recipes: list[dict], start: str, data: dict, commit: dict | None = None, env: dict | None = None) -> dict:
@@ -156,7 +175,8 @@ def provenance_markdown(prov: dict) -> str:
     if env:
         pk = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items() if v)
         lines.append(f"- **Environment**: Python {env.get('python')}, {pk}; {env.get('machine')}, "
-                     f"{env.get('torch_threads')} torch threads, CPU kernels {env.get('cpu_capability') or 'not recorded'}")
+                     f"{env.get('torch_threads')} torch threads, CPU kernels {env.get('cpu_capability') or 'not recorded'}"
+                     + (f" ({env['cpu_model']})" if env.get("cpu_model") else ""))
     lines.append("- **Rebuild and compare**: `make reproduce` (`python -m train.reproduce`, docs/reproduce.md)")
     return "\n".join(lines) + "\n"
 

@@ -202,12 +202,14 @@ def run_clip(choice: str, data: str, out: Path, resume: bool, weights_dir: Path,
     columns = bundle.table_columns(vars(cfg))
     rows = compare_clip(name, NAMED_MODELS[name].baseline, card, rebuilt, columns)
     wd = weights_diff(shipped_dir / f"{name}.safetensors", weights_dir / f"{name}.safetensors")
+    machine, where = machines(card)
     notes = [f"{name} weights (fp16): " + ("bitwise identical to the shipped file" if wd.get("identical") else
+             wd["error"] if "error" in wd else
              f"{wd.get('tensors_differing')} of {wd.get('tensors')} tensors differ from the shipped file "
-             f"(largest absolute difference {wd.get('max_abs_diff')} in {wd.get('worst_tensor')})")]
+             f"(largest absolute difference {wd.get('max_abs_diff')} in {wd.get('worst_tensor')})") + f"; {where}"]
     history = json.loads((run / "history.json").read_text())["history"]
     last = history[-1] if history else {}
-    extra = {"weights": wd, "training_time_eval": last}
+    extra = {"weights": wd, "training_time_eval": last, **machine}
     notes.append(f"{name}: training-time evaluation of the last epoch (fp32, in the training process, its "
                  f"{cfg.eval_split} split): " + ", ".join(f"{label} {fmt(last.get(key))}" for label, key in columns))
     return rows, notes, extra
@@ -248,16 +250,29 @@ def run_vlm(choice: str, data: str, out: Path, resume: bool, weights_dir: Path, 
     rebuilt = json.loads((weights_dir / f"{build.file}.results.json").read_text())
     rows = compare_vlm(card, rebuilt, tolerance, name=build.label)
     wd = weights_diff(shipped_dir / f"{build.file}.safetensors", weights_dir / f"{build.file}.safetensors")
-    from train.provenance import environment
-
-    level, here = _get(card, ("provenance", "environment", "cpu_capability")), environment().get("cpu_capability")
+    machine, where = machines(card)
     notes = [f"{build.label} weights (fp16 adapter): " + (
         "bitwise identical to the shipped file" if wd.get("identical") else wd["error"] if "error" in wd else
         f"{wd.get('tensors_differing')} of {wd.get('tensors')} tensors differ from the shipped file "
-        f"(largest absolute difference {wd.get('max_abs_diff')} in {wd.get('worst_tensor')})")
-        + f"; the card was made on a {level or 'unrecorded'} CPU, this rebuild on {here}",
+        f"(largest absolute difference {wd.get('max_abs_diff')} in {wd.get('worst_tensor')})") + f"; {where}",
         f"{build.label}: compared within {tolerance:g}" + (" (to the printed digit)" if not tolerance else "")]
-    return rows, notes, {"weights": wd, "card_cpu_capability": level, "cpu_capability": here}
+    return rows, notes, {"weights": wd, **machine}
+
+
+def machines(card: dict) -> tuple[dict, str]:
+    """The CPU that made a card and the one rebuilding it (kernel level and model), and a sentence saying so."""
+    from train.provenance import environment
+
+    env = environment()
+    m = {"card_cpu_capability": _get(card, ("provenance", "environment", "cpu_capability")),
+         "card_cpu_model": _get(card, ("provenance", "environment", "cpu_model")),
+         "cpu_capability": env.get("cpu_capability"), "cpu_model": env.get("cpu_model")}
+
+    def cpu(level, model):
+        return f"{level or 'unrecorded'} CPU" + (f" ({model})" if model else "")
+
+    return m, (f"the card was made on a {cpu(m['card_cpu_capability'], m['card_cpu_model'])}, this rebuild on a "
+               f"{cpu(m['cpu_capability'], m['cpu_model'])}")
 
 
 def main(argv=None) -> int:
