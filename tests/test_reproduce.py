@@ -2,7 +2,7 @@
 
 The fast tests check the comparison, the report, the provenance and that a rebuilt bundle in a scratch folder is
 what gets evaluated. The full rebuild is marked slow and runs only with PATHVLM_REPRODUCE=1 (15 min of CPU for
-pathclip-nano-v1; PATHVLM_REPRODUCE=clip for pathclip-nano v2, about 50 min; =vlm for pathvlm-nano v2, about 90 min;
+pathclip-nano-v1; PATHVLM_REPRODUCE=clip for pathclip-nano v2, about 30-55 min; =vlm for pathvlm-nano v2, about 90 min;
 =vlm-v1, about 80 min; =all for the four)."""
 from __future__ import annotations
 
@@ -314,3 +314,10 @@ def test_vlm_figures_include_the_test_read_by_source_and_hold_to_the_digit_at_to
     no_test = {"stages": card["stages"]}
     rows = {(r["model"], r["figure"]): r for r in reproduce.compare_vlm(card, no_test, 0.0)}
     assert not rows[("pathvlm-nano test", "accuracy")]["match"]  # the card has a test read, the rebuild none
+
+
+def test_a_card_from_another_cpu_is_named_when_figures_differ():
+    same = {"card_cpu_capability": "AVX512", "cpu_capability": "AVX512", "card_cpu_model": None, "cpu_model": "x"}
+    assert reproduce.other_cpu({"clip": same, "vlm": {"card_cpu_capability": None, "cpu_capability": "AVX2"}}) == []
+    assert reproduce.other_cpu({"clip": {**same, "card_cpu_capability": "AVX2"}}) == ["clip"]
+    assert reproduce.other_cpu({"vlm": {**same, "card_cpu_model": "y"}}) == ["vlm"]

@@ -2,7 +2,7 @@
 into a scratch folder, evaluate them as their model cards were evaluated, and print each card figure beside the
 rebuilt one.
 
-    make reproduce                                       # all four (2 CPU cores: CLIP v2 ~50 min, v1 ~15 min,
+    make reproduce                                       # all four (2 CPU cores: CLIP v2 ~30-55 min, v1 ~15 min,
                                                          # reasoner v2 ~90 min, v1 ~80 min)
     python -m train.reproduce --only clip --data-v2 runs/data/nano_v2     # pathclip-nano (v2, two organs)
     python -m train.reproduce --only clip-v1 --data runs/data/nano        # pathclip-nano-v1 (colon)
@@ -259,6 +259,16 @@ def run_vlm(choice: str, data: str, out: Path, resume: bool, weights_dir: Path, 
     return rows, notes, {"weights": wd, **machine}
 
 
+def other_cpu(extra: dict) -> list[str]:
+    """The rebuilt models whose card was made on another CPU (kernel level, or model where both are recorded)."""
+    def differs(e):
+        if not e.get("card_cpu_capability"):
+            return False  # unrecorded: cannot tell
+        return e["card_cpu_capability"] != e.get("cpu_capability") or \
+            bool(e.get("card_cpu_model") and e["card_cpu_model"] != e.get("cpu_model"))
+    return [choice for choice, e in extra.items() if isinstance(e, dict) and differs(e)]
+
+
 def machines(card: dict) -> tuple[dict, str]:
     """The CPU that made a card and the one rebuilding it (kernel level and model), and a sentence saying so."""
     from train.provenance import environment
@@ -313,6 +323,10 @@ def main(argv=None) -> int:
     print(text)
     bad = [r for r in rows if not r["match"]]
     print(f"[reproduce] {len(rows) - len(bad)} of {len(rows)} figures match the cards; report: {out / 'report.md'}")
+    other = other_cpu(extra)
+    if bad and other:
+        print(f"[reproduce] {', '.join(other)}: card made on another CPU; to the digit holds on the CPU that made a "
+              "card, and docs/reproduce.md gives the differences measured across CPUs")
     return 1 if bad else 0
 
 
