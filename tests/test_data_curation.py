@@ -150,6 +150,19 @@ def test_stain_jitter_is_seeded_and_bounded():
     assert 0 < np.abs(a.astype(int) - img).mean() < 30
 
 
+def test_hed_jitter_inverts_the_deconvolution_exactly_where_rgb2hed_clamps():
+    from skimage.color import hed2rgb, rgb2hed
+
+    from pathvlm.data.stain import hed_jitter
+
+    img = synthetic_he()
+    assert np.array_equal(hed_jitter(img, np.random.default_rng(0), sigma=0, bias=0), img)
+    skimage_round_trip = np.clip(hed2rgb(rgb2hed(img)) * 255 + 0.5, 0, 255).astype(np.uint8)
+    assert np.abs(skimage_round_trip.astype(int) - img).max() > 1  # the clamp the exact inverse avoids
+    a, b = hed_jitter(img, np.random.default_rng(2)), hed_jitter(img, np.random.default_rng(2))
+    assert np.array_equal(a, b) and 0 < np.abs(a.astype(int) - img).mean() < 30
+
+
 def test_model_sentence_filter_scores_against_prototypes(tiny_clip):
     model, _, tok = tiny_clip
     keep_all = text_clean.ModelSentenceFilter(model, tok, margin=-10.0)

@@ -4,8 +4,8 @@
   or left, so all eight views show the same tissue.
 - ``hed``: stain jitter in haematoxylin-eosin-DAB space (``pathvlm.data.stain.hed_jitter``: Ruifrok and
   Johnston's colour deconvolution and its exact inverse, each stain's concentration scaled by a factor in
-  ``[1 - sigma, 1 + sigma]`` and shifted by up to ``sigma`` of its spread, after Tellez et al. 2018), which imitates differences between
-  labs' staining rather than arbitrary colour changes.
+  ``[1 - sigma, 1 + sigma]`` and shifted by up to ``sigma`` of its spread, after Tellez et al. 2018), which
+  imitates differences between labs' staining rather than arbitrary colour changes.
 
 Randomness comes from torch's generator, which ``ClipPairs`` seeds per (seed, epoch, index): the views are
 reproducible and a resumed run sees the ones the uninterrupted run would have seen.
@@ -29,7 +29,7 @@ def dihedral(img: Image.Image) -> Image.Image:
     return img if op is None else img.transpose(op)
 
 
-def hed_jitter(img: Image.Image, sigma: float = 0.05) -> Image.Image:
+def stain(img: Image.Image, sigma: float = 0.05) -> Image.Image:
     from pathvlm.data.stain import hed_jitter as jitter
 
     rng = np.random.default_rng(int(torch.randint(2**62, ())))
@@ -50,7 +50,7 @@ class HistologyAugment:
 
     def __call__(self, img: Image.Image):
         for name in self.names:
-            img = dihedral(img) if name == "dihedral" else hed_jitter(img, self.hed_sigma)
+            img = dihedral(img) if name == "dihedral" else stain(img, self.hed_sigma)
         return self.transform(img)
 
     def __repr__(self):
