@@ -156,6 +156,20 @@ def test_bundle_evaluates_the_scratch_weights_not_the_shipped_ones(tmp_path):
     assert torch.equal(scratch.state_dict()[key], named.state_dict()[key])
 
 
+def test_bundle_loads_also_sources_as_shipped_and_only_the_rebuilt_name_from_out(tmp_path, monkeypatch):
+    from train.clip import bundle
+    from train.clip import data as clip_data
+    from train.clip import evaluate as clip_eval
+
+    seen = {}
+    monkeypatch.setattr(bundle, "create_bundled", lambda n, d=None: (seen.__setitem__(n, d), (None, None, None))[1])
+    monkeypatch.setattr(clip_data, "read_rows", lambda *a, **k: [])
+    monkeypatch.setattr(clip_eval, "evaluate", lambda *a, **k: {})
+    bundle.compare(["pathclip-nano-untrained", "pathclip-nano-v1", "pathclip-nano"], "d", "test", [], "t", "u",
+                   weights_dir=tmp_path, rebuilt="pathclip-nano")
+    assert seen == {"pathclip-nano-untrained": None, "pathclip-nano-v1": None, "pathclip-nano": tmp_path}
+
+
 @pytest.mark.slow
 @pytest.mark.shared
 @pytest.mark.skipif(not os.environ.get("PATHVLM_REPRODUCE"), reason="the full rebuild: set PATHVLM_REPRODUCE=1 "

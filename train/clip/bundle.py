@@ -56,7 +56,9 @@ def create_bundled(name: str, weights_dir: Path | None = None):
 
 
 def compare(names: list[str], data: str, split: str, unseen_sources: list[str], task: str, unseen_task: str,
-            extra_tasks=(), weights_dir: Path | None = None) -> dict:
+            extra_tasks=(), weights_dir: Path | None = None, rebuilt: str | None = None) -> dict:
+    """Evaluate each name side by side. ``weights_dir`` holds the weights of ``rebuilt`` (default: of every bundled
+    name); the other names (``--also`` ablations such as pathclip-nano-v1) load as shipped."""
     from train.clip.data import read_rows
     from train.clip.evaluate import evaluate
 
@@ -69,7 +71,7 @@ def compare(names: list[str], data: str, split: str, unseen_sources: list[str], 
 
             model, preprocess, tok = create_clip(n[:-len(SHIPPED)])
         else:
-            model, preprocess, tok = create_bundled(n, weights_dir)
+            model, preprocess, tok = create_bundled(n, weights_dir if rebuilt in (None, n) else None)
         results[n] = evaluate(model, tok, preprocess, heldout, task, unseen, unseen_task, extra_tasks=extra_tasks)
     return results
 
@@ -98,11 +100,12 @@ def results_table(results: dict, cfg: dict) -> str:
 
 
 def card(name: str, run_dir: Path, results: dict, weights: Path, cfg: dict, history: dict, prov: dict | None = None,
-         data: str = "runs/data/nano", command: str = "", split: str = "test") -> str:
+         data: str = "runs/data/nano", command: str = "", split: str = "test",
+         recipe: str = "train/recipes/clip/pathclip_nano_v2.yaml") -> str:
     from train.provenance import provenance_markdown
 
     if cfg.get("eval_task") != "lc25000_colon":
-        return card_two_organs(name, run_dir, results, weights, cfg, history, command, split) + (
+        return card_two_organs(name, run_dir, results, weights, cfg, history, command, split, recipe) + (
             "\n" + provenance_markdown(prov) if prov else "")
     table = results_table(results, cfg)
     n_test = next(iter(results.values()))["zeroshot/n"]
@@ -159,21 +162,33 @@ tool. Use real pathology CLIPs (QuiltNet, PLIP, CONCH) through the same factory 
 """
 
 
+# The two-organ releases: name -> (what the release is, where the others are).
+RELEASES = {
+    "pathclip-nano": ("v2: colon and oral mucosa",
+                      "The first release, trained on colon alone, stays bundled as `pathclip-nano-v1` (pathvlm-nano "
+                      "was trained on its image tower)."),
+}
+
+
 def card_two_organs(name: str, run_dir: Path, results: dict, weights: Path | None, cfg: dict, history: dict,
-                    command: str = "", split: str = "test") -> str:
+                    command: str = "", split: str = "test", recipe: str = "train/recipes/clip/pathclip_nano_v2.yaml") -> str:
     """The card of a model trained on nano_v2 (colon and oral mucosa): the run's own tasks side by side."""
     first = next(iter(results.values()))
+    release, others = RELEASES.get(name, ("colon and oral mucosa", "The bundled releases are listed by "
+                                          "`pathvlm models`."))
+    augment = cfg.get("augment") or []
+    augmented = (f" Training views: the model's crop after {' and '.join(augment)} augmentation"
+                 + (f" (HED sigma {cfg.get('hed_sigma')})" if "hed" in augment else "") + ".") if augment else ""
     monitored = (f"The recipe's settings (epochs, tower learning rate, oversampling) were chosen on the "
                  f"{cfg['eval_split']} split, which the training run evaluates after each epoch; the {split} split "
                  "above was read once, by this command. " if cfg.get("eval_split") != split else "")
     n_test, n_unseen = first.get("zeroshot/n", 0), first.get("unseen_zeroshot/n", 0)
     size = f"{weights.stat().st_size / 1e6:.1f} MB" if weights is not None and weights.exists() else "not written"
     extras = ", ".join(f"`{t}`" for t in cfg.get("eval_extra_tasks") or [])
-    return f"""# Model card: {name} (v2: colon and oral mucosa)
+    return f"""# Model card: {name} ({release})
 
 A small, fully open pathology CLIP for laptops and tests, trained by pathvlm's own recipe on two organs.
-The first release, trained on colon alone, stays bundled as `pathclip-nano-v1` (pathvlm-nano was trained on its
-image tower).
+{others}
 
 - **Architecture**: as pathclip-nano-v1: open_clip `CustomTextCLIP` (`pathvlm/clip/model_configs/pathclip-nano.json`),
   timm `efficientnet_lite0` image tower and the all-MiniLM-L6-v2 text transformer, 256-d joint space.
@@ -185,10 +200,10 @@ image tower).
   patient ids) grouped by near-duplicate image hashes, with label-conflicting copies dropped; captions from
   pathvlm's morphology knowledge base (CC0) at the tile's magnification. The histolytics HGSC tiles
   (BSD-3-Clause) are held out of training and used as unseen classes.
-- **Recipe**: `pathvlm train clip --config train/recipes/clip/pathclip_nano_v2.yaml` ({cfg['epochs']} epochs,
+- **Recipe**: `pathvlm train clip --config {recipe}` ({cfg['epochs']} epochs,
   batch {cfg['batch_size']}, {cfg['loss']} loss, lr {cfg['lr']} for projections and {cfg['lr_tower']} for the
   image tower, cosine schedule with {cfg['warmup_steps']} warm-up steps, seed {cfg['seed']}); training took
-  {history.get('seconds', 0) / 60:.0f} min on a 2-core CPU.
+  {history.get('seconds', 0) / 60:.0f} min on a 2-core CPU.{augmented}
 - **Licence**: Apache-2.0 (weights), subject to the training data's research-use terms.
 
 ## Results
@@ -244,13 +259,13 @@ def main(argv=None) -> int:
     baseline = spec.baseline or f"{args.name}-untrained"
     results = compare([baseline, *args.also, *shipped, args.name], args.data, args.split, cfg["eval_unseen_sources"],
                       cfg["eval_task"], cfg["eval_unseen_task"], cfg.get("eval_extra_tasks") or ["lc25000_colon_unseen_names"],
-                      weights_dir=out)
+                      weights_dir=out, rebuilt=args.name)
     print(json.dumps(results, indent=1))
     prov = clip_provenance(cfg, args.recipe, args.data, meta.get("commit"))
     (out / f"{args.name}.results.json").write_text(json.dumps({**results, "provenance": prov}, indent=1, sort_keys=True))
     command = "python -m train.clip.bundle " + " ".join(argv if argv is not None else sys.argv[1:])
     (out / f"{args.name}.md").write_text(card(spec.name, run, results, weights, cfg, history, prov, args.data,
-                                              command, args.split))
+                                              command, args.split, args.recipe))
     print(f"wrote {weights} and {out / f'{args.name}.md'}")
     return 0
 
