@@ -279,9 +279,10 @@ def machines(card: dict) -> tuple[dict, str]:
          "cpu_capability": env.get("cpu_capability"), "cpu_model": env.get("cpu_model")}
 
     def cpu(level, model):
-        return f"{level or 'unrecorded'} CPU" + (f" ({model})" if model else "")
+        level = level or "unrecorded"
+        return f"{'an' if level[0].lower() in 'aeiou' else 'a'} {level} CPU" + (f" ({model})" if model else "")
 
-    return m, (f"the card was made on a {cpu(m['card_cpu_capability'], m['card_cpu_model'])}, this rebuild on a "
+    return m, (f"the card was made on {cpu(m['card_cpu_capability'], m['card_cpu_model'])}, this rebuild on "
                f"{cpu(m['cpu_capability'], m['cpu_model'])}")
 
 
