@@ -145,6 +145,14 @@ def weights_diff(shipped: Path, rebuilt: Path) -> dict:
             "worst_tensor": worst}
 
 
+def weights_note(label: str, wd: dict, where: str) -> str:
+    """A report note: whether the rebuilt tensors are the shipped ones (``weights_diff``), and on which CPUs."""
+    what = ("bitwise identical to the shipped file" if wd.get("identical") else wd["error"] if "error" in wd else
+            f"{wd.get('tensors_differing')} of {wd.get('tensors')} tensors differ from the shipped file "
+            f"(largest absolute difference {wd.get('max_abs_diff')} in {wd.get('worst_tensor')})")
+    return f"{label}: {what}; {where}"
+
+
 def fmt(x, digits=3):
     return "–" if x is None else f"{x:.{digits}f}"
 
@@ -203,10 +211,7 @@ def run_clip(choice: str, data: str, out: Path, resume: bool, weights_dir: Path,
     rows = compare_clip(name, NAMED_MODELS[name].baseline, card, rebuilt, columns)
     wd = weights_diff(shipped_dir / f"{name}.safetensors", weights_dir / f"{name}.safetensors")
     machine, where = machines(card)
-    notes = [f"{name} weights (fp16): " + ("bitwise identical to the shipped file" if wd.get("identical") else
-             wd["error"] if "error" in wd else
-             f"{wd.get('tensors_differing')} of {wd.get('tensors')} tensors differ from the shipped file "
-             f"(largest absolute difference {wd.get('max_abs_diff')} in {wd.get('worst_tensor')})") + f"; {where}"]
+    notes = [weights_note(f"{name} weights (fp16)", wd, where)]
     history = json.loads((run / "history.json").read_text())["history"]
     last = history[-1] if history else {}
     extra = {"weights": wd, "training_time_eval": last, **machine}
@@ -251,11 +256,8 @@ def run_vlm(choice: str, data: str, out: Path, resume: bool, weights_dir: Path, 
     rows = compare_vlm(card, rebuilt, tolerance, name=build.label)
     wd = weights_diff(shipped_dir / f"{build.file}.safetensors", weights_dir / f"{build.file}.safetensors")
     machine, where = machines(card)
-    notes = [f"{build.label} weights (fp16 adapter): " + (
-        "bitwise identical to the shipped file" if wd.get("identical") else wd["error"] if "error" in wd else
-        f"{wd.get('tensors_differing')} of {wd.get('tensors')} tensors differ from the shipped file "
-        f"(largest absolute difference {wd.get('max_abs_diff')} in {wd.get('worst_tensor')})") + f"; {where}",
-        f"{build.label}: compared within {tolerance:g}" + (" (to the printed digit)" if not tolerance else "")]
+    notes = [weights_note(f"{build.label} weights (fp16 adapter)", wd, where),
+             f"{build.label}: compared within {tolerance:g}" + (" (to the printed digit)" if not tolerance else "")]
     return rows, notes, {"weights": wd, **machine}
 
 
@@ -266,7 +268,7 @@ def other_cpu(extra: dict) -> list[str]:
             return False  # unrecorded: cannot tell
         return e["card_cpu_capability"] != e.get("cpu_capability") or \
             bool(e.get("card_cpu_model") and e["card_cpu_model"] != e.get("cpu_model"))
-    return [choice for choice, e in extra.items() if isinstance(e, dict) and differs(e)]
+    return [choice for choice, e in extra.items() if differs(e)]
 
 
 def machines(card: dict) -> tuple[dict, str]:

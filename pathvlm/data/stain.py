@@ -80,9 +80,12 @@ def stain_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.0
     """HED-space augmentation (Tellez et al. 2018): scale and shift each stain's concentration."""
     from skimage.color import hed2rgb, rgb2hed
 
-    hed = rgb2hed(image)
-    hed = hed * rng.uniform(1 - sigma, 1 + sigma, 3) + rng.uniform(-bias, bias, 3) * hed.std(axis=(0, 1))
-    return np.clip(hed2rgb(hed) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(hed2rgb(_scale_and_shift(rgb2hed(image), rng, sigma, bias)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _scale_and_shift(hed: np.ndarray, rng: np.random.Generator, sigma: float, bias: float) -> np.ndarray:
+    """Each stain's concentration scaled by a factor in [1 - sigma, 1 + sigma], shifted by up to bias of its spread."""
+    return hed * rng.uniform(1 - sigma, 1 + sigma, 3) + rng.uniform(-bias, bias, 3) * hed.std(axis=(0, 1))
 
 
 def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.05, bias: float = 0.05) -> np.ndarray:
@@ -94,5 +97,5 @@ def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.05,
 
     log_adjust = np.log(1e-6)  # skimage's optical-density scaling
     hed = (np.log(np.maximum(image.astype(np.float64) / 255.0, 1e-6)) / log_adjust) @ hed_from_rgb
-    hed = hed * rng.uniform(1 - sigma, 1 + sigma, 3) + rng.uniform(-bias, bias, 3) * hed.std(axis=(0, 1))
+    hed = _scale_and_shift(hed, rng, sigma, bias)
     return np.clip(np.exp((hed @ rgb_from_hed) * log_adjust) * 255.0 + 0.5, 0, 255).astype(np.uint8)
