@@ -38,7 +38,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-VARIANTS = ("plain", "fp32", "bf16", "int8", "llama.cpp")
+VARIANTS = ("plain", "fp32", "bf16", "int8", "q8_0", "llama.cpp")
+PAUSE_S = 0.2
 
 
 def tile():
@@ -224,14 +225,17 @@ def main(argv=None) -> int:
     print(f"model {args.model}; image {name}; {n} new tokens; median of {args.runs} interleaved runs; "
           f"load average at start {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f} (1/5/15 min) on {os.cpu_count()} CPUs\n")
     reasoners = {}
+    notes = []
     for v in args.variants:
         if v in ("plain", "fp32"):
             reasoners[v] = load_reasoner(args.model)
         elif v == "bf16":
             reasoners[v] = load_reasoner(args.model, precision="bf16")
-        elif v == "int8":
-            reasoners[v] = load_reasoner(args.model, quantize="int8")
-    notes = []
+        elif v in ("int8", "q8_0"):
+            if v == "q8_0" and llama_cpp_status() is not None:
+                notes.append(f"q8_0 column skipped: {llama_cpp_status()}")
+                continue
+            reasoners[v] = load_reasoner(args.model, quantize=v)
     gguf = None
     if "llama.cpp" in args.variants:
         why = llama_cpp_status()
@@ -248,7 +252,8 @@ def main(argv=None) -> int:
     image_id = base.model.config.image_token_index
     prompt_ids[prompt_ids == image_id] = base.processor.tokenizer.encode(" tissue", add_special_tokens=False)[0]
 
-    # greedy identity checks (not timed): the lean decoder against generate, per variant
+    # greedy identity checks (not timed): the lean decoder against generate, per variant; llama.cpp (q8_0), whose
+    # weights generate does not use, against the fp32 chat's tokens
     same = {}
     eos = base._eos_ids()
     for v, r in reasoners.items():
@@ -256,7 +261,10 @@ def main(argv=None) -> int:
             continue
         inp, _ = r._prepare([image], messages)
         with torch.inference_mode():
-            ref = r.model.generate(**inp, max_new_tokens=n, do_sample=False)[0, inp["input_ids"].shape[1]:].tolist()
+            if v == "q8_0":
+                ref = list(decode_tokens(base.model, inp, n, eos))
+            else:
+                ref = r.model.generate(**inp, max_new_tokens=n, do_sample=False)[0, inp["input_ids"].shape[1]:].tolist()
         same[v] = list(decode_tokens(r.model, inp, n, eos)) == ref
 
     results = {"model": args.model, "tokens": n, "prompt_tokens": n_prompt, "runs": args.runs,
@@ -271,7 +279,7 @@ def main(argv=None) -> int:
             elif v == "llama.cpp":
                 if gguf is not None:
                     sides[v] = LlamaCppSide(gguf, prompt_ids.tolist(), th)
-            else:
+            elif v in reasoners:
                 sides[v] = ChatSide(reasoners[v], image, messages)
         for s in sides.values():
             s.run(min(n, 8))  # warm-up
@@ -279,6 +287,9 @@ def main(argv=None) -> int:
         for _ in range(args.runs):
             for v, s in sides.items():  # interleaved: each round runs every variant once
                 torch.set_num_threads(th)
+                # a pause, untimed, so that no variant starts while the previous one's worker threads still spin
+                # (llama.cpp's and torch's OpenMP threads wait busily for a while after their work)
+                time.sleep(PAUSE_S)
                 samples[v].append(s.run(n))
         bw = memory_bandwidth(th)
         row = {"memory_bandwidth_GBps": bw / 1e9, "load_average": os.getloadavg(), "variants": {}}
@@ -291,7 +302,8 @@ def main(argv=None) -> int:
                 torch.set_num_threads(th)
                 entry["weight_bytes_per_token"] = bytes_per_token[v]
                 entry["bandwidth_ceiling_tokens_per_s"] = bw / bytes_per_token[v]
-                entry["kernel_ceiling_tokens_per_s"] = kernel_ceiling(reasoners[v].model, args.runs)
+                if v != "q8_0":  # llama.cpp's kernels are not torch's
+                    entry["kernel_ceiling_tokens_per_s"] = kernel_ceiling(reasoners[v].model, args.runs)
             row["variants"][v] = entry
         fp = row["variants"].get("fp32")
         for v, e in row["variants"].items():
@@ -304,7 +316,7 @@ def main(argv=None) -> int:
         row["kernels_us"] = kernel_table(th)
         results["threads"][str(th)] = row
 
-    print(f"prompt: {n_prompt} tokens (49 image tokens); greedy tokens equal to generate: "
+    print(f"prompt: {n_prompt} tokens (49 image tokens); greedy tokens equal to generate (q8_0: to fp32 chat): "
           + ", ".join(f"{v} {'yes' if ok else 'NO'}" for v, ok in same.items()) + "\n")
     print("| threads | variant | first (s) | tok/s | decode tok/s | x fp32 chat | LM weights read per token (MB) | "
           "bandwidth ceiling tok/s | kernel-only tok/s |")

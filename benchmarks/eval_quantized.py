@@ -2,12 +2,14 @@
 questions (greedy), scored as the training hook scores them, compared question by question with an exact
 McNemar test (the discordant pairs under a two-sided binomial test, scipy).
 
-    python benchmarks/eval_quantized.py [--model pathvlm-nano] [--data runs/data/nano] [--samples 192] [--json out.json]
+    python benchmarks/eval_quantized.py [--model pathvlm-nano] [--data runs/data/nano_v2] [--samples 192]
+                                        [--modes int8 q8_0] [--json out.json]
 
-Needs the nano data (``pathvlm data build data_recipes/nano.yaml``, which needs ../shared/data). The questions are
+Needs the nano v2 data (``pathvlm data build data_recipes/nano_v2.yaml``, which needs ../shared/data). The questions are
 the evaluation hook's: the seeded subset of the ``grpo`` test split's closed questions (multiple choice with 4 options,
 and yes/no), greedy, ``--max-new-tokens`` (160, as the bundled model card), batch 16. Target: int8 within 1
-accuracy point of fp32. About 2 x 10 minutes on a quiet 2-core CPU for 192 questions.
+accuracy point of fp32. ``q8_0`` (llama.cpp) answers one question at a time. About 4 minutes per variant on a
+quiet 2-core CPU for 192 questions (pathvlm-nano v2, 2 threads).
 """
 from __future__ import annotations
 
@@ -20,12 +22,14 @@ import time
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="pathvlm-nano", help="a bundled reasoner or a save_pretrained folder")
-    ap.add_argument("--data", default="runs/data/nano", help="a built nano-style recipe folder (grpo/ test split)")
+    ap.add_argument("--data", default="runs/data/nano_v2", help="a built nano-style recipe folder (grpo/ test split)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--samples", type=int, default=192)
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--modes", nargs="+", default=["int8", "q8_0"], choices=["int8", "q8_0"],
+                    help="quantised variants to compare with fp32 (q8_0 needs llama-cpp-python)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -48,9 +52,9 @@ def main(argv=None) -> int:
           f"{args.max_new_tokens} new tokens, batch {args.batch_size}; load average {os.getloadavg()[0]:.1f}")
     out = {"model": args.model, "data": args.data, "n": len(rows), "max_new_tokens": args.max_new_tokens,
            "load_average_start": os.getloadavg(), "modes": {}}
-    for mode in ("none", "int8"):
+    for mode in ("none", *args.modes):
         model, processor = load_vlm(args.model)
-        quantize_language_model(model, mode)
+        quantize_language_model(model, mode, tokenizer=processor.tokenizer)
         reasoner = Reasoner(model.eval(), processor, name=args.model)
         start = time.perf_counter()
         results, correct = answer_and_score(reasoner, rows, args.max_new_tokens, args.batch_size, progress=True)
@@ -63,18 +67,22 @@ def main(argv=None) -> int:
         print(f"  {'fp32' if mode == 'none' else mode}: accuracy {out['modes'][mode]['accuracy']:.3f} "
               f"{out['modes'][mode]['by_type']} ({seconds:.0f} s)")
         del model, reasoner
-    fp, q = out["modes"]["none"], out["modes"]["int8"]
-    test = mcnemar_exact(fp["correct"], q["correct"])
-    same = sum(a.strip().lower() == b.strip().lower() for a, b in zip(fp["answers"], q["answers"])) / len(rows)
-    out["paired"] = {**test, "same_answer": same, "accuracy_change": q["accuracy"] - fp["accuracy"]}
+    fp = out["modes"]["none"]
+    out["paired"] = {}
+    for mode in args.modes:
+        q = out["modes"][mode]
+        test = mcnemar_exact(fp["correct"], q["correct"])
+        same = sum(a.strip().lower() == b.strip().lower() for a, b in zip(fp["answers"], q["answers"])) / len(rows)
+        out["paired"][mode] = {**test, "same_answer": same, "accuracy_change": q["accuracy"] - fp["accuracy"]}
     out["load_average_end"] = os.getloadavg()
     print(f"\n| model | accuracy | MCQ | yes/no | LM weight MB |\n|---|---|---|---|---|")
     for mode, r in out["modes"].items():
         print(f"| {'fp32' if mode == 'none' else mode} | {r['accuracy']:.3f} | {r['by_type']['option_letter']:.3f} | "
               f"{r['by_type']['yes_no']:.3f} | {r['weight_bytes'] / 1e6:.0f} |")
-    print(f"\nint8 vs fp32 on the same {len(rows)} questions: gained {test['gained']}, lost {test['lost']}, "
-          f"accuracy change {out['paired']['accuracy_change']:+.3f}, exact McNemar p = {test['p_value']:.3g}; "
-          f"same final answer on {same:.1%}; within 1 point: {abs(out['paired']['accuracy_change']) <= 0.01}")
+    for mode, p in out["paired"].items():
+        print(f"\n{mode} vs fp32 on the same {len(rows)} questions: gained {p['gained']}, lost {p['lost']}, "
+              f"accuracy change {p['accuracy_change']:+.3f}, exact McNemar p = {p['p_value']:.3g}; "
+              f"same final answer on {p['same_answer']:.1%}; within 1 point: {abs(p['accuracy_change']) <= 0.01}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

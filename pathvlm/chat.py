@@ -335,6 +335,14 @@ class Reasoner:
         if len(images) != len(conversations):
             raise ChatRequestError(f"{len(images)} images for {len(conversations)} conversations")
         kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
+        if getattr(self.model, "pathvlm_llamacpp", None) is not None:  # llama.cpp decodes one request at a time
+            items = zip(images, conversations)
+            if progress:
+                from tqdm.auto import tqdm
+
+                items = tqdm(items, total=len(images), desc="generating", unit="request")
+            return [self.chat([im], conv, max_new_tokens=kw["max_new_tokens"], temperature=temperature, top_p=top_p,
+                              seed=None if seed is None else seed + i) for i, (im, conv) in enumerate(items)]
         tok = self.processor.tokenizer
         results: list[ChatResult] = []
         starts = range(0, len(images), batch_size)
@@ -480,8 +488,9 @@ def load_reasoner(source: str = "pathvlm-nano", device: str = "cpu", limits: Cha
     found; ``template``: ``vicuna_v1`` or ``mistral_instruct`` instead of the family default).
     ``precision="bf16"`` halves the weight traffic of decoding (faster on CPUs with bf16 support; answers can
     differ slightly from fp32). ``quantize="int8"`` stores the language model's linear weights as int8 and decodes
-    with torch's int8 CPU kernels (``pathvlm.vlm.quantize``; about 2x the tokens/s of fp32 on a CPU, accuracy
-    measured in docs/benchmarks.md). Limits are derived from the model (:func:`derive_limits`) unless given."""
+    with torch's int8 CPU kernels (``pathvlm.vlm.quantize``); ``quantize="q8_0"`` decodes the language model in
+    llama.cpp from a GGUF Q8_0 export (``pathvlm.vlm.llamacpp_lm``; needs llama-cpp-python). Speed and accuracy
+    against fp32 are measured in docs/benchmarks.md. Limits are derived from the model (:func:`derive_limits`) unless given."""
     import torch
 
     from pathvlm.vlm.build import load_vlm
@@ -501,7 +510,7 @@ def load_reasoner(source: str = "pathvlm-nano", device: str = "cpu", limits: Cha
             model, processor = load_vlm(source, device=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
                                         vision_tower=vision_tower, template=template)
             if quantize != "none":
-                quantize_language_model(model, quantize)
+                quantize_language_model(model, quantize, tokenizer=processor.tokenizer)
             _CACHE[key] = Reasoner(model, processor, name=source, default_system=default_system_prompt(source, model))
         reasoner = _CACHE[key]
     if limits is not None:

@@ -77,6 +77,7 @@ def test_serve_config_takes_quantize():
     from pathvlm.serving.config import load_serve_config
 
     assert load_serve_config(None, quantize="int8").quantize == "int8"
+    assert load_serve_config(None, quantize="Q8_0").quantize == "q8_0"
     assert load_serve_config(None).quantize == "none"
     with pytest.raises(PathVLMError, match="quantize must be one of"):
         load_serve_config(None, quantize="fp8")

@@ -30,9 +30,9 @@ def add_parser(sub):
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16 decodes faster on CPUs with bf16 support; answers can differ slightly")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none",
-                   help="CPU, experimental: int8 language-model weights on torch's int8 kernels (about 1.8x faster decoding, but "
-                        "it lost 17 points of closed-question accuracy on pathvlm-nano: docs/benchmarks.md)")
+    p.add_argument("--quantize", choices=["none", "int8", "q8_0"], default="none",
+                   help="CPU: int8 (torch's int8 kernels) or q8_0 (the language model as GGUF Q8_0 in llama.cpp; needs "
+                        "llama-cpp-python); speed and accuracy against fp32 in docs/benchmarks.md")
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ YAML layout (every field optional)::
     port: 7860
     clip: pathclip-nano
     reasoner: pathvlm-nano        # a bundled name, a saved folder, or "none"
-    quantize: none                # int8: the local reasoner decodes with int8 language-model weights (CPU)
+    quantize: none                # int8 (torch int8 kernels) or q8_0 (llama.cpp, GGUF Q8_0): the local reasoner on CPU
     backend_url: null             # an external OpenAI-compatible server (vLLM, TGI) for generation
     gallery: null                 # folder of tiles (default: the demo gallery, built on first use)
     limits:
@@ -83,7 +83,7 @@ class ServeConfig:
     gallery: str | None = None
     index: str | None = None
     device: str = "cpu"
-    quantize: str = "none"  # the local reasoner's language-model weights: none or int8 (pathvlm.vlm.quantize)
+    quantize: str = "none"  # the local reasoner's language model: none, int8 or q8_0 (pathvlm.vlm.quantize)
     auth: str | None = None   # "user:pass" for the web app and HTTP basic auth on the API
     token: str | None = None  # bearer token for the API (and the web app's password)
     share: bool = False

@@ -118,8 +118,8 @@ class PathVLMService:
             try:
                 generator = LocalReasoner(source, device=config.device, quantize=config.quantize)
             except PathVLMError as e:
-                if config.reasoner is not None:
-                    raise  # asked for by name: a clear error, not a silent fallback
+                if config.reasoner is not None or config.quantize != "none":
+                    raise  # asked for by name or quantisation: a clear error, not a silent fallback
                 say(f"the default reasoner {source} is not available ({e}); chat and reports are off. "
                     "Pass --reasoner FOLDER, --backend-url URL, or --reasoner none to silence this.")
         return cls(config, clip, index, generator)

@@ -4,7 +4,8 @@ through the KV cache, with greedy or temperature/top-p sampling.
 ``model.generate`` does the same arithmetic but pays a per-token toll (logits processors, stopping
 criteria, cache bookkeeping) that dominates a 135M model on a CPU; this loop is token-for-token equal
 to greedy ``generate`` (tested) and is what ``pathvlm.chat`` uses for one image at a time. For Llama
-language models the steps after the prefill skip the module stack too (``llama_step``).
+language models the steps after the prefill skip the module stack too (``llama_step``); a model loaded with
+``quantize="q8_0"`` hands its prompt embeddings and tokens to llama.cpp instead (``llamacpp_lm``).
 """
 from __future__ import annotations
 
@@ -45,12 +46,20 @@ def decode_tokens(model, inputs: dict, max_new_tokens: int, eos_token_ids, tempe
         raise ValueError(f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {seed!r}")
     if effective_temperature(temperature) > 0 and seed is not None:
         generator = torch.Generator(device=inputs["input_ids"].device).manual_seed(seed)
-    out = model(input_ids=inputs["input_ids"], pixel_values=inputs.get("pixel_values"),
-                attention_mask=inputs.get("attention_mask"), use_cache=True, logits_to_keep=1)
-    cache, logits = out.cache, out.logits[:, -1]
+    external = getattr(model, "pathvlm_llamacpp", None)  # quantize q8_0: the language model runs in llama.cpp
     stepper = None
-    if lean_steps and llama_step.supports(model) and cache is not None:
-        stepper = llama_step.LlamaStepper(model, cache, max_new_tokens)
+    if external is not None:
+        ids = inputs["input_ids"]
+        embeds = model.get_input_embeddings()(ids)
+        if inputs.get("pixel_values") is not None:
+            embeds = model.model.merge_image_embeddings(ids, embeds, inputs["pixel_values"])
+        logits, stepper = external.prefill(embeds[0]), external
+    else:
+        out = model(input_ids=inputs["input_ids"], pixel_values=inputs.get("pixel_values"),
+                    attention_mask=inputs.get("attention_mask"), use_cache=True, logits_to_keep=1)
+        cache, logits = out.cache, out.logits[:, -1]
+        if lean_steps and llama_step.supports(model) and cache is not None:
+            stepper = llama_step.LlamaStepper(model, cache, max_new_tokens)
     for _ in range(max_new_tokens):
         check_cancelled()  # a deadline passed or the client went away: stop between tokens
         token = _pick(logits, temperature, top_p, generator)

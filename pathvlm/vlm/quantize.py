@@ -37,7 +37,7 @@ from torch import nn
 
 from pathvlm.errors import PathVLMError
 
-QUANTIZE_MODES = ("none", "int8")
+QUANTIZE_MODES = ("none", "int8", "q8_0")
 ROW_BY_ROW_MAX = 16  # up to this many rows, each row gets its own activation scale in the int8 kernel
 # 7-bit activations: on x86 CPUs without VNNI (AVX2 only) FBGEMM multiplies u8 activations by s8 weights in
 # pairs summed into int16 (vpmaddubsw), which saturates with full 8-bit activations (measured on an AVX2-only CPU:
@@ -117,19 +117,23 @@ def _language_model_and_head(model):
     return lm, getattr(model, "lm_head", None)
 
 
-def quantize_language_model(model, mode: str = "int8") -> int:
-    """Replace the language model's linear layers and the LM head by :class:`QuantizedLinear` (in place, CPU).
-    Returns the number of layers replaced. A tied LM head gets its own int8 copy; the input embedding stays in
-    float. The model is marked (``model.pathvlm_quantize``) and a second call is refused."""
+def quantize_language_model(model, mode: str = "int8", tokenizer=None) -> int:
+    """``int8``: replace the language model's linear layers and the LM head by :class:`QuantizedLinear` (in
+    place, CPU); a tied LM head gets its own int8 copy; the input embedding stays in float. ``q8_0``: export the
+    language model to GGUF Q8_0 once and decode it with llama.cpp (:mod:`pathvlm.vlm.llamacpp_lm`; needs the
+    ``tokenizer``). Returns the number of layers now running quantised. The model is marked
+    (``model.pathvlm_quantize``) and a second call is refused."""
     mode = check_mode(mode)
     if mode == "none":
         return 0
     if getattr(model, "pathvlm_quantize", None):
         raise PathVLMError(f"this model is already quantised ({model.pathvlm_quantize})")
     if any(p.device.type != "cpu" for p in model.parameters()):
-        raise PathVLMError("quantize int8 targets CPU decoding (torch's CPU int8 kernels); on a GPU use bf16")
+        raise PathVLMError(f"quantize {mode} targets CPU decoding; on a GPU use bf16")
     if any(p.dtype != torch.float32 for p in model.parameters()):
-        raise PathVLMError("quantize int8 starts from float32 weights: load with precision fp32")
+        raise PathVLMError(f"quantize {mode} starts from float32 weights: load with precision fp32")
+    if mode == "q8_0":
+        return _to_llama_cpp(model, tokenizer)
     lm, head = _language_model_and_head(model)
     if lm is None:
         raise PathVLMError(f"{type(model).__name__}: no language model found to quantise "
@@ -147,6 +151,21 @@ def quantize_language_model(model, mode: str = "int8") -> int:
     return len(targets)
 
 
+def _to_llama_cpp(model, tokenizer) -> int:
+    from pathvlm.vlm.llamacpp_lm import attach_llama_cpp
+    from pathvlm.vlm.modeling import PathVLMForConditionalGeneration
+
+    if not isinstance(model, PathVLMForConditionalGeneration):
+        raise PathVLMError(f"quantize q8_0 (llama.cpp) applies to PathVLM reasoners; {type(model).__name__} "
+                           "can use int8")
+    if tokenizer is None:
+        raise PathVLMError("quantize q8_0 needs the reasoner's tokenizer (its vocabulary goes into the GGUF file)")
+    n = sum(isinstance(m, nn.Linear) for m in model.model.language_model.modules()) + 1
+    attach_llama_cpp(model, tokenizer, "q8_0")
+    model.pathvlm_quantize = "q8_0"
+    return n
+
+
 def linear_fn(module):
     """``x -> module(x)`` with the least Python on the way: ``F.linear`` with the weight bound for a plain
     bias-free ``nn.Linear``, the module's own forward otherwise (a quantised layer's kernel)."""
@@ -162,6 +181,8 @@ def weight_bytes(model) -> int:
     mods = list(lm.modules()) if lm is not None else []
     if head is not None:
         mods.append(head)
+    if getattr(model, "pathvlm_gguf", None) is not None:  # decoded by llama.cpp: the GGUF file's weights
+        return model.pathvlm_gguf.stat().st_size
     total = 0
     for m in mods:
         if isinstance(m, QuantizedLinear):
