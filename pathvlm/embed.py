@@ -41,6 +41,24 @@ def _collate(batch):
     return idx, pixels, errors
 
 
+class _EncodeInWorker:
+    """A collate function that also runs the image tower, so each loader worker decodes *and* encodes its batches
+    on one thread (``encode_in_workers``); the main process only gathers embeddings."""
+
+    def __init__(self, encoder, split, dtype):
+        self.encoder, self.split, self.dtype = encoder, split, dtype
+
+    def __call__(self, batch):
+        idx, pixels, errors = _collate(batch)
+        if pixels is None:
+            return idx, None, errors
+        with torch.inference_mode():
+            if self.split is not None:
+                pixels = self.split.finish(pixels)
+            feats = F.normalize(self.encoder.encode_image(pixels.to(dtype=self.dtype)).float(), dim=-1)
+        return idx, feats, errors
+
+
 @dataclass
 class EmbeddedBatch:
     indices: list[int]
@@ -65,8 +83,14 @@ def iter_image_embeddings(
     fast: bool = True,
     precision: str = "fp32",
     backend: str = "torch",
+    encode_in_workers: bool = False,
 ) -> Iterator[EmbeddedBatch]:
     """Yield normalised image embeddings batch by batch (errors reported, never raised).
+
+    ``encode_in_workers`` (CPU, torch backend, ``num_workers`` >= 1): every loader worker runs the image tower
+    on the batches it decoded, on one thread each, instead of the main process running it on all threads. On a
+    small CPU this keeps every core on useful work: decoding and a multi-threaded tower no longer share the
+    cores (docs/benchmarks.md, indexing). Embeddings agree with the main-process path within float32 rounding.
 
     With ``fast`` the image tower runs through :class:`FastImageEncoder` (BatchNorm folded,
     channels-last; checked equal to the original within float32 rounding), the loader returns uint8 pixels and
@@ -90,20 +114,28 @@ def iter_image_embeddings(
         encoder = FastImageEncoder(model, precision=precision) if fast else model
     # the loader returns uint8 pixels and the batch is normalised in one pass (pathvlm.split_preprocess)
     split = split_preprocess(preprocess) if fast else None
+    dtype = next(model.parameters()).dtype
+    collate = _collate
+    if encode_in_workers:
+        if num_workers < 1 or torch.device(device).type != "cpu" or backend != "torch":
+            raise ImageError("encode_in_workers runs the torch image tower in the loader's worker processes: it needs "
+                             f"num_workers >= 1, device cpu and backend torch (got {num_workers}, {device}, {backend})")
+        collate = _EncodeInWorker(encoder, split, dtype)
     loader = DataLoader(
         ImageFiles(paths, split or preprocess), batch_size=batch_size, num_workers=num_workers,
-        collate_fn=_collate, persistent_workers=False, prefetch_factor=8 if num_workers else None,
+        collate_fn=collate, persistent_workers=False, prefetch_factor=(2 if encode_in_workers else 8) if num_workers else None,
     )
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(paths), desc=desc, unit="img")
-    dtype = next(model.parameters()).dtype
     with torch.inference_mode():
         for idx, pixels, errors in loader:
             feats = torch.empty(0)
-            if pixels is not None:
+            if encode_in_workers:
+                feats = pixels if pixels is not None else feats
+            elif pixels is not None:
                 if split is not None:
                     pixels = split.finish(pixels)
                 feats = encoder.encode_image(pixels.to(device=device, dtype=dtype))

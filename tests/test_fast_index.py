@@ -34,6 +34,24 @@ def test_index_with_split_preprocess_equals_the_model(tiny_clip, tile_folder, tm
     assert np.abs(idx.embeddings - ref).max() < 1e-4
 
 
+def test_encoding_in_the_workers_equals_the_main_process(tiny_clip, tile_folder, tmp_path):
+    from pathvlm.embed import embed_images
+    from pathvlm.errors import ImageError
+    from pathvlm.images import list_images
+    from pathvlm.retrieval.index import GalleryIndex
+
+    model, preprocess = tiny_clip[0], tiny_clip[1]
+    paths = list_images(tile_folder)
+    main = GalleryIndex.build(tile_folder, tmp_path / "a", model, preprocess, progress=False, batch_size=2,
+                              num_workers=0)
+    workers = GalleryIndex.build(tile_folder, tmp_path / "b", model, preprocess, progress=False, batch_size=2,
+                                 num_workers=2, encode_in_workers=True)
+    assert workers.embeddings.shape == main.embeddings.shape
+    assert np.abs(workers.embeddings - main.embeddings).max() < 1e-5  # same order, same tower, one thread each
+    with pytest.raises(ImageError, match="needs num_workers >= 1"):
+        embed_images(model, preprocess, paths, num_workers=0, batch_size=2, encode_in_workers=True)
+
+
 def test_onnx_backend_matches_torch(tiny_clip, tile_folder, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")

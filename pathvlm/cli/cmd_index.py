@@ -10,6 +10,9 @@ def add_parser(sub):
     add_model_arg(b, image_only_ok=True)
     b.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 8 on CPU, 128 on GPU)")
     b.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 1 on 2 cores)")
+    b.add_argument("--encode-in-workers", action="store_true",
+                   help="CPU: each worker decodes and runs the image tower on one thread (use --workers = cores); "
+                        "faster than one multi-threaded tower beside decoding on small CPUs (docs/benchmarks.md)")
     b.add_argument("--part-size", type=_positive_int, default=2048,
                    help="images per saved part: an interrupted build resumes from the last finished part "
                         "(default 2048; a smaller value saves progress more often, at a small cost)")
@@ -48,7 +51,7 @@ def run_build(args):
     idx = GalleryIndex.build(
         args.folder, args.out, model, preprocess, source=args.model, batch_size=args.batch_size, part_size=args.part_size,
         num_workers=args.workers, ann_threshold=args.ann_threshold or DEFAULT_ANN_THRESHOLD, device=args.device,
-        precision=args.precision, backend=args.backend,
+        precision=args.precision, backend=args.backend, encode_in_workers=args.encode_in_workers,
     )
     info = idx.info
     print(f"indexed {info['count']} images into {args.out} ({info['ann']['kind']}, dim {info['dim']}, "

@@ -71,6 +71,7 @@ class GalleryIndex:
         device="cpu",
         precision: str = "fp32",
         backend: str = "torch",
+        encode_in_workers: bool = False,
     ) -> "GalleryIndex":
         """Embed images (a folder or a list of files) into an index at ``out``; resumes a partial build."""
         out = Path(out)
@@ -107,6 +108,7 @@ class GalleryIndex:
             feats, ok, errors = [], [], []
             for batch in iter_image_embeddings(model, preprocess, chunk, batch_size=batch_size, num_workers=num_workers,
                                                device=device, progress=progress, precision=precision, backend=backend,
+                                               encode_in_workers=encode_in_workers,
                                                desc=f"indexing {lo + 1}-{lo + len(chunk)} of {bar_total}"):
                 feats.append(batch.features.numpy())
                 ok += [lo + i for i in batch.indices]
