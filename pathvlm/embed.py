@@ -53,10 +53,15 @@ class _EncodeInWorker:
         if pixels is None:
             return idx, None, errors
         with torch.inference_mode():
-            if self.split is not None:
-                pixels = self.split.finish(pixels)
-            feats = F.normalize(self.encoder.encode_image(pixels.to(dtype=self.dtype)).float(), dim=-1)
-        return idx, feats, errors
+            return idx, _encode(self.encoder, self.split, pixels, "cpu", self.dtype), errors
+
+
+def _encode(encoder, split, pixels, device, dtype) -> torch.Tensor:
+    """A collated batch (uint8 pixels when ``split``, else preprocessed floats) -> normalised float32 on CPU."""
+    if split is not None:
+        pixels = split.finish(pixels)
+    feats = encoder.encode_image(pixels.to(device=device, dtype=dtype))
+    return F.normalize(feats.float(), dim=-1).cpu()
 
 
 @dataclass
@@ -136,10 +141,7 @@ def iter_image_embeddings(
             if encode_in_workers:
                 feats = pixels if pixels is not None else feats
             elif pixels is not None:
-                if split is not None:
-                    pixels = split.finish(pixels)
-                feats = encoder.encode_image(pixels.to(device=device, dtype=dtype))
-                feats = F.normalize(feats.float(), dim=-1).cpu()
+                feats = _encode(encoder, split, pixels, device, dtype)
             if bar is not None:
                 bar.update(len(idx) + len(errors))
             yield EmbeddedBatch(idx.tolist(), feats, errors)
