@@ -341,8 +341,11 @@ class Reasoner:
                 from tqdm.auto import tqdm
 
                 items = tqdm(items, total=len(images), desc="generating", unit="request")
+            from pathvlm.sampling import SEED_RANGE
+
             return [self.chat([im], conv, max_new_tokens=kw["max_new_tokens"], temperature=temperature, top_p=top_p,
-                              seed=None if seed is None else seed + i) for i, (im, conv) in enumerate(items)]
+                              seed=None if seed is None else (seed + i) % (SEED_RANGE[1] + 1))
+                    for i, (im, conv) in enumerate(items)]
         tok = self.processor.tokenizer
         results: list[ChatResult] = []
         starts = range(0, len(images), batch_size)
