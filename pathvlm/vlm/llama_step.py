@@ -5,7 +5,7 @@ products per layer; what it costs on top of reading the weights is Python and di
 calls, attention-mask and position bookkeeping, cache objects growing by ``torch.cat``. This stepper
 keeps only the arithmetic: the same weights (shared, not copied), RMSNorm, rotary embeddings from
 the model's own ``inv_freq``, scaled-dot-product attention over a preallocated KV buffer, SwiGLU.
-Projections go through ``quantize.linear_fn``: the float weight with ``F.linear``, or a quantised layer's
+Projections go through :func:`linear_fn`: the float weight with ``F.linear``, or a quantised layer's
 kernel when the model was loaded with ``quantize`` (``pathvlm.vlm.quantize``).
 It applies only where that arithmetic is exactly the model's (``supports``); elsewhere the caller
 keeps using the model's forward. Greedy output equals ``generate`` (tested).
@@ -14,8 +14,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from pathvlm.vlm.quantize import linear_fn
+
+def linear_fn(module):
+    """``x -> module(x)`` with the least Python on the way: ``F.linear`` with the weight bound for a plain
+    bias-free ``nn.Linear``, the module's own forward otherwise (a quantised layer's kernel)."""
+    if type(module) is nn.Linear and module.bias is None:
+        w = module.weight
+        return lambda x: F.linear(x, w)
+    return module.forward
 
 
 def _language_model(model):

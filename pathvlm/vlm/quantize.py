@@ -166,15 +166,6 @@ def _to_llama_cpp(model, tokenizer) -> int:
     return n
 
 
-def linear_fn(module):
-    """``x -> module(x)`` with the least Python on the way: ``F.linear`` with the weight bound for a plain
-    bias-free ``nn.Linear``, the module's own forward otherwise (a quantised layer's kernel)."""
-    if type(module) is nn.Linear and module.bias is None:
-        w = module.weight
-        return lambda x: F.linear(x, w)
-    return module.forward
-
-
 def weight_bytes(model) -> int:
     """Bytes of the language model's linear weights and LM head as a one-token step reads them."""
     lm, head = _language_model_and_head(model)
