@@ -107,8 +107,7 @@ def test_llama_cpp_decodes_like_the_torch_model(tiny_reasoner_dir, tmp_path, mon
     inputs, _ = q._prepare([tile], QUESTION)
     with torch.inference_mode():
         ref = fp.model(**inputs, logits_to_keep=1).logits[0, -1]
-        ids = inputs["input_ids"]
-        embeds = q.model.model.merge_image_embeddings(ids, q.model.get_input_embeddings()(ids), inputs["pixel_values"])
+        embeds = q.model.model.prompt_embeddings(inputs["input_ids"], inputs["pixel_values"])
     ext = q.model.pathvlm_llamacpp
     got = ext.prefill(embeds[0])[0]
     assert torch.nn.functional.cosine_similarity(got, ref, dim=0) > 0.99

@@ -49,10 +49,7 @@ def decode_tokens(model, inputs: dict, max_new_tokens: int, eos_token_ids, tempe
     external = getattr(model, "pathvlm_llamacpp", None)  # quantize q8_0: the language model runs in llama.cpp
     stepper = None
     if external is not None:
-        ids = inputs["input_ids"]
-        embeds = model.get_input_embeddings()(ids)
-        if inputs.get("pixel_values") is not None:
-            embeds = model.model.merge_image_embeddings(ids, embeds, inputs["pixel_values"])
+        embeds = model.model.prompt_embeddings(inputs["input_ids"], inputs.get("pixel_values"))
         logits, stepper = external.prefill(embeds[0]), external
     else:
         out = model(input_ids=inputs["input_ids"], pixel_values=inputs.get("pixel_values"),

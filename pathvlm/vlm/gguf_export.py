@@ -49,6 +49,12 @@ def _parts(model):
     return model.model.language_model, model.lm_head
 
 
+def head_is_tied(model) -> bool:
+    """True when the LM head is the token embedding (llama.cpp then reuses ``token_embd`` as the output)."""
+    head, embed = model.lm_head.weight, model.model.language_model.embed_tokens.weight
+    return head is embed or torch.equal(head, embed)
+
+
 def _vocab(tokenizer, n_vocab: int):
     """tokens, token types and merges in GGUF's ``gpt2`` vocabulary form."""
     import gguf
@@ -150,7 +156,7 @@ def export_gguf(model, tokenizer, out: str | Path, gguf_type: str = "q8_0") -> P
             put(f"blk.{i}.ffn_up.weight", mlp.up_proj.weight)
             put(f"blk.{i}.ffn_down.weight", mlp.down_proj.weight)
         put("output_norm.weight", lm.norm.weight)
-        if not (head.weight is embed or torch.equal(head.weight, embed)):
+        if not head_is_tied(model):
             put("output.weight", head.weight)
         w.write_header_to_file()
         w.write_kv_data_to_file()

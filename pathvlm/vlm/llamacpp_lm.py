@@ -26,10 +26,12 @@ from pathvlm.paths import home
 
 
 def gguf_path(model, gguf_type: str = "q8_0", cache_dir: str | Path | None = None) -> Path:
+    """The cache file for this language model: named by a fingerprint of its weights (and of an untied head)."""
     from pathvlm.clip.folder import model_fingerprint
+    from pathvlm.vlm.gguf_export import head_is_tied
 
-    lm = model.model.language_model
-    return Path(cache_dir or home() / "gguf") / f"{model_fingerprint(lm)}-{model_fingerprint(model.lm_head)[:8]}.{gguf_type}.gguf"
+    parts = [model.model.language_model] + ([] if head_is_tied(model) else [model.lm_head])
+    return Path(cache_dir or home() / "gguf") / f"{model_fingerprint(torch.nn.ModuleList(parts))}.{gguf_type}.gguf"
 
 
 def llama_cpp_module():
@@ -45,14 +47,14 @@ def llama_cpp_module():
 class LlamaCppLM:
     """``prefill(embeddings) -> logits`` and ``step(token_id) -> logits`` on a GGUF language model."""
 
-    def __init__(self, path: str | Path, n_ctx: int, threads: int | None = None, kv_type: str = "f32"):
+    def __init__(self, path: str | Path, n_ctx: int):
         L = llama_cpp_module()
         self.L = L
         # keys and values in float32, not llama.cpp's default f16: on 32 val questions of pathvlm-nano, an f16 cache
         # changed 1 greedy answer of 32 (Q8_0 weights) and a float32 one none
-        kv = {"f16": L.GGML_TYPE_F16, "f32": L.GGML_TYPE_F32}[kv_type]
+        f32 = L.GGML_TYPE_F32
         self.llm = L.Llama(model_path=str(path), n_ctx=int(n_ctx), n_batch=int(n_ctx), n_ubatch=512,
-                           n_threads=threads or torch.get_num_threads(), verbose=False, type_k=kv, type_v=kv)
+                           n_threads=torch.get_num_threads(), verbose=False, type_k=f32, type_v=f32)
         self.ctx = self.llm.ctx
         self.n_embd = int(L.llama_model_n_embd(self.llm.model))
         self.n_vocab = int(self.llm.n_vocab())

@@ -100,12 +100,17 @@ class PathVLMModel(PathVLMPreTrainedModel):
         out[mask] = images.reshape(-1, images.shape[-1]).to(out.dtype)
         return out
 
+    def prompt_embeddings(self, input_ids, pixel_values=None):
+        """Token embeddings with the image embeddings in place of the ``<image>`` tokens."""
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        if pixel_values is not None:
+            inputs_embeds = self.merge_image_embeddings(input_ids, inputs_embeds, pixel_values)
+        return inputs_embeds
+
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None,
                 inputs_embeds=None, **kwargs):
         if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-            if pixel_values is not None:
-                inputs_embeds = self.merge_image_embeddings(input_ids, inputs_embeds, pixel_values)
+            inputs_embeds = self.prompt_embeddings(input_ids, pixel_values)
         # the KV cache (``cache``) and use_cache pass through in kwargs unchanged
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                    position_ids=position_ids, **kwargs)

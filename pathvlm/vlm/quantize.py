@@ -168,12 +168,12 @@ def _to_llama_cpp(model, tokenizer) -> int:
 
 def weight_bytes(model) -> int:
     """Bytes of the language model's linear weights and LM head as a one-token step reads them."""
+    if getattr(model, "pathvlm_gguf", None) is not None:  # decoded by llama.cpp: the GGUF file's weights
+        return model.pathvlm_gguf.stat().st_size
     lm, head = _language_model_and_head(model)
     mods = list(lm.modules()) if lm is not None else []
     if head is not None:
         mods.append(head)
-    if getattr(model, "pathvlm_gguf", None) is not None:  # decoded by llama.cpp: the GGUF file's weights
-        return model.pathvlm_gguf.stat().st_size
     total = 0
     for m in mods:
         if isinstance(m, QuantizedLinear):
