@@ -5,8 +5,9 @@ image embeddings over its training split: the class means, and a Ledoit-Wolf shr
 within-class covariance kept as its top-``k`` principal directions plus one isotropic variance
 for the rest. An image's score is its distance to the nearest class mean under that covariance
 (Mahalanobis in the top directions, Euclidean over the residual variance elsewhere); it is *in
-domain* when the score is at most a threshold calibrated on held-out in-domain tiles (the
-``target`` quantile of their scores, so that share of them passes).
+domain* when the score is at most a threshold calibrated on held-out in-domain tiles: the ``target``
+quantile of their scores, or (bundled models) a group-bootstrap bound that passes ``target`` of the tiles
+of new groups with a stated confidence (:meth:`DomainDescription.calibrate`).
 
 The description is stored beside the weights it describes
 (``pathvlm/clip/weights/<weights stem>.domain.safetensors`` for a bundled model, ``domain.safetensors``
@@ -52,6 +53,25 @@ def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     return (1 - a) * s + a * mu * torch.eye(d, dtype=s.dtype), a
 
 
+def group_bootstrap_threshold(scores: torch.Tensor, groups: list, target: float, confidence: float,
+                              resamples: int = 2000, seed: int = 0) -> float:
+    """The ``confidence`` quantile, over ``resamples`` copies of the data drawn by whole groups with
+    replacement, of the smallest threshold that passes ``target`` of each copy's scores."""
+    if resamples < 1:
+        raise PathVLMError(f"resamples must be at least 1, got {resamples}")
+    names = sorted(set(groups), key=str)
+    index = {g: i for i, g in enumerate(names)}
+    member = torch.tensor([index[g] for g in groups])
+    per_group = [scores[member == i] for i in range(len(names))]
+    gen = torch.Generator().manual_seed(seed)
+    bounds = torch.empty(resamples, dtype=torch.float64)
+    for b in range(resamples):
+        draw = torch.randint(len(names), (len(names),), generator=gen)
+        copy = torch.cat([per_group[i] for i in draw.tolist()])
+        bounds[b] = torch.quantile(copy, target, interpolation="higher")
+    return float(torch.quantile(bounds, confidence, interpolation="higher"))
+
+
 @dataclass
 class DomainDescription:
     """Class means, a shrunk pooled covariance (top directions + residual variance) and a threshold."""
@@ -91,16 +111,36 @@ class DomainDescription:
                    info={"n_fit": int(features.shape[0]), "k": k, "shrinkage": round(shrinkage, 6),
                          "per_class": {c: int((idx == i).sum()) for i, c in enumerate(classes)}})
 
-    def calibrate(self, features: torch.Tensor, target: float = 0.97) -> float:
-        """Set the threshold so that a ``target`` share of ``features`` (held-out in-domain tiles) pass."""
+    def calibrate(self, features: torch.Tensor, target: float = 0.97, groups: list | None = None,
+                  confidence: float | None = None, resamples: int = 2000, seed: int = 0) -> float:
+        """Set the threshold so that a ``target`` share of ``features`` (held-out in-domain tiles) pass.
+
+        With ``groups`` (one leakage group per row) and ``confidence``, the threshold is instead the smallest
+        score at which, in a ``confidence`` share of ``resamples`` group-bootstrap copies of the held-out set
+        (whole groups drawn with replacement), at least ``target`` of the tiles pass. Tiles of one group
+        (one slide, one source image) move together, so a few dozen groups are a few dozen samples, not
+        hundreds: the plain quantile of a small held-out set sits where new groups' scores are still steep,
+        and fewer than ``target`` of another held-out split's tiles pass. The bootstrap threshold is a
+        one-sided ``confidence`` bound for that pass rate on groups like the held-out ones."""
         if not 0 < target <= 1:
             raise PathVLMError(f"calibration target must be in (0, 1], got {target}")
-        s = self.scores(features)
+        s = self.scores(features).double()
         if s.numel() == 0:
             raise PathVLMError("no held-out images to calibrate the threshold on")
-        self.threshold = float(torch.quantile(s.double(), target, interpolation="higher"))  # >= target pass
-        self.info.update({"n_calibration": int(s.numel()), "target": target,
-                          "calibration_pass_rate": float((s <= self.threshold).float().mean())})
+        info = {"n_calibration": int(s.numel()), "target": target}
+        if confidence is None:
+            self.threshold = float(torch.quantile(s, target, interpolation="higher"))  # >= target pass
+        else:
+            if not 0 < confidence < 1:
+                raise PathVLMError(f"calibration confidence must be in (0, 1), got {confidence}")
+            if groups is None or len(groups) != s.numel():
+                raise PathVLMError(f"a confidence bound needs one group per held-out image "
+                                   f"({s.numel()} images, {0 if groups is None else len(groups)} groups)")
+            self.threshold = group_bootstrap_threshold(s, groups, target, confidence, resamples, seed)
+            info.update({"confidence": confidence, "resamples": resamples, "n_groups": len(set(groups)),
+                         "method": "group bootstrap"})
+        info["calibration_pass_rate"] = float((s <= self.threshold).float().mean())
+        self.info.update(info)
         return self.threshold
 
     # ------------------------------------------------------------------ scoring

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pathvlm.domain import (DomainCheck, DomainDescription, combine, description_path, ledoit_wolf, load_description,
-                            sha256_file, unchecked, weights_path, with_note)
+from pathvlm.domain import (DomainCheck, DomainDescription, combine, description_path, group_bootstrap_threshold,
+                            ledoit_wolf, load_description, sha256_file, unchecked, weights_path, with_note)
 from pathvlm.errors import PathVLMError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +59,48 @@ def test_threshold_passes_the_target_share_of_held_out_tiles_and_flags_others():
         desc.calibrate(held_out, target=1.5)
     with pytest.raises(PathVLMError, match="32-d"):
         desc.scores(torch.zeros(1, 16))
+
+
+def grouped_scores(n_groups: int, per_group: int, gen: torch.Generator):
+    """Scores whose groups (slides) differ: a per-group shift plus per-tile noise."""
+    shift = torch.randn(n_groups, generator=gen, dtype=torch.float64)
+    scores = shift.repeat_interleave(per_group) + 0.5 * torch.randn(n_groups * per_group, generator=gen, dtype=torch.float64)
+    return scores, [g for g in range(n_groups) for _ in range(per_group)]
+
+
+def test_group_bootstrap_bound_holds_on_new_groups_where_the_plain_quantile_does_not():
+    gen = torch.Generator().manual_seed(0)
+    held_plain, held_boot = [], []
+    for trial in range(60):
+        cal, groups = grouped_scores(48, 6, gen)  # as many groups as the bundled models' val split
+        new, _ = grouped_scores(2000, 10, gen)  # the population of new slides
+        plain = float(torch.quantile(cal, 0.95, interpolation="higher"))
+        boot = group_bootstrap_threshold(cal, groups, 0.95, 0.95, resamples=200, seed=trial)
+        assert boot >= plain
+        held_plain.append(float((new <= plain).double().mean()) >= 0.95)
+        held_boot.append(float((new <= boot).double().mean()) >= 0.95)
+    # the plain 0.95 quantile of 48 slides passes 95 % of all new slides' tiles half the time (30 of 60 here),
+    # the 0.95 bound 54 of 60 (a bootstrap of an upper quantile covers a little under its nominal level)
+    assert sum(held_plain) / 60 < 0.7
+    assert sum(held_boot) / 60 >= 0.85
+
+
+def test_calibrate_with_groups_records_the_method_and_refuses_bad_input():
+    x, y = clusters(400)
+    desc = DomainDescription.fit(x, y, model="toy", k=8)
+    held = clusters(200, seed=1)[0]
+    groups = [i // 10 for i in range(200)]
+    plain = desc.calibrate(held, target=0.95)
+    boot = desc.calibrate(held, target=0.95, groups=groups, confidence=0.95, resamples=300)
+    assert boot >= plain
+    assert desc.info["method"] == "group bootstrap" and desc.info["n_groups"] == 20
+    assert desc.info["calibration_pass_rate"] >= 0.95
+    # the same seed gives the same threshold
+    assert desc.calibrate(held, target=0.95, groups=groups, confidence=0.95, resamples=300) == boot
+    with pytest.raises(PathVLMError, match="one group per held-out image"):
+        desc.calibrate(held, target=0.95, groups=groups[:10], confidence=0.95)
+    with pytest.raises(PathVLMError, match="confidence"):
+        desc.calibrate(held, target=0.95, groups=groups, confidence=1.0)
 
 
 def test_round_trip_is_exact_and_small(tmp_path):
