@@ -61,21 +61,25 @@ _NANO = dict(
 NAMED_MODELS: dict[str, NamedModel] = {
     "pathclip-nano": NamedModel(
         name="pathclip-nano", **_NANO, trained_weights="pathclip-nano.safetensors", baseline="pathclip-nano-untrained",
-        description="EfficientNet-Lite0 + all-MiniLM-L6-v2 (locked), trained on colon and oral mucosa tiles (v2; model "
-                    "card: pathvlm/clip/weights/pathclip-nano.md)",
+        description="EfficientNet-Lite0 + all-MiniLM-L6-v2 (locked), trained on colon and oral mucosa tiles with "
+                    "histology augmentations (v3; model card: pathvlm/clip/weights/pathclip-nano.md)",
+    ),
+    # The same weights as pathclip-nano today, under a name that will always load them. When pathclip-nano moves
+    # on, its files are renamed to pathclip-nano-v3.* (as v1's and v2's were) and this entry follows them.
+    "pathclip-nano-v3": NamedModel(
+        name="pathclip-nano-v3", **_NANO, trained_weights="pathclip-nano.safetensors", baseline="pathclip-nano-untrained",
+        description="pathclip-nano's third release (colon and oral mucosa, histology augmentations), pinned "
+                    "(model card: pathvlm/clip/weights/pathclip-nano.md)",
+    ),
+    "pathclip-nano-v2": NamedModel(
+        name="pathclip-nano-v2", **_NANO, trained_weights="pathclip-nano-v2.safetensors", baseline="pathclip-nano-untrained",
+        description="pathclip-nano's second release (colon and oral mucosa, no augmentations): pathvlm-nano v2's "
+                    "image tower (model card: pathvlm/clip/weights/pathclip-nano-v2.md)",
     ),
     "pathclip-nano-v1": NamedModel(
         name="pathclip-nano-v1", **_NANO, trained_weights="pathclip-nano-v1.safetensors", baseline="pathclip-nano-untrained",
-        description="pathclip-nano's first release, trained on colon tiles only: pathvlm-nano's image tower (model card: "
+        description="pathclip-nano's first release, trained on colon tiles only: pathvlm-nano-v1's image tower (model card: "
                     "pathvlm/clip/weights/pathclip-nano-v1.md)",
-    ),
-    # The same weights as pathclip-nano today, under a name that will always load them: a model trained on this
-    # tower (pathvlm-nano v2) and its untrained baseline name it. When pathclip-nano moves on, its files are renamed
-    # to pathclip-nano-v2.* (as v1's were) and this entry follows them.
-    "pathclip-nano-v2": NamedModel(
-        name="pathclip-nano-v2", **_NANO, trained_weights="pathclip-nano.safetensors", baseline="pathclip-nano-untrained",
-        description="pathclip-nano's second release (colon and oral mucosa), pinned: pathvlm-nano v2's image tower "
-                    "(model card: pathvlm/clip/weights/pathclip-nano.md)",
     ),
     "pathclip-nano-untrained": NamedModel(
         name="pathclip-nano-untrained", **_NANO,
@@ -85,7 +89,7 @@ NAMED_MODELS: dict[str, NamedModel] = {
 
 # A name users type that moves to each new release -> the pinned name of the release it loads now. A model
 # trained on a tower (a reasoner, a baseline) names the pinned one, so its tower never changes under it.
-RELEASES = {"pathclip-nano": "pathclip-nano-v2"}
+RELEASES = {"pathclip-nano": "pathclip-nano-v3"}
 
 
 def resolve_pip_path(value: str) -> str:
