@@ -237,7 +237,8 @@ def test_api_no_flag_without_a_description(tiny_clip_dir, tmp_path_factory, tmp_
 
 
 # ---------------------------------------------------------------------- the bundled description
-BUNDLED = {"pathclip-nano": ("train/recipes/clip/pathclip_nano_v2.yaml", "colon and oral mucosa", 4),
+BUNDLED = {"pathclip-nano": ("train/recipes/clip/pathclip_nano_aug.yaml", "colon and oral mucosa", 4),
+           "pathclip-nano-v2": ("train/recipes/clip/pathclip_nano_v2.yaml", "colon and oral mucosa", 4),
            "pathclip-nano-v1": ("train/recipes/clip/pathclip_nano.yaml", "colon", 2)}
 
 
@@ -254,6 +255,7 @@ def test_bundled_description_matches_the_bundled_weights(name):
     assert desc.domain.startswith(domain + " H&E tiles") and len(desc.classes) == n_classes
     assert desc.basis.shape == (256, desc.info["k"]) and desc.info["val_pass_rate"] >= 0.95
     assert recipe in desc.info["command"]
+    assert desc.info["method"] == "group bootstrap" and desc.info["target"] == 0.95 and desc.info["confidence"] == 0.95
     assert load_description(name) is not None
 
 
