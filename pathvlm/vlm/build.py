@@ -61,6 +61,10 @@ NAMED_REASONERS = {
     "pathvlm-nano-v2-untrained": NamedReasoner("pathvlm-nano-v2-untrained", "pathclip-nano-v2", "default", None,
                                                description="pathclip-nano-v2 + SmolLM2-135M-Instruct with an untrained "
                                                            "(seeded) projector: pathvlm-nano v2's starting point"),
+    # a candidate third release starts here: pathclip-nano-v3's tower (pinned, like v2's)
+    "pathvlm-nano-v3-untrained": NamedReasoner("pathvlm-nano-v3-untrained", "pathclip-nano-v3", "default", None,
+                                               description="pathclip-nano-v3 + SmolLM2-135M-Instruct with an untrained "
+                                                           "(seeded) projector: pathvlm-nano v3's starting point"),
 }
 
 RELEASES = {"pathvlm-nano": "pathvlm-nano-v2"}  # the moving name -> the pinned release it loads now
