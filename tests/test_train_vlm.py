@@ -426,6 +426,9 @@ def test_bundle_card_names_the_release_its_tower_data_and_held_out_figures(tmp_p
     assert "the `grpo` val split" in card and "hooks above read the `val` split" in card
     assert "| oral_scc | 2 | 0.000 | 0.000 | – |" in card and "| all | 6 | 0.500 | 0.333 | 0.667 |" in card
     assert "Against `pathvlm-nano-v1`" in card and "| all | 6 | 2 | 1 | +0.167 | 1 |" in card
+    v3 = model_card([row], 12_000_000, None, name="pathvlm-nano-v3", tower="pathclip-nano-v3", data=str(data),
+                    script="train/recipes/vlm/train_nano_v3.sh")  # the same data, another script
+    assert "bash train/recipes/vlm/train_nano_v3.sh" in v3 and "train_nano_v2.sh" not in v3
     plain = model_card([row], 12_000_000)  # no held-out evaluation: no section
     assert "Held-out test split" not in plain and "**pathclip-nano-v1**" in plain
 

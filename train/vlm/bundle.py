@@ -156,10 +156,15 @@ def heldout_lines(test: dict | None, paired: dict | None, hook_split: str | None
 
 
 def model_card(rows: list[dict], size: int, prov: dict | None = None, name: str = NAME, tower: str = "pathclip-nano-v1",
-               data: str = "runs/data/nano", test: dict | None = None, paired: dict | None = None) -> str:
+               data: str = "runs/data/nano", test: dict | None = None, paired: dict | None = None,
+               script: str | None = None) -> str:
+    """``script``: the training script the card's Reproduce section names (default: the data variant's)."""
+    from dataclasses import replace
+
     from train.provenance import provenance_markdown
 
     v = variant_of(data)
+    v = replace(v, script=script) if script else v
     stages = [r["stage"].split(" ")[0] for r in main_stages(rows)]
     chain = " -> ".join({"sft": "chain-of-thought SFT", "grpo": "GRPO"}.get(s, s) for s in stages)
     short = ", ".join({"sft": "SFT", "grpo": "GRPO"}.get(s, s) for s in stages)
@@ -212,6 +217,8 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default=NAME, help="the bundle's file names (<name>.safetensors, .md, .results.json)")
     ap.add_argument("--test", default=None, help="the last stage's held-out evaluation (train.vlm.evaluate --split "
                     "test writes <run>/eval-test.json); default: that file when it exists")
+    ap.add_argument("--script", default=None, help="the training script the card names (default: the data's, e.g. "
+                    "train/recipes/vlm/train_nano_v2.sh for nano_v2)")
     ap.add_argument("--paired", default=None, help="its paired comparison with the bundle before it "
                     "(<run>/paired-test-<name>.json); default: the one such file when there is exactly one")
     args = ap.parse_args(argv)
@@ -243,7 +250,7 @@ def main(argv=None) -> int:
         json.dumps({"stages": stages, **(held if test else {}), "provenance": prov}, indent=2) + "\n")
     (out / f"{args.name}.md").write_text(model_card(rows, target.stat().st_size, prov, name=args.name,
                                                     tower=start.clip if start else "?", data=config.get("data", "runs/data/nano"),
-                                                    test=test, paired=paired))
+                                                    test=test, paired=paired, script=args.script))
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB), {args.name}.md and {args.name}.results.json")
     return 0
 
