@@ -119,9 +119,9 @@ class DomainDescription:
         score at which, in a ``confidence`` share of ``resamples`` group-bootstrap copies of the held-out set
         (whole groups drawn with replacement), at least ``target`` of the tiles pass. Tiles of one group
         (one slide, one source image) move together, so a few dozen groups are a few dozen samples, not
-        hundreds: the plain quantile of a small held-out set sits where new groups' scores are still steep,
-        and fewer than ``target`` of another held-out split's tiles pass. The bootstrap threshold is a
-        one-sided ``confidence`` bound for that pass rate on groups like the held-out ones."""
+        hundreds, and the plain quantile of a small held-out set passes fewer than ``target`` of new groups'
+        tiles about half the time. The bootstrap threshold is a one-sided ``confidence`` bound for that pass
+        rate on groups drawn like the held-out ones; it cannot see groups unlike all of them."""
         if not 0 < target <= 1:
             raise PathVLMError(f"calibration target must be in (0, 1], got {target}")
         s = self.scores(features).double()

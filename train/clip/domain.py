@@ -139,7 +139,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="override a recipe field, e.g. data=/work/runs/data/nano")
     p.add_argument("--k", type=int, default=16, help="principal directions kept of the pooled covariance (default 16)")
     p.add_argument("--target", type=float, default=0.95,
-                   help="share of in-domain tiles that must pass (default 0.95, the bar of issue 16)")
+                   help="share of in-domain tiles that must pass (default 0.95)")
     p.add_argument("--confidence", type=float, default=0.95,
                    help="confidence that --target of the tiles of new groups pass: the threshold is that quantile of "
                         "group-bootstrap bounds over the validation groups (default 0.95; 0 = the plain --target "
