@@ -270,14 +270,20 @@ class Reasoner:
 
     # -- chat
     def chat(self, images, messages, stream: bool = False, max_new_tokens: int | None = None,
-             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, system: str | None = None):
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, system: str | None = None,
+             ground_options: bool = False):
         """Answer the last user message about ``images``; a :class:`ChatResult`, or text pieces with ``stream``.
         ``system`` sets the system prompt (else a system message in ``messages``, else the model's default);
-        ``max_new_tokens`` defaults to 256 or the model's cap if lower."""
+        ``max_new_tokens`` defaults to 256 or the model's cap if lower. ``ground_options``: a multiple-choice
+        answer's letter is the letter of the option the reasoning names (``pathvlm.vlm.option_grounding``)."""
+        from pathvlm.vlm.option_grounding import grounding_kwargs, groundings_for
+
         inputs, n_prompt = self._prepare(images, messages, system)
         kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
+        grounding = groundings_for(self.processor.tokenizer, [messages], ground_options)[0]
         if self.lean:
-            return self._chat_lean(inputs, n_prompt, kw, temperature, top_p, seed, stream)
+            return self._chat_lean(inputs, n_prompt, kw, temperature, top_p, seed, stream, grounding)
+        kw.update(grounding_kwargs([grounding], int(inputs["input_ids"].shape[1])))
         if stream:
             return self._stream(inputs, kw, seed)
         import torch
@@ -301,14 +307,14 @@ class Reasoner:
         eos = self.model.generation_config.eos_token_id
         return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
-    def _chat_lean(self, inputs, n_prompt, kw, temperature, top_p, seed, stream):
+    def _chat_lean(self, inputs, n_prompt, kw, temperature, top_p, seed, stream, grounding=None):
         import torch
 
         from pathvlm.vlm.decode import decode_tokens, stream_text
 
         stop = threading.Event()
         tokens = decode_tokens(self.model, inputs, kw["max_new_tokens"], self._eos_ids(), temperature=temperature,
-                               top_p=top_p, seed=seed, stop=stop)
+                               top_p=top_p, seed=seed, stop=stop, constrain=grounding)
         if not stream:
             with self._lock:
                 ids = list(tokens)
@@ -327,10 +333,13 @@ class Reasoner:
 
     def chat_batch(self, images: list, conversations: list, max_new_tokens: int | None = None,
                    temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                   batch_size: int = 16, progress: bool = False) -> list[ChatResult]:
+                   batch_size: int = 16, progress: bool = False, ground_options: bool = False) -> list[ChatResult]:
         """Answer many single-image requests, ``batch_size`` at a time (left padding; greedy output equals
-        :meth:`chat`'s up to padding numerics). ``images[i]`` goes with ``conversations[i]``."""
+        :meth:`chat`'s up to padding numerics). ``images[i]`` goes with ``conversations[i]``; ``ground_options``
+        as in :meth:`chat`."""
         import torch
+
+        from pathvlm.vlm.option_grounding import grounding_kwargs, groundings_for
 
         if len(images) != len(conversations):
             raise ChatRequestError(f"{len(images)} images for {len(conversations)} conversations")
@@ -344,7 +353,8 @@ class Reasoner:
             from pathvlm.sampling import SEED_RANGE
 
             return [self.chat([im], conv, max_new_tokens=kw["max_new_tokens"], temperature=temperature, top_p=top_p,
-                              seed=None if seed is None else (seed + i) % (SEED_RANGE[1] + 1))
+                              seed=None if seed is None else (seed + i) % (SEED_RANGE[1] + 1),
+                              ground_options=ground_options)
                     for i, (im, conv) in enumerate(items)]
         tok = self.processor.tokenizer
         results: list[ChatResult] = []
@@ -367,10 +377,12 @@ class Reasoner:
                 texts.append(text)
             inputs = self.processor(images=imgs, text=texts, return_tensors="pt", padding=True,
                                     padding_side="left").to(self.device)
+            grounded = grounding_kwargs(groundings_for(tok, conversations[s:s + len(imgs)], ground_options),
+                                        int(inputs["input_ids"].shape[1]))
             with self._lock, torch.inference_mode():
                 if seed is not None:
                     torch.manual_seed(seed + s)
-                out = self.model.generate(**inputs, **kw)
+                out = self.model.generate(**inputs, **kw, **grounded)
             for row, n in zip(out[:, inputs["input_ids"].shape[1]:], counts):
                 if tok.pad_token_id is not None:  # drop the padding after an early stop
                     keep = (row != tok.pad_token_id).nonzero()

@@ -35,9 +35,10 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: tor
 @torch.inference_mode()
 def decode_tokens(model, inputs: dict, max_new_tokens: int, eos_token_ids, temperature: float = 0.0,
                   top_p: float = 1.0, seed: int | None = None, stop: threading.Event | None = None,
-                  lean_steps: bool = True) -> Iterator[int]:
+                  lean_steps: bool = True, constrain=None) -> Iterator[int]:
     """Yield new token ids for one request (batch of 1) until an end token, ``max_new_tokens`` or ``stop``.
-    With ``lean_steps``, a Llama language model decodes through ``llama_step`` after the prefill."""
+    With ``lean_steps``, a Llama language model decodes through ``llama_step`` after the prefill. ``constrain``:
+    an object whose ``apply(new_ids, logits)`` may mask the logits before each pick (``option_grounding``)."""
     if inputs["input_ids"].shape[0] != 1:
         raise ValueError("decode_tokens takes one request; use model.generate for batches")
     eos = set(eos_token_ids if isinstance(eos_token_ids, (list, tuple, set)) else [eos_token_ids])
@@ -57,10 +58,14 @@ def decode_tokens(model, inputs: dict, max_new_tokens: int, eos_token_ids, tempe
         cache, logits = out.cache, out.logits[:, -1]
         if lean_steps and llama_step.supports(model) and cache is not None:
             stepper = llama_step.LlamaStepper(model, cache, max_new_tokens)
+    new_ids: list[int] = []
     for _ in range(max_new_tokens):
         check_cancelled()  # a deadline passed or the client went away: stop between tokens
+        if constrain is not None:
+            logits = constrain.apply(new_ids, logits)
         token = _pick(logits, temperature, top_p, generator)
         tid = int(token)
+        new_ids.append(tid)
         yield tid
         if tid in eos or (stop is not None and stop.is_set()):
             return

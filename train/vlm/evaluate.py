@@ -62,29 +62,31 @@ def paired_by_source(a: dict, b: dict) -> dict:
 
 
 def answer_and_score(reasoner, rows, max_new_tokens: int, batch_size: int, images=None, progress: bool = False,
-                     temperature: float = 0.0, seed: int | None = None):
+                     temperature: float = 0.0, seed: int | None = None, ground_options: bool = False):
     """Greedy (with ``temperature``: sampled, seeded) answers to ``rows`` (a dataset of closed questions:
     ``prompt``, ``answer``, ``answer_type``, ``options``, and ``image`` unless ``images`` replaces them),
     scored as the accuracy reward scores them: ``(results, correct)``. Columns are read whole, so each image
     is decoded once."""
     results = reasoner.chat_batch(list(images if images is not None else rows["image"]), list(rows["prompt"]),
                                   max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
-                                  temperature=temperature, seed=seed)
+                                  temperature=temperature, seed=seed, ground_options=ground_options)
     correct = accuracy_reward([r.text for r in results], answer=list(rows["answer"]),
                               answer_type=list(rows["answer_type"]), options=list(rows["options"]))
     return results, correct
 
 
-def closed_question_accuracy(model, processor, cfg, controls=("blank", "noise"), temperature: float = 0.0) -> dict:
+def closed_question_accuracy(model, processor, cfg, controls=("blank", "noise"), temperature: float = 0.0,
+                             ground_options: bool = False) -> dict:
     """Accuracy on held-out closed questions, greedy by default. With ``temperature`` the answers are
     sampled (seeded): the accuracy of the completions GRPO trains on, which can move the other way from
-    the greedy one."""
+    the greedy one. ``ground_options``: multiple-choice letters grounded in the option the reasoning names
+    (``pathvlm.vlm.option_grounding``)."""
     from train.vlm.data import closed_questions, control_image
 
     rows = closed_questions(cfg, cfg.eval_split, cfg.eval_samples)
     reasoner = Reasoner(model.eval(), processor, name="eval")
     limits = dict(max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size, temperature=temperature,
-                  seed=cfg.seed if temperature else None)
+                  seed=cfg.seed if temperature else None, ground_options=ground_options)
     results, correct = answer_and_score(reasoner, rows, progress=True, **limits)
     types = list(rows["answer_type"])
     sources = list(rows["source"]) if "source" in rows.column_names else ["all"] * len(rows)
@@ -93,7 +95,8 @@ def closed_question_accuracy(model, processor, cfg, controls=("blank", "noise"),
                        for t in ("option_letter", "yes_no")},
            "by_source": breakdown(correct, types, sources),
            "max_new_tokens": cfg.eval_max_new_tokens, "split": cfg.eval_split,
-           "decoding": f"sampled, temperature {temperature}" if temperature else "greedy",
+           "decoding": (f"sampled, temperature {temperature}" if temperature else "greedy")
+           + (", options grounded" if ground_options else ""),
            "correct": [int(c) for c in correct],  # per question, for paired comparisons between stages
            "ids": list(rows["id"]) if "id" in rows.column_names else None, "sources": sources,
            "examples": [{"question": p[-1]["content"][-1]["text"], "answer": a, "completion": r.text}
@@ -127,10 +130,34 @@ def load_run(run, cfg):
     return model, processor
 
 
-def output_name(split: str | None, temperature: float) -> str:
-    """``eval.json`` (the run's own split), ``eval-test.json`` (``--split test``), ``eval-t0.7.json`` (sampled)."""
-    stem = "eval" + (f"-{split}" if split else "")
-    return f"{stem}-t{temperature:g}.json" if temperature else f"{stem}.json"
+def pair_with_ungrounded(run, grounded: dict, raw_name: str, label: str | None = None) -> dict | None:
+    """The paired comparison of a grounded evaluation with the ungrounded one of the same questions, when
+    ``run/raw_name`` exists: written to ``paired-grounding[-LABEL].json`` in ``run`` and printed."""
+    import json
+
+    raw_file = run / raw_name
+    if raw_file.is_file():
+        raw = json.loads(raw_file.read_text())
+    elif raw_name == "eval.json" and label is None and (run / "results.json").is_file():  # the hook's own questions
+        raw_file = run / "results.json"
+        raw = json.loads(raw_file.read_text()).get("eval") or {}
+    else:
+        return None
+    if raw.get("max_new_tokens") != grounded.get("max_new_tokens") or raw.get("n") != grounded.get("n"):
+        return None
+    paired = {"before": str(raw_file), "after": "options grounded", "comparison": paired_by_source(raw, grounded)}
+    (run / f"paired-grounding{'-' + label if label else ''}.json").write_text(json.dumps(paired, indent=2))
+    for src, c in paired["comparison"].items():
+        print(f"  {label or run.name}: ungrounded -> grounded [{src}]: n {c['n']}, gained {c['gained']}, "
+              f"lost {c['lost']}, McNemar p {c['mcnemar_p']:.2g}")
+    return paired
+
+
+def output_name(split: str | None, temperature: float, grounded: bool = False) -> str:
+    """``eval.json`` (the run's own split), ``eval-test.json`` (``--split test``), ``eval-t0.7.json`` (sampled),
+    ``eval-test-grounded.json`` (``--ground-options``)."""
+    stem = "eval" + (f"-{split}" if split else "") + (f"-t{temperature:g}" if temperature else "")
+    return f"{stem}-grounded.json" if grounded else f"{stem}.json"
 
 
 def main(argv=None) -> int:
@@ -164,7 +191,12 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float, default=0.0,
                     help="sample at this temperature (seeded) instead of greedy decoding; writes eval-t{T}.json, "
                          "no image controls")
+    ap.add_argument("--ground-options", action="store_true",
+                    help="ground multiple-choice letters in the option the reasoning names; writes *-grounded.json "
+                         "and, where the ungrounded evaluation of the same questions exists, the paired comparison "
+                         "with it (paired-...-grounding.json)")
     args = ap.parse_args(argv)
+    grounded = args.ground_options
     controls = () if args.temperature or args.no_controls else ("blank", "noise")
 
     def report(where, result, cfg):
@@ -182,20 +214,26 @@ def main(argv=None) -> int:
         if args.split:
             cfg.eval_split = args.split
         model, processor = load_run(run, cfg)
-        result = closed_question_accuracy(model, processor, cfg, controls, temperature=args.temperature)
-        (run / output_name(args.split, args.temperature)).write_text(json.dumps(result, indent=2, default=str))
+        result = closed_question_accuracy(model, processor, cfg, controls, temperature=args.temperature,
+                                          ground_options=grounded)
+        (run / output_name(args.split, args.temperature, grounded)).write_text(json.dumps(result, indent=2, default=str))
         report(run, result, cfg)
+        if grounded:
+            pair_with_ungrounded(run, result, output_name(args.split, args.temperature))
         if args.against:
             from pathvlm.vlm.build import load_vlm
 
             key = (cfg.data, cfg.eval_split, cfg.eval_samples, tuple(cfg.sources), cfg.eval_max_new_tokens)
             if key not in against:
                 against[key] = closed_question_accuracy(*load_vlm(args.against), cfg, controls,
-                                                        temperature=args.temperature)
+                                                        temperature=args.temperature, ground_options=grounded)
                 report(args.against, against[key], cfg)
             other = against[key]
-            stem = output_name(args.split, args.temperature)[:-len(".json")]
+            stem = output_name(args.split, args.temperature, grounded)[:-len(".json")]
             (run / f"{stem}-{args.against}.json").write_text(json.dumps(other, indent=2, default=str))
+            if grounded:
+                raw = output_name(args.split, args.temperature)[:-len(".json")] + f"-{args.against}.json"
+                pair_with_ungrounded(run, other, raw, label=args.against)
             paired = {"before": args.against, "after": str(run), "split": cfg.eval_split,
                       "comparison": paired_by_source(other, result)}
             (run / f"{stem.replace('eval', 'paired', 1)}-{args.against}.json").write_text(json.dumps(paired, indent=2))

@@ -1,0 +1,118 @@
+"""Option grounding (pathvlm.vlm.option_grounding): the answer letter is the letter of the option the reasoning names."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pathvlm.vlm.option_grounding import (GroundingLogitsProcessor, OptionGrounding, last_user_text, named_option,
+                                          parse_options)
+
+QUESTION = ("Which diagnosis best fits this H&E image?\nA. ovarian stroma\nB. high-grade serous carcinoma\n"
+            "C. benign colonic tissue\nD. colon adenocarcinoma\nThink step by step inside <think></think>, then give "
+            "the final answer inside <answer></answer>.")
+REASONING = ("<think>The crypts are straight, regular and evenly spaced. This fits benign colonic tissue, which is "
+             "option")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A byte-level BPE that, like SmolLM2's, has " A" ... " D" as single tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [REASONING + f" {L}.</think><answer>{L}</answer>" for L in "ABCD"] * 20 + [QUESTION] * 5
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def test_parse_options_reads_a_lettered_list_and_nothing_else():
+    assert parse_options(QUESTION) == {"A": "ovarian stroma", "B": "high-grade serous carcinoma",
+                                       "C": "benign colonic tissue", "D": "colon adenocarcinoma"}
+    assert parse_options("Is this benign colonic tissue? Answer yes or no.") == {}
+    assert parse_options("B. one\nC. two") == {}  # not lettered from A
+    assert parse_options("A. only one") == {}
+
+
+def test_named_option_takes_the_one_option_the_sentence_names():
+    opts = parse_options(QUESTION)
+    assert named_option("This fits benign colonic tissue, ", opts) == "C"
+    assert named_option("This fits Colon Adenocarcinoma, ", opts) == "D"  # case does not matter
+    assert named_option("This fits something else, ", opts) is None
+    assert named_option("Not ovarian stroma but colon adenocarcinoma, ", opts) is None  # two options: ambiguous
+    nested = {"A": "carcinoma", "B": "oral squamous cell carcinoma", "C": "benign"}
+    assert named_option("This fits oral squamous cell carcinoma, ", nested) == "B"  # the longest mention
+
+
+def test_the_lookup_and_the_answer_follow_the_named_option(tokenizer):
+    g = OptionGrounding.for_prompt(tokenizer, QUESTION)
+    spaced_c, bare_c = tokenizer.encode(" C")[0], tokenizer.encode("C")[0]
+    assert len(tokenizer.encode(" C")) == 1
+    assert g.forced(tokenizer.encode(REASONING)) == spaced_c
+    # the model wrote another letter in its reasoning: the answer repeats the reasoning's letter, not a new one
+    assert g.forced(tokenizer.encode(REASONING + " B.</think><answer>")) == tokenizer.encode("B")[0]
+    assert g.forced(tokenizer.encode(REASONING + " C.</think><answer>")) == bare_c
+    assert g.forced(tokenizer.encode("<think>The crypts are straight")) is None
+    assert g.forced(tokenizer.encode("<think>This fits nothing listed, which is option")) is None
+    assert g.forced([]) is None
+    logits = torch.zeros(1, len(tokenizer))
+    masked = g.apply(tokenizer.encode(REASONING), logits)
+    assert masked.argmax().item() == spaced_c and torch.isinf(masked).sum() == len(tokenizer) - 1
+    assert OptionGrounding.for_prompt(tokenizer, "Is this benign colonic tissue? Answer yes or no.") is None
+
+
+def test_last_user_text_reads_string_and_part_lists():
+    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "image"},
+                                                                           {"type": "text", "text": QUESTION}]}]
+    assert last_user_text(msgs) == QUESTION
+    assert last_user_text([{"role": "user", "content": "plain"}, {"role": "assistant", "content": "x"}]) == "plain"
+    assert last_user_text([]) == ""
+
+
+class ForceAlways:
+    """A grounding that forces one token at every step (to see that decoders apply it)."""
+
+    def __init__(self, tid):
+        self.tid = tid
+
+    def apply(self, new_ids, logits):
+        out = torch.full_like(logits, float("-inf"))
+        out[..., self.tid] = 0.0
+        return out
+
+
+@pytest.fixture(scope="module")
+def reasoner(tiny_reasoner_dir):
+    from pathvlm.chat import load_reasoner
+
+    return load_reasoner(str(tiny_reasoner_dir))
+
+
+def test_decoders_apply_the_constraint_and_leave_free_rows_alone(reasoner):
+    from conftest import he_like_tile
+
+    from pathvlm.vlm.decode import decode_tokens
+
+    tile = he_like_tile(0)
+    inputs, _ = reasoner._prepare([tile], [{"role": "user", "content": QUESTION}])
+    assert list(decode_tokens(reasoner.model, inputs, 5, [-1], constrain=ForceAlways(7))) == [7] * 5
+    free = list(decode_tokens(reasoner.model, inputs, 5, [-1]))
+    assert free != [7] * 5
+    # generate over a left-padded batch: only the grounded row is forced
+    conv = [[{"role": "user", "content": QUESTION}], [{"role": "user", "content": "Describe it."}]]
+    from pathvlm.chat import normalise_messages
+
+    texts = [reasoner._template(normalise_messages(c, 1, reasoner.limits)) for c in conv]
+    batch = reasoner.processor(images=[tile, tile], text=texts, return_tensors="pt", padding=True, padding_side="left")
+    width = batch["input_ids"].shape[1]
+    out = reasoner.model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                                  logits_processor=[GroundingLogitsProcessor([ForceAlways(9), None], width)])
+    assert out[0, width:].tolist() == [9] * 4 and out[1, width:].tolist() != [9] * 4
+    # through the public API, a prompt without options is untouched by ground_options
+    ask = [{"role": "user", "content": "Describe it."}]
+    plain = reasoner.chat([tile], ask, max_new_tokens=6)
+    assert reasoner.chat([tile], ask, max_new_tokens=6, ground_options=True).text == plain.text
+    assert [r.text for r in reasoner.chat_batch([tile], [ask], max_new_tokens=6, ground_options=True)] == [plain.text]
