@@ -116,3 +116,17 @@ def test_decoders_apply_the_constraint_and_leave_free_rows_alone(reasoner):
     plain = reasoner.chat([tile], ask, max_new_tokens=6)
     assert reasoner.chat([tile], ask, max_new_tokens=6, ground_options=True).text == plain.text
     assert [r.text for r in reasoner.chat_batch([tile], [ask], max_new_tokens=6, ground_options=True)] == [plain.text]
+
+
+def test_serve_config_and_chat_cli_default_to_grounded_answers():
+    import argparse
+
+    from pathvlm.cli import cmd_chat
+    from pathvlm.serving.config import load_serve_config
+
+    assert load_serve_config(None).ground_options is True
+    assert load_serve_config(None, ground_options=False).ground_options is False
+    parser = argparse.ArgumentParser()
+    cmd_chat.add_parser(parser.add_subparsers())
+    assert parser.parse_args(["chat", "x.png", "q"]).ground_options is True
+    assert parser.parse_args(["chat", "x.png", "q", "--no-ground-options"]).ground_options is False

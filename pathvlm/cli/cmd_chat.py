@@ -1,6 +1,8 @@
 """``pathvlm chat IMAGE "question"``: ask the reasoner about one image; the answer streams to the terminal."""
 from __future__ import annotations
 
+import argparse
+
 
 def add_parser(sub):
     p = sub.add_parser("chat", help="ask the PathVLM reasoner about an image (streamed answer), or write a report",
@@ -33,6 +35,9 @@ def add_parser(sub):
     p.add_argument("--quantize", choices=["none", "int8", "q8_0"], default="none",
                    help="CPU: int8 (torch's int8 kernels) or q8_0 (the language model as GGUF Q8_0 in llama.cpp; needs "
                         "llama-cpp-python); speed and accuracy against fp32 in docs/benchmarks.md")
+    p.add_argument("--ground-options", action=argparse.BooleanOptionalAction, default=True,
+                   help="multiple-choice questions: the answer letter is the letter of the option the reasoning names "
+                        "(default on; --no-ground-options shows the model's own letter; docs/models.md#option-grounding)")
     p.set_defaults(func=run)
 
 
@@ -53,7 +58,7 @@ def run(args) -> int:
     # the bundled reasoners see the image through pathclip-nano's tower: its domain description applies
     verdict = reasoner_check(args.model, device=args.device, warn=warn).check([args.image])[0]
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-               system=args.system)
+               system=args.system, ground_options=args.ground_options)
     if args.report:
         rep = reasoner.report(args.image, max_new_tokens=args.max_new_tokens or 160, system=args.system)
         rep.text = with_note(rep.text, verdict)

@@ -42,7 +42,7 @@ class LocalReasoner:
 
     kind = "local"
 
-    def __init__(self, source: str, device: str = "cpu", quantize: str = "none"):
+    def __init__(self, source: str, device: str = "cpu", quantize: str = "none", ground_options: bool = True):
         try:
             from pathvlm import chat
         except ImportError as e:
@@ -51,6 +51,7 @@ class LocalReasoner:
         self.reasoner = chat.load_reasoner(source=source, device=device, quantize=quantize)
         self.source = source
         self.name = Path(source).name if Path(source).exists() else source
+        self.ground_options = ground_options  # multiple-choice letters follow the option the reasoning names
 
     @property
     def limits(self):
@@ -66,11 +67,11 @@ class LocalReasoner:
         return self._call(self.reasoner.count_prompt_tokens, messages, n_images=n_images)
 
     def generate(self, images, messages, **gen) -> Generation:
-        r = self._call(self.reasoner.chat, images, messages, stream=False, **gen)
+        r = self._call(self.reasoner.chat, images, messages, stream=False, ground_options=self.ground_options, **gen)
         return Generation(r.text, r.thinking, r.answer, r.prompt_tokens, r.completion_tokens, r.finish_reason)
 
     def stream(self, images, messages, **gen) -> Iterator[str]:
-        it = self._call(self.reasoner.chat, images, messages, stream=True, **gen)
+        it = self._call(self.reasoner.chat, images, messages, stream=True, ground_options=self.ground_options, **gen)
         # validation errors may surface on the first step of a generator
         try:
             first = self._call(next, it)

@@ -116,7 +116,8 @@ class PathVLMService:
             source = config.reasoner or DEFAULT_REASONER
             say(f"loading reasoner {source} ...")
             try:
-                generator = LocalReasoner(source, device=config.device, quantize=config.quantize)
+                generator = LocalReasoner(source, device=config.device, quantize=config.quantize,
+                                           ground_options=config.ground_options)
             except PathVLMError as e:
                 if config.reasoner is not None or config.quantize != "none":
                     raise  # asked for by name or quantisation: a clear error, not a silent fallback
