@@ -130,3 +130,18 @@ def test_serve_config_and_chat_cli_default_to_grounded_answers():
     cmd_chat.add_parser(parser.add_subparsers())
     assert parser.parse_args(["chat", "x.png", "q"]).ground_options is True
     assert parser.parse_args(["chat", "x.png", "q", "--no-ground-options"]).ground_options is False
+
+
+def test_option_letters_benchmark_counts_by_the_correct_letter():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "option_letters.py"
+    spec = importlib.util.spec_from_file_location("option_letters", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    truth = {"q1": ("A", "option_letter", "colon"), "q2": ("C", "option_letter", "colon"),
+             "q3": ("C", "option_letter", "oral"), "q4": ("yes", "yes_no", "oral")}
+    table = mod.by_letter({"ids": ["q1", "q2", "q3", "q4"], "correct": [1, 0, 1, 1]}, truth)
+    assert table["all"]["A"] == [1, 1] and table["all"]["C"] == [1, 2] and table["oral"]["C"] == [1, 1]
+    assert "yes" not in table["all"]  # yes/no questions are not counted
