@@ -145,3 +145,24 @@ def test_option_letters_benchmark_counts_by_the_correct_letter():
     table = mod.by_letter({"ids": ["q1", "q2", "q3", "q4"], "correct": [1, 0, 1, 1]}, truth)
     assert table["all"]["A"] == [1, 1] and table["all"]["C"] == [1, 2] and table["oral"]["C"] == [1, 1]
     assert "yes" not in table["all"]  # yes/no questions are not counted
+
+
+def test_grounded_evaluation_is_paired_with_the_ungrounded_one(tmp_path):
+    import json
+
+    from train.vlm.evaluate import output_name, pair_with_ungrounded
+
+    raw = {"n": 4, "max_new_tokens": 160, "ids": ["a", "b", "c", "d"], "sources": ["colon"] * 2 + ["oral"] * 2,
+           "correct": [1, 0, 0, 1]}
+    grounded = {**raw, "correct": [1, 1, 1, 1]}
+    assert output_name("test", 0.0, True) == "eval-test-grounded.json" and output_name(None, 0.0) == "eval.json"
+    assert pair_with_ungrounded(tmp_path, grounded, "eval-test.json") is None  # nothing to pair with
+    (tmp_path / "eval-test.json").write_text(json.dumps(raw))
+    (tmp_path / "eval-test-other.json").write_text(json.dumps(raw))
+    paired = pair_with_ungrounded(tmp_path, grounded, "eval-test.json")
+    assert paired["comparison"]["all"]["gained"] == 2 and paired["comparison"]["all"]["lost"] == 0
+    assert paired["comparison"]["oral"]["gained"] == 1
+    pair_with_ungrounded(tmp_path, grounded, "eval-test-other.json", label="other")
+    assert sorted(p.name for p in tmp_path.glob("paired*")) == ["paired-test-grounding-other.json",
+                                                                "paired-test-grounding.json"]
+    assert pair_with_ungrounded(tmp_path, {**grounded, "max_new_tokens": 80}, "eval-test.json") is None  # not the same run

@@ -132,7 +132,7 @@ def load_run(run, cfg):
 
 def pair_with_ungrounded(run, grounded: dict, raw_name: str, label: str | None = None) -> dict | None:
     """The paired comparison of a grounded evaluation with the ungrounded one of the same questions, when
-    ``run/raw_name`` exists: written to ``paired-grounding[-LABEL].json`` in ``run`` and printed."""
+    ``run/raw_name`` exists: written to ``paired[-SPLIT]-grounding[-LABEL].json`` in ``run`` and printed."""
     import json
 
     raw_file = run / raw_name
@@ -146,7 +146,11 @@ def pair_with_ungrounded(run, grounded: dict, raw_name: str, label: str | None =
     if raw.get("max_new_tokens") != grounded.get("max_new_tokens") or raw.get("n") != grounded.get("n"):
         return None
     paired = {"before": str(raw_file), "after": "options grounded", "comparison": paired_by_source(raw, grounded)}
-    (run / f"paired-grounding{'-' + label if label else ''}.json").write_text(json.dumps(paired, indent=2))
+    stem = raw_name[:-len(".json")].replace("eval", "paired", 1)  # paired[-test][-LABEL]-grounding.json
+    if label and stem.endswith(f"-{label}"):
+        stem = stem[:-len(label) - 1]
+    name = f"{stem}-grounding{'-' + label if label else ''}.json"
+    (run / name).write_text(json.dumps(paired, indent=2))
     for src, c in paired["comparison"].items():
         print(f"  {label or run.name}: ungrounded -> grounded [{src}]: n {c['n']}, gained {c['gained']}, "
               f"lost {c['lost']}, McNemar p {c['mcnemar_p']:.2g}")
@@ -194,7 +198,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ground-options", action="store_true",
                     help="ground multiple-choice letters in the option the reasoning names; writes *-grounded.json "
                          "and, where the ungrounded evaluation of the same questions exists, the paired comparison "
-                         "with it (paired-...-grounding.json)")
+                         "with it (paired[-SPLIT]-grounding[-AGAINST].json)")
     args = ap.parse_args(argv)
     grounded = args.ground_options
     controls = () if args.temperature or args.no_controls else ("blank", "noise")
