@@ -166,3 +166,24 @@ def test_grounded_evaluation_is_paired_with_the_ungrounded_one(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("paired*")) == ["paired-test-grounding-other.json",
                                                                 "paired-test-grounding.json"]
     assert pair_with_ungrounded(tmp_path, {**grounded, "max_new_tokens": 80}, "eval-test.json") is None  # not the same run
+
+
+def test_wrong_answers_picks_the_wrong_questions_of_a_source_and_kind(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "wrong_answers.py"
+    spec = importlib.util.spec_from_file_location("wrong_answers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    (tmp_path / "grpo").mkdir()
+    rows = [{"id": f"q{i}", "answer_type": kind, "answer": "no", "label": "x"} for i, kind in
+            enumerate(["yes_no", "yes_no", "option_letter", "yes_no"])]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "grpo" / "test-00000-of-00001.parquet")
+    ev = {"ids": ["q0", "q1", "q2", "q3"], "correct": [0, 1, 0, 0], "sources": ["oral", "oral", "oral", "colon"]}
+    picked = mod.wrong_questions(ev, str(tmp_path), "test", "oral", "yes_no", 5)
+    assert [r["id"] for r in picked] == ["q0"]
+    assert [r["id"] for r in mod.wrong_questions(ev, str(tmp_path), "test", None, None, 2)] == ["q0", "q2"]
