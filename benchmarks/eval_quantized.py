@@ -3,7 +3,7 @@ questions (greedy), scored as the training hook scores them, compared question b
 McNemar test (the discordant pairs under a two-sided binomial test, scipy).
 
     python benchmarks/eval_quantized.py [--model pathvlm-nano] [--data runs/data/nano_v2] [--samples 192]
-                                        [--modes int8 q8_0] [--json out.json]
+                                        [--modes int8 q8_0] [--ground-options] [--json out.json]
 
 Needs the nano v2 data (``pathvlm data build data_recipes/nano_v2.yaml``, which needs ../shared/data). The questions are
 the evaluation hook's: the seeded subset of the ``grpo`` test split's closed questions (multiple choice with 4 options,
@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--modes", nargs="+", default=["int8", "q8_0"], choices=["int8", "q8_0"],
                     help="quantised variants to compare with fp32 (q8_0 needs llama-cpp-python)")
+    ap.add_argument("--ground-options", action="store_true",
+                    help="every variant decodes with option grounding (pathvlm.vlm.option_grounding), as chat and serve do")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -49,15 +51,18 @@ def main(argv=None) -> int:
     rows = closed_questions(cfg, args.split, args.samples)
     types = list(rows["answer_type"])
     print(f"{args.model}: {len(rows)} held-out closed questions from {args.data} ({args.split}); greedy, "
-          f"{args.max_new_tokens} new tokens, batch {args.batch_size}; load average {os.getloadavg()[0]:.1f}")
+          f"{args.max_new_tokens} new tokens, batch {args.batch_size}{', options grounded' if args.ground_options else ''}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     out = {"model": args.model, "data": args.data, "n": len(rows), "max_new_tokens": args.max_new_tokens,
+           "ground_options": args.ground_options,
            "load_average_start": os.getloadavg(), "modes": {}}
     for mode in ("none", *args.modes):
         model, processor = load_vlm(args.model)
         quantize_language_model(model, mode, tokenizer=processor.tokenizer)
         reasoner = Reasoner(model.eval(), processor, name=args.model)
         start = time.perf_counter()
-        results, correct = answer_and_score(reasoner, rows, args.max_new_tokens, args.batch_size, progress=True)
+        results, correct = answer_and_score(reasoner, rows, args.max_new_tokens, args.batch_size, progress=True,
+                                            ground_options=args.ground_options)
         seconds = time.perf_counter() - start
         out["modes"][mode] = {
             "accuracy": sum(correct) / len(rows), "seconds": seconds, "weight_bytes": weight_bytes(model),
