@@ -67,6 +67,7 @@ class OptionGrounding:
         return cls(tokenizer, options) if options else None
 
     def forced(self, new_ids) -> int | None:
+        """The token the next step must be, or None (free)."""
         if not len(new_ids):
             return None
         text = self.tokenizer.decode(list(map(int, new_ids)), skip_special_tokens=True)
