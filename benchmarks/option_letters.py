@@ -19,16 +19,10 @@ from pathlib import Path
 
 def answers(data: str, split: str) -> dict[str, tuple[str, str, str]]:
     """id -> (answer, answer_type, source) for the closed questions of ``split``."""
-    import pyarrow.parquet as pq
+    from pathvlm.data.inspect import load_split
 
-    files = sorted((Path(data) / "grpo").glob(f"{split}-*.parquet"))
-    if not files:
-        raise SystemExit(f"error: {data}/grpo has no {split} shards")
-    out = {}
-    for f in files:
-        t = pq.read_table(f, columns=["id", "answer", "answer_type", "source"]).to_pylist()
-        out.update({r["id"]: (r["answer"], r["answer_type"], r["source"]) for r in t})
-    return out
+    ds = load_split(data, "grpo", split).select_columns(["id", "answer", "answer_type", "source"])
+    return {r["id"]: (r["answer"], r["answer_type"], r["source"]) for r in ds}
 
 
 def by_letter(evaluation: dict, truth: dict) -> dict:

@@ -11,29 +11,26 @@ the completions the evaluation scored, up to batching numerics.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
 
 
 def wrong_questions(evaluation: dict, data: str, split: str, source: str | None, kind: str | None, n: int) -> list:
-    import pyarrow.parquet as pq
+    """The first ``n`` questions the evaluation got wrong (of ``source`` and ``kind`` when given), as data rows."""
+    from pathvlm.data.inspect import load_split
 
-    rows = {}
-    for f in sorted((Path(data) / "grpo").glob(f"{split}-*.parquet")):
-        rows.update({r["id"]: r for r in pq.read_table(f).to_pylist()})
-    if not rows:
-        raise SystemExit(f"error: {data}/grpo has no {split} shards")
+    ds = load_split(data, "grpo", split)
+    index = {qid: i for i, qid in enumerate(ds["id"])}  # one column read; images are decoded only for the picks
+    kinds = ds["answer_type"]
     picked = []
     for qid, ok, src in zip(evaluation["ids"], evaluation["correct"], evaluation["sources"]):
-        r = rows[qid]
-        if ok or (source and src != source) or (kind and r["answer_type"] != kind):
+        if ok or (source and src != source) or (kind and kinds[index[qid]] != kind):
             continue
-        picked.append(r)
+        picked.append(index[qid])
         if len(picked) == n:
             break
-    return picked
+    return [ds[i] for i in picked]
 
 
 def main(argv=None) -> int:
@@ -52,13 +49,11 @@ def main(argv=None) -> int:
     evaluation = json.loads(Path(args.evaluation).read_text())
     if not evaluation.get("ids"):
         raise SystemExit("error: this evaluation has no per-question ids (re-run python -m train.vlm.evaluate)")
-    from PIL import Image
-
     from pathvlm.chat import load_reasoner
 
     reasoner = load_reasoner(args.model)
     for r in wrong_questions(evaluation, args.data, args.split, args.source, args.kind, args.n):
-        image = Image.open(io.BytesIO(r["image"]["bytes"])).convert("RGB")
+        image = r["image"]["bytes"] if isinstance(r["image"], dict) else r["image"]  # bytes or a decoded image
         question = r["prompt"][-1]["content"][-1]["text"]
         out = reasoner.chat([image], [{"role": "user", "content": question}], max_new_tokens=args.max_new_tokens,
                             ground_options=args.ground_options)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pathvlm.errors import SourceError
@@ -58,14 +58,9 @@ _NANO = dict(
     text_proj_init="orthogonal",
 )
 
-NAMED_MODELS: dict[str, NamedModel] = {
-    "pathclip-nano": NamedModel(
-        name="pathclip-nano", **_NANO, trained_weights="pathclip-nano.safetensors", baseline="pathclip-nano-untrained",
-        description="EfficientNet-Lite0 + all-MiniLM-L6-v2 (locked), trained on colon and oral mucosa tiles with "
-                    "histology augmentations (v3; model card: pathvlm/clip/weights/pathclip-nano.md)",
-    ),
-    # The same weights as pathclip-nano today, under a name that will always load them. When pathclip-nano moves
-    # on, its files are renamed to pathclip-nano-v3.* (as v1's and v2's were) and this entry follows them.
+_PINNED: dict[str, NamedModel] = {
+    # pathclip-nano's files until it moves on; then they are renamed to pathclip-nano-v3.* (as v1's and v2's
+    # were) and this entry follows them
     "pathclip-nano-v3": NamedModel(
         name="pathclip-nano-v3", **_NANO, trained_weights="pathclip-nano.safetensors", baseline="pathclip-nano-untrained",
         description="pathclip-nano's third release (colon and oral mucosa, histology augmentations), pinned "
@@ -90,6 +85,17 @@ NAMED_MODELS: dict[str, NamedModel] = {
 # A name users type that moves to each new release -> the pinned name of the release it loads now. A model
 # trained on a tower (a reasoner, a baseline) names the pinned one, so its tower never changes under it.
 RELEASES = {"pathclip-nano": "pathclip-nano-v3"}
+_MOVING_DESCRIPTIONS = {
+    "pathclip-nano": "EfficientNet-Lite0 + all-MiniLM-L6-v2 (locked), trained on colon and oral mucosa tiles with "
+                     "histology augmentations (v3; model card: pathvlm/clip/weights/pathclip-nano.md)",
+}
+
+# a moving name is its pinned release under another name: the same weights file, never a second copy of the entry
+NAMED_MODELS: dict[str, NamedModel] = {
+    **{moving: replace(_PINNED[pinned], name=moving, description=_MOVING_DESCRIPTIONS[moving])
+       for moving, pinned in RELEASES.items()},
+    **_PINNED,
+}
 
 
 def resolve_pip_path(value: str) -> str:

@@ -70,6 +70,10 @@ class OptionGrounding:
         """The token the next step must be, or None (free)."""
         if not len(new_ids):
             return None
+        # every step of every grounded request passes here: decode the whole answer only when its last token can
+        # end "which is option" or "<answer>"
+        if not self.tokenizer.decode([int(new_ids[-1])], skip_special_tokens=True).endswith(("n", ">")):
+            return None
         text = self.tokenizer.decode(list(map(int, new_ids)), skip_special_tokens=True)
         if LOOKUP.search(text):
             sentence = re.split(r"(?<=[.!?])\s+", text[: -len("which is option")])[-1]
