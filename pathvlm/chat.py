@@ -271,16 +271,18 @@ class Reasoner:
     # -- chat
     def chat(self, images, messages, stream: bool = False, max_new_tokens: int | None = None,
              temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, system: str | None = None,
-             ground_options: bool = False):
+             ground_options: bool = False, ground_verdicts: bool = False):
         """Answer the last user message about ``images``; a :class:`ChatResult`, or text pieces with ``stream``.
         ``system`` sets the system prompt (else a system message in ``messages``, else the model's default);
         ``max_new_tokens`` defaults to 256 or the model's cap if lower. ``ground_options``: a multiple-choice
-        answer's letter is the letter of the option the reasoning names (``pathvlm.vlm.option_grounding``)."""
+        answer's letter is the letter of the option the reasoning names (``pathvlm.vlm.option_grounding``);
+        ``ground_verdicts``: a yes/no answer agrees with the class the reasoning describes
+        (``pathvlm.vlm.verdict_grounding``)."""
         from pathvlm.vlm.option_grounding import grounding_kwargs, groundings_for
 
         inputs, n_prompt = self._prepare(images, messages, system)
         kw = self._gen_kwargs(max_new_tokens, temperature, top_p, seed)
-        grounding = groundings_for(self.processor.tokenizer, [messages], ground_options)[0]
+        grounding = groundings_for(self.processor.tokenizer, [messages], ground_options, ground_verdicts)[0]
         if self.lean:
             return self._chat_lean(inputs, n_prompt, kw, temperature, top_p, seed, stream, grounding)
         kw.update(grounding_kwargs([grounding], int(inputs["input_ids"].shape[1])))
@@ -333,10 +335,11 @@ class Reasoner:
 
     def chat_batch(self, images: list, conversations: list, max_new_tokens: int | None = None,
                    temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                   batch_size: int = 16, progress: bool = False, ground_options: bool = False) -> list[ChatResult]:
+                   batch_size: int = 16, progress: bool = False, ground_options: bool = False,
+                   ground_verdicts: bool = False) -> list[ChatResult]:
         """Answer many single-image requests, ``batch_size`` at a time (left padding; greedy output equals
         :meth:`chat`'s up to padding numerics). ``images[i]`` goes with ``conversations[i]``; ``ground_options``
-        as in :meth:`chat`."""
+        and ``ground_verdicts`` as in :meth:`chat`."""
         import torch
 
         from pathvlm.vlm.option_grounding import grounding_kwargs, groundings_for
@@ -354,7 +357,7 @@ class Reasoner:
 
             return [self.chat([im], conv, max_new_tokens=kw["max_new_tokens"], temperature=temperature, top_p=top_p,
                               seed=None if seed is None else (seed + i) % (SEED_RANGE[1] + 1),
-                              ground_options=ground_options)
+                              ground_options=ground_options, ground_verdicts=ground_verdicts)
                     for i, (im, conv) in enumerate(items)]
         tok = self.processor.tokenizer
         results: list[ChatResult] = []
@@ -377,7 +380,7 @@ class Reasoner:
                 texts.append(text)
             inputs = self.processor(images=imgs, text=texts, return_tensors="pt", padding=True,
                                     padding_side="left").to(self.device)
-            grounded = grounding_kwargs(groundings_for(tok, conversations[s:s + len(imgs)], ground_options),
+            grounded = grounding_kwargs(groundings_for(tok, conversations[s:s + len(imgs)], ground_options, ground_verdicts),
                                         int(inputs["input_ids"].shape[1]))
             with self._lock, torch.inference_mode():
                 if seed is not None:

@@ -130,6 +130,9 @@ def test_serve_config_and_chat_cli_default_to_grounded_answers():
     cmd_chat.add_parser(parser.add_subparsers())
     assert parser.parse_args(["chat", "x.png", "q"]).ground_options is True
     assert parser.parse_args(["chat", "x.png", "q", "--no-ground-options"]).ground_options is False
+    assert load_serve_config(None).ground_verdicts is True
+    assert parser.parse_args(["chat", "x.png", "q"]).ground_verdicts is True
+    assert parser.parse_args(["chat", "x.png", "q", "--no-ground-verdicts"]).ground_verdicts is False
 
 
 def test_option_letters_benchmark_counts_by_the_correct_letter():
@@ -166,6 +169,13 @@ def test_grounded_evaluation_is_paired_with_the_ungrounded_one(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("paired*")) == ["paired-test-grounding-other.json",
                                                                 "paired-test-grounding.json"]
     assert pair_with_ungrounded(tmp_path, {**grounded, "max_new_tokens": 80}, "eval-test.json") is None  # not the same run
+    # verdict grounding on top of option grounding is paired with the options-only evaluation
+    assert output_name("test", 0.0, True, True) == "eval-test-grounded-verdicts.json"
+    (tmp_path / "eval-test-grounded-other.json").write_text(json.dumps(grounded))
+    both = {**grounded, "correct": [1, 1, 0, 1]}
+    paired = pair_with_ungrounded(tmp_path, both, "eval-test-grounded-other.json", label="other", what="verdicts")
+    assert paired["after"] == "verdicts grounded" and paired["comparison"]["all"]["lost"] == 1
+    assert (tmp_path / "paired-test-grounded-verdicts-other.json").is_file()
 
 
 def test_wrong_answers_picks_the_wrong_questions_of_a_source_and_kind(tmp_path):

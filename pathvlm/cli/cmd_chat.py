@@ -38,6 +38,10 @@ def add_parser(sub):
     p.add_argument("--ground-options", action=argparse.BooleanOptionalAction, default=True,
                    help="multiple-choice questions: the answer letter is the letter of the option the reasoning names "
                         "(default on; --no-ground-options shows the model's own letter; docs/models.md#option-grounding)")
+    p.add_argument("--ground-verdicts", action=argparse.BooleanOptionalAction, default=True,
+                   help="yes/no questions about a class: the answer agrees with the class the reasoning describes "
+                        "(default on; --no-ground-verdicts shows the model's own verdict; "
+                        "docs/models.md#verdict-grounding)")
     p.set_defaults(func=run)
 
 
@@ -58,7 +62,7 @@ def run(args) -> int:
     # the bundled reasoners see the image through pathclip-nano's tower: its domain description applies
     verdict = reasoner_check(args.model, device=args.device, warn=warn).check([args.image])[0]
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-               system=args.system, ground_options=args.ground_options)
+               system=args.system, ground_options=args.ground_options, ground_verdicts=args.ground_verdicts)
     if args.report:
         rep = reasoner.report(args.image, max_new_tokens=args.max_new_tokens or 160, system=args.system)
         rep.text = with_note(rep.text, verdict)

@@ -42,7 +42,8 @@ class LocalReasoner:
 
     kind = "local"
 
-    def __init__(self, source: str, device: str = "cpu", quantize: str = "none", ground_options: bool = True):
+    def __init__(self, source: str, device: str = "cpu", quantize: str = "none", ground_options: bool = True,
+                 ground_verdicts: bool = True):
         try:
             from pathvlm import chat
         except ImportError as e:
@@ -52,6 +53,7 @@ class LocalReasoner:
         self.source = source
         self.name = Path(source).name if Path(source).exists() else source
         self.ground_options = ground_options  # multiple-choice letters follow the option the reasoning names
+        self.ground_verdicts = ground_verdicts  # yes/no answers follow the class the reasoning describes
 
     @property
     def limits(self):
@@ -67,11 +69,13 @@ class LocalReasoner:
         return self._call(self.reasoner.count_prompt_tokens, messages, n_images=n_images)
 
     def generate(self, images, messages, **gen) -> Generation:
-        r = self._call(self.reasoner.chat, images, messages, stream=False, ground_options=self.ground_options, **gen)
+        r = self._call(self.reasoner.chat, images, messages, stream=False, ground_options=self.ground_options,
+                       ground_verdicts=self.ground_verdicts, **gen)
         return Generation(r.text, r.thinking, r.answer, r.prompt_tokens, r.completion_tokens, r.finish_reason)
 
     def stream(self, images, messages, **gen) -> Iterator[str]:
-        it = self._call(self.reasoner.chat, images, messages, stream=True, ground_options=self.ground_options, **gen)
+        it = self._call(self.reasoner.chat, images, messages, stream=True, ground_options=self.ground_options,
+                        ground_verdicts=self.ground_verdicts, **gen)
         # validation errors may surface on the first step of a generator
         try:
             first = self._call(next, it)

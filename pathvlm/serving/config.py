@@ -8,6 +8,7 @@ YAML layout (every field optional)::
     reasoner: pathvlm-nano        # a bundled name, a saved folder, or "none"
     quantize: none                # int8 (torch int8 kernels) or q8_0 (llama.cpp, GGUF Q8_0): the local reasoner on CPU
     ground_options: true          # multiple-choice letters follow the option the reasoning names (local reasoner)
+    ground_verdicts: true         # yes/no answers follow the class the reasoning describes (local reasoner)
     backend_url: null             # an external OpenAI-compatible server (vLLM, TGI) for generation
     gallery: null                 # folder of tiles (default: the demo gallery, built on first use)
     limits:
@@ -86,6 +87,7 @@ class ServeConfig:
     device: str = "cpu"
     quantize: str = "none"  # the local reasoner's language model: none, int8 or q8_0 (pathvlm.vlm.quantize)
     ground_options: bool = True  # pathvlm.vlm.option_grounding, for the local reasoner
+    ground_verdicts: bool = True  # pathvlm.vlm.verdict_grounding, for the local reasoner
     auth: str | None = None   # "user:pass" for the web app and HTTP basic auth on the API
     token: str | None = None  # bearer token for the API (and the web app's password)
     share: bool = False

@@ -117,7 +117,8 @@ class PathVLMService:
             say(f"loading reasoner {source} ...")
             try:
                 generator = LocalReasoner(source, device=config.device, quantize=config.quantize,
-                                           ground_options=config.ground_options)
+                                           ground_options=config.ground_options,
+                                           ground_verdicts=config.ground_verdicts)
             except PathVLMError as e:
                 if config.reasoner is not None or config.quantize != "none":
                     raise  # asked for by name or quantisation: a clear error, not a silent fallback

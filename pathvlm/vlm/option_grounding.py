@@ -120,9 +120,20 @@ def grounding_kwargs(groundings: list, prompt_width: int) -> dict:
     return {"logits_processor": LogitsProcessorList([GroundingLogitsProcessor(groundings, prompt_width)])}
 
 
-def groundings_for(tokenizer, conversations: list, enabled: bool) -> list:
-    """One :class:`OptionGrounding` (or None) per conversation's last user message."""
-    return [OptionGrounding.for_prompt(tokenizer, last_user_text(c)) if enabled else None for c in conversations]
+def groundings_for(tokenizer, conversations: list, enabled: bool, verdicts: bool = False) -> list:
+    """One grounding (or None) per conversation's last user message: an :class:`OptionGrounding` for a
+    multiple-choice prompt when ``enabled``, a :class:`~pathvlm.vlm.verdict_grounding.VerdictGrounding` for a
+    yes/no question about one class when ``verdicts``."""
+    from pathvlm.vlm.verdict_grounding import VerdictGrounding
+
+    out = []
+    for c in conversations:
+        text = last_user_text(c)
+        g = OptionGrounding.for_prompt(tokenizer, text) if enabled else None
+        if g is None and verdicts:
+            g = VerdictGrounding.for_prompt(tokenizer, text)
+        out.append(g)
+    return out
 
 
 def last_user_text(messages: list[dict]) -> str:

@@ -62,31 +62,35 @@ def paired_by_source(a: dict, b: dict) -> dict:
 
 
 def answer_and_score(reasoner, rows, max_new_tokens: int, batch_size: int, images=None, progress: bool = False,
-                     temperature: float = 0.0, seed: int | None = None, ground_options: bool = False):
+                     temperature: float = 0.0, seed: int | None = None, ground_options: bool = False,
+                     ground_verdicts: bool = False):
     """Greedy (with ``temperature``: sampled, seeded) answers to ``rows`` (a dataset of closed questions:
     ``prompt``, ``answer``, ``answer_type``, ``options``, and ``image`` unless ``images`` replaces them),
     scored as the accuracy reward scores them: ``(results, correct)``. Columns are read whole, so each image
     is decoded once."""
     results = reasoner.chat_batch(list(images if images is not None else rows["image"]), list(rows["prompt"]),
                                   max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
-                                  temperature=temperature, seed=seed, ground_options=ground_options)
+                                  temperature=temperature, seed=seed, ground_options=ground_options,
+                                  ground_verdicts=ground_verdicts)
     correct = accuracy_reward([r.text for r in results], answer=list(rows["answer"]),
                               answer_type=list(rows["answer_type"]), options=list(rows["options"]))
     return results, correct
 
 
 def closed_question_accuracy(model, processor, cfg, controls=("blank", "noise"), temperature: float = 0.0,
-                             ground_options: bool = False) -> dict:
+                             ground_options: bool = False, ground_verdicts: bool = False) -> dict:
     """Accuracy on held-out closed questions, greedy by default. With ``temperature`` the answers are
     sampled (seeded): the accuracy of the completions GRPO trains on, which can move the other way from
     the greedy one. ``ground_options``: multiple-choice letters grounded in the option the reasoning names
-    (``pathvlm.vlm.option_grounding``)."""
+    (``pathvlm.vlm.option_grounding``); ``ground_verdicts``: yes/no answers grounded in the class the reasoning
+    describes (``pathvlm.vlm.verdict_grounding``)."""
     from train.vlm.data import closed_questions, control_image
 
     rows = closed_questions(cfg, cfg.eval_split, cfg.eval_samples)
     reasoner = Reasoner(model.eval(), processor, name="eval")
     limits = dict(max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size, temperature=temperature,
-                  seed=cfg.seed if temperature else None, ground_options=ground_options)
+                  seed=cfg.seed if temperature else None, ground_options=ground_options,
+                  ground_verdicts=ground_verdicts)
     results, correct = answer_and_score(reasoner, rows, progress=True, **limits)
     types = list(rows["answer_type"])
     sources = list(rows["source"]) if "source" in rows.column_names else ["all"] * len(rows)
@@ -96,7 +100,7 @@ def closed_question_accuracy(model, processor, cfg, controls=("blank", "noise"),
            "by_source": breakdown(correct, types, sources),
            "max_new_tokens": cfg.eval_max_new_tokens, "split": cfg.eval_split,
            "decoding": (f"sampled, temperature {temperature}" if temperature else "greedy")
-           + (", options grounded" if ground_options else ""),
+           + (", options grounded" if ground_options else "") + (", verdicts grounded" if ground_verdicts else ""),
            "correct": [int(c) for c in correct],  # per question, for paired comparisons between stages
            "ids": list(rows["id"]) if "id" in rows.column_names else None, "sources": sources,
            "examples": [{"question": p[-1]["content"][-1]["text"], "answer": a, "completion": r.text}
@@ -130,9 +134,12 @@ def load_run(run, cfg):
     return model, processor
 
 
-def pair_with_ungrounded(run, grounded: dict, raw_name: str, label: str | None = None) -> dict | None:
+def pair_with_ungrounded(run, grounded: dict, raw_name: str, label: str | None = None,
+                         what: str = "grounding") -> dict | None:
     """The paired comparison of a grounded evaluation with the ungrounded one of the same questions, when
-    ``run/raw_name`` exists: written to ``paired[-SPLIT]-grounding[-LABEL].json`` in ``run`` and printed."""
+    ``run/raw_name`` exists: written to ``paired[-SPLIT]-grounding[-LABEL].json`` in ``run`` and printed.
+    ``what="verdicts"``: the evaluation with verdicts grounded against ``raw_name`` without them
+    (``paired[-SPLIT][-grounded]-verdicts[-LABEL].json``)."""
     import json
 
     raw_file = run / raw_name
@@ -145,23 +152,25 @@ def pair_with_ungrounded(run, grounded: dict, raw_name: str, label: str | None =
         return None
     if raw.get("max_new_tokens") != grounded.get("max_new_tokens") or raw.get("n") != grounded.get("n"):
         return None
-    paired = {"before": str(raw_file), "after": "options grounded", "comparison": paired_by_source(raw, grounded)}
+    after = "verdicts grounded" if what == "verdicts" else "options grounded"
+    paired = {"before": str(raw_file), "after": after, "comparison": paired_by_source(raw, grounded)}
     stem = raw_name[:-len(".json")].replace("eval", "paired", 1)  # paired[-test][-LABEL]-grounding.json
     if label and stem.endswith(f"-{label}"):
         stem = stem[:-len(label) - 1]
-    name = f"{stem}-grounding{'-' + label if label else ''}.json"
+    name = f"{stem}-{what}{'-' + label if label else ''}.json"
     (run / name).write_text(json.dumps(paired, indent=2))
     for src, c in paired["comparison"].items():
-        print(f"  {label or run.name}: ungrounded -> grounded [{src}]: n {c['n']}, gained {c['gained']}, "
+        print(f"  {label or run.name}: {raw_name} -> {after} [{src}]: n {c['n']}, gained {c['gained']}, "
               f"lost {c['lost']}, McNemar p {c['mcnemar_p']:.2g}")
     return paired
 
 
-def output_name(split: str | None, temperature: float, grounded: bool = False) -> str:
+def output_name(split: str | None, temperature: float, grounded: bool = False, verdicts: bool = False) -> str:
     """``eval.json`` (the run's own split), ``eval-test.json`` (``--split test``), ``eval-t0.7.json`` (sampled),
-    ``eval-test-grounded.json`` (``--ground-options``)."""
+    ``eval-test-grounded.json`` (``--ground-options``), ``eval-test-grounded-verdicts.json`` (and
+    ``--ground-verdicts``)."""
     stem = "eval" + (f"-{split}" if split else "") + (f"-t{temperature:g}" if temperature else "")
-    return f"{stem}-grounded.json" if grounded else f"{stem}.json"
+    return stem + ("-grounded" if grounded else "") + ("-verdicts" if verdicts else "") + ".json"
 
 
 def main(argv=None) -> int:
@@ -199,8 +208,12 @@ def main(argv=None) -> int:
                     help="ground multiple-choice letters in the option the reasoning names; writes *-grounded.json "
                          "and, where the ungrounded evaluation of the same questions exists, the paired comparison "
                          "with it (paired[-SPLIT]-grounding[-AGAINST].json)")
+    ap.add_argument("--ground-verdicts", action="store_true",
+                    help="ground yes/no answers in the class the reasoning describes; writes *-verdicts.json and, where "
+                         "the evaluation of the same questions without it exists, the paired comparison with it "
+                         "(paired[-SPLIT][-grounded]-verdicts[-AGAINST].json)")
     args = ap.parse_args(argv)
-    grounded = args.ground_options
+    grounded, verdicts = args.ground_options, args.ground_verdicts
     controls = () if args.temperature or args.no_controls else ("blank", "noise")
 
     def report(where, result, cfg):
@@ -219,10 +232,13 @@ def main(argv=None) -> int:
             cfg.eval_split = args.split
         model, processor = load_run(run, cfg)
         result = closed_question_accuracy(model, processor, cfg, controls, temperature=args.temperature,
-                                          ground_options=grounded)
-        (run / output_name(args.split, args.temperature, grounded)).write_text(json.dumps(result, indent=2, default=str))
+                                          ground_options=grounded, ground_verdicts=verdicts)
+        (run / output_name(args.split, args.temperature, grounded, verdicts)).write_text(
+            json.dumps(result, indent=2, default=str))
         report(run, result, cfg)
-        if grounded:
+        if verdicts:
+            pair_with_ungrounded(run, result, output_name(args.split, args.temperature, grounded), what="verdicts")
+        elif grounded:
             pair_with_ungrounded(run, result, output_name(args.split, args.temperature))
         if args.against:
             from pathvlm.vlm.build import load_vlm
@@ -230,12 +246,16 @@ def main(argv=None) -> int:
             key = (cfg.data, cfg.eval_split, cfg.eval_samples, tuple(cfg.sources), cfg.eval_max_new_tokens)
             if key not in against:
                 against[key] = closed_question_accuracy(*load_vlm(args.against), cfg, controls,
-                                                        temperature=args.temperature, ground_options=grounded)
+                                                        temperature=args.temperature, ground_options=grounded,
+                                                        ground_verdicts=verdicts)
                 report(args.against, against[key], cfg)
             other = against[key]
-            stem = output_name(args.split, args.temperature, grounded)[:-len(".json")]
+            stem = output_name(args.split, args.temperature, grounded, verdicts)[:-len(".json")]
             (run / f"{stem}-{args.against}.json").write_text(json.dumps(other, indent=2, default=str))
-            if grounded:
+            if verdicts:
+                raw = output_name(args.split, args.temperature, grounded)[:-len(".json")] + f"-{args.against}.json"
+                pair_with_ungrounded(run, other, raw, label=args.against, what="verdicts")
+            elif grounded:
                 raw = output_name(args.split, args.temperature)[:-len(".json")] + f"-{args.against}.json"
                 pair_with_ungrounded(run, other, raw, label=args.against)
             paired = {"before": args.against, "after": str(run), "split": cfg.eval_split,
