@@ -3,7 +3,8 @@ questions (greedy), scored as the training hook scores them, compared question b
 McNemar test (the discordant pairs under a two-sided binomial test, scipy).
 
     python benchmarks/eval_quantized.py [--model pathvlm-nano] [--data runs/data/nano_v2] [--samples 192]
-                                        [--modes int8 q8_0] [--ground-options] [--json out.json]
+                                        [--modes int8 q8_0] [--ground-options] [--ground-verdicts]
+                                        [--json out.json]
 
 Needs the nano v2 data (``pathvlm data build data_recipes/nano_v2.yaml``, which needs ../shared/data). The questions are
 the evaluation hook's: the seeded subset of the ``grpo`` test split's closed questions (multiple choice with 4 options,
@@ -32,6 +33,9 @@ def main(argv=None) -> int:
                     help="quantised variants to compare with fp32 (q8_0 needs llama-cpp-python)")
     ap.add_argument("--ground-options", action="store_true",
                     help="every variant decodes with option grounding (pathvlm.vlm.option_grounding), as chat and serve do")
+    ap.add_argument("--ground-verdicts", action="store_true",
+                    help="every variant grounds yes/no verdicts in the class the reasoning describes "
+                         "(pathvlm.vlm.verdict_grounding), as chat and serve do")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -51,10 +55,11 @@ def main(argv=None) -> int:
     rows = closed_questions(cfg, args.split, args.samples)
     types = list(rows["answer_type"])
     print(f"{args.model}: {len(rows)} held-out closed questions from {args.data} ({args.split}); greedy, "
-          f"{args.max_new_tokens} new tokens, batch {args.batch_size}{', options grounded' if args.ground_options else ''}; "
+          f"{args.max_new_tokens} new tokens, batch {args.batch_size}{', options grounded' if args.ground_options else ''}"
+          f"{', verdicts grounded' if args.ground_verdicts else ''}; "
           f"load average {os.getloadavg()[0]:.1f}")
     out = {"model": args.model, "data": args.data, "n": len(rows), "max_new_tokens": args.max_new_tokens,
-           "ground_options": args.ground_options,
+           "ground_options": args.ground_options, "ground_verdicts": args.ground_verdicts,
            "load_average_start": os.getloadavg(), "modes": {}}
     for mode in ("none", *args.modes):
         model, processor = load_vlm(args.model)
@@ -62,7 +67,8 @@ def main(argv=None) -> int:
         reasoner = Reasoner(model.eval(), processor, name=args.model)
         start = time.perf_counter()
         results, correct = answer_and_score(reasoner, rows, args.max_new_tokens, args.batch_size, progress=True,
-                                            ground_options=args.ground_options)
+                                            ground_options=args.ground_options,
+                                            ground_verdicts=args.ground_verdicts)
         seconds = time.perf_counter() - start
         out["modes"][mode] = {
             "accuracy": sum(correct) / len(rows), "seconds": seconds, "weight_bytes": weight_bytes(model),

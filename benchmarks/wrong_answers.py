@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--tail", type=int, default=260, help="characters of each completion to print (0: all)")
     ap.add_argument("--ground-options", action="store_true", help="decode as the evaluation did with --ground-options")
+    ap.add_argument("--ground-verdicts", action="store_true", help="decode as the evaluation did with --ground-verdicts")
     args = ap.parse_args(argv)
     evaluation = json.loads(Path(args.evaluation).read_text())
     if not evaluation.get("ids"):
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
         image = r["image"]["bytes"] if isinstance(r["image"], dict) else r["image"]  # bytes or a decoded image
         question = r["prompt"][-1]["content"][-1]["text"]
         out = reasoner.chat([image], [{"role": "user", "content": question}], max_new_tokens=args.max_new_tokens,
-                            ground_options=args.ground_options)
+                            ground_options=args.ground_options, ground_verdicts=args.ground_verdicts)
         text = out.text[-args.tail:] if args.tail else out.text
         print(f"--- {r['label']} | {question.splitlines()[0]} | expected {r['answer']}\n{text}\n")
     return 0

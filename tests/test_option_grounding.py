@@ -175,7 +175,8 @@ def test_grounded_evaluation_is_paired_with_the_ungrounded_one(tmp_path):
     both = {**grounded, "correct": [1, 1, 0, 1]}
     paired = pair_with_ungrounded(tmp_path, both, "eval-test-grounded-other.json", label="other", what="verdicts")
     assert paired["after"] == "verdicts grounded" and paired["comparison"]["all"]["lost"] == 1
-    assert (tmp_path / "paired-test-grounded-verdicts-other.json").is_file()
+    # not the name of the --against comparison of eval-test-grounded-verdicts.json (paired-test-grounded-verdicts-other)
+    assert (tmp_path / "paired-test-grounded-verdict-grounding-other.json").is_file()
 
 
 def test_wrong_answers_picks_the_wrong_questions_of_a_source_and_kind(tmp_path):

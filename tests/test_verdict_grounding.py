@@ -85,3 +85,21 @@ def test_groundings_for_picks_the_rule_by_the_prompt(tokenizer):
     assert kinds == ["VerdictGrounding", "OptionGrounding", None]
     assert [g is None for g in groundings_for(tokenizer, conv, True, False)] == [True, False, True]
     assert [g is None for g in groundings_for(tokenizer, conv, False, True)] == [False, True, True]
+
+
+def test_verdict_grounding_benchmark_pairs_and_counts():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "verdict_grounding.py"
+    spec = importlib.util.spec_from_file_location("verdict_grounding_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    v = vocabulary()
+    assert mod.decided(NORMAL + " These features are those of oral squamous cell carcinoma.", ASK_OSCC, v)
+    assert not mod.decided(VAGUE + " These features are those of oral squamous cell carcinoma.", ASK_OSCC, v)
+    assert not mod.decided(NORMAL + " These features are those of it.", "Describe it.", v)
+    table = mod.summarise(["a", "b", "c", "d"], ["oral", "oral", "colon", "colon"], [0, 1, 1, 0], [1, 1, 1, 0],
+                          [True, False, False, False], [True, True, False, False])
+    assert table["all"]["gained"] == 1 and table["all"]["lost"] == 0 and table["all"]["accuracy_after"] == 0.75
+    assert table["oral"]["decided"] == 2 and table["colon"]["answers_changed"] == 0

@@ -139,7 +139,8 @@ def pair_with_ungrounded(run, grounded: dict, raw_name: str, label: str | None =
     """The paired comparison of a grounded evaluation with the ungrounded one of the same questions, when
     ``run/raw_name`` exists: written to ``paired[-SPLIT]-grounding[-LABEL].json`` in ``run`` and printed.
     ``what="verdicts"``: the evaluation with verdicts grounded against ``raw_name`` without them
-    (``paired[-SPLIT][-grounded]-verdicts[-LABEL].json``)."""
+    (``paired[-SPLIT][-grounded]-verdict-grounding[-LABEL].json``: not ``...-verdicts-LABEL``, the name of the
+    evaluation's own comparison with ``--against``)."""
     import json
 
     raw_file = run / raw_name
@@ -157,7 +158,8 @@ def pair_with_ungrounded(run, grounded: dict, raw_name: str, label: str | None =
     stem = raw_name[:-len(".json")].replace("eval", "paired", 1)  # paired[-test][-LABEL]-grounding.json
     if label and stem.endswith(f"-{label}"):
         stem = stem[:-len(label) - 1]
-    name = f"{stem}-{what}{'-' + label if label else ''}.json"
+    tag = "verdict-grounding" if what == "verdicts" else "grounding"
+    name = f"{stem}-{tag}{'-' + label if label else ''}.json"
     (run / name).write_text(json.dumps(paired, indent=2))
     for src, c in paired["comparison"].items():
         print(f"  {label or run.name}: {raw_name} -> {after} [{src}]: n {c['n']}, gained {c['gained']}, "
@@ -211,7 +213,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ground-verdicts", action="store_true",
                     help="ground yes/no answers in the class the reasoning describes; writes *-verdicts.json and, where "
                          "the evaluation of the same questions without it exists, the paired comparison with it "
-                         "(paired[-SPLIT][-grounded]-verdicts[-AGAINST].json)")
+                         "(paired[-SPLIT][-grounded]-verdict-grounding[-AGAINST].json)")
     args = ap.parse_args(argv)
     grounded, verdicts = args.ground_options, args.ground_verdicts
     controls = () if args.temperature or args.no_controls else ("blank", "noise")
