@@ -18,6 +18,7 @@ from pathvlm.evals import generation as g
 
 GENERATIVE_KINDS = ("vqa_closed", "vqa_open", "vqa", "mcq", "closed_qa", "caption", "report")
 DEFAULT_DECODING = {"max_new_tokens": 128, "temperature": 0.0, "top_p": 1.0, "seed": 0, "batch_size": 16}
+GROUNDING = ("ground_options", "ground_verdicts")  # decoding keys: off unless a task or `pathvlm eval --ground-*` sets them
 ANSWER_TYPE_OF_TASK = {"vqa_closed": "yes_no", "vqa_open": "open", "mcq": "option_letter"}
 
 
@@ -75,6 +76,8 @@ def _ask(reasoner, images: list, questions: list[str], dec: dict) -> list[str]:
     conversations = [[{"role": "user", "content": q}] for q in questions]
     kw = {"max_new_tokens": int(dec["max_new_tokens"]), "temperature": float(dec["temperature"]),
           "top_p": float(dec["top_p"]), "seed": dec.get("seed")}
+    # answer grounding (pathvlm.vlm.option_grounding / verdict_grounding), when the task or `pathvlm eval` asks
+    kw.update({k: True for k in GROUNDING if dec.get(k)})
     batch = int(dec.get("batch_size", 1))
     if batch > 1 and hasattr(reasoner, "chat_batch"):
         return [r.text for r in reasoner.chat_batch(images, conversations, batch_size=batch, **kw)]

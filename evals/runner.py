@@ -196,7 +196,7 @@ RUNNERS = {"zeroshot": run_zeroshot, "linear_probe": run_probe, "few_shot": run_
 
 def run_eval(model_source: str | None, task_names: list[str], out: str | Path, split: str = "test",
              reasoner: str | None = None, skip_missing: bool = False, device: str = "cpu",
-             max_samples: int | None = None) -> dict:
+             max_samples: int | None = None, grounding: dict | None = None) -> dict:
     """Run tasks and write results.json, report.md, report.html and plots under ``out`` (and, for generative
     tasks, every completion in ``completions/<task>.jsonl``).
 
@@ -204,12 +204,17 @@ def run_eval(model_source: str | None, task_names: list[str], out: str | Path, s
     ``reasoner`` (``pathvlm.chat.load_reasoner``). Each is loaded only if a task needs it. With
     ``skip_missing`` a task whose data is not on this machine is recorded as skipped, with the reason.
     ``max_samples`` keeps each task's first N samples (in the task's own order, by id for built
-    question sets), to bound a slow generative run; the results record it."""
+    question sets), to bound a slow generative run; the results record it. ``grounding``
+    (``{"ground_options": True, "ground_verdicts": True}``) decodes every generative task with answer grounding;
+    each task's recorded decoding settings say so."""
     from evals.data import DataMissing
 
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     tasks = [load_task(name) for name in task_names]
+    for t in tasks:
+        if t.generative and grounding:
+            t.decoding = {**(t.decoding or {}), **{k: True for k, on in grounding.items() if on}}
     results = {"tasks": {}}
     clip = {}
     if any(not t.generative for t in tasks):

@@ -313,12 +313,34 @@ def test_open_questions_from_the_sft_split_and_max_samples(tiny_reasoner_dir, re
                         "tasks": ["open"]}}
     p = tmp_path / "op.yaml"
     p.write_text(yaml.safe_dump(spec))
-    res = run_eval(None, [str(p)], tmp_path / "out", reasoner=str(tiny_reasoner_dir), max_samples=2)
+    res = run_eval(None, [str(p)], tmp_path / "out", reasoner=str(tiny_reasoner_dir), max_samples=2,
+                   grounding={"ground_options": False, "ground_verdicts": True})
     r = res["tasks"]["op"]
     assert r["n_samples"] == 2 and r["max_samples"] == 2
     m = r["metrics"]
+    assert m["decoding"]["ground_verdicts"] is True and "ground_options" not in m["decoding"]  # recorded as run
     assert m["open"]["n"] == 2 and m["consistency"]["n"] == 2 and 0 <= m["garbled_word_rate"] <= 1
     assert "tokenizer whole-word tokens" in m["garbled"]["lexicon"]
     assert "consistency / inconsistent_rate" in render_report(res) and "garbled_word_rate" in render_report(res)
     with pytest.raises(Exception, match="at least 1"):
         run_eval(None, [str(p)], tmp_path / "o2", reasoner=str(tiny_reasoner_dir), max_samples=0)
+
+
+def test_grounding_reaches_the_reasoner_only_when_asked():
+    from types import SimpleNamespace
+
+    from evals.generative import DEFAULT_DECODING, _ask
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def chat_batch(self, images, conversations, batch_size, **kw):
+            self.calls.append(kw)
+            return [SimpleNamespace(text="<answer>yes</answer>")] * len(images)
+
+    r = Recorder()
+    _ask(r, [None], ["Is this x? Answer yes or no."], dict(DEFAULT_DECODING))
+    _ask(r, [None], ["q"], {**DEFAULT_DECODING, "ground_verdicts": True, "ground_options": False})
+    assert "ground_options" not in r.calls[0] and "ground_verdicts" not in r.calls[0]  # other reasoners' signatures
+    assert r.calls[1]["ground_verdicts"] is True and "ground_options" not in r.calls[1]

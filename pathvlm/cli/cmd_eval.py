@@ -20,6 +20,12 @@ def add_parser(sub):
     p.add_argument("--max-samples", type=int, default=None, metavar="N",
                    help="keep each task's first N samples (by id for built question sets): bounds a slow "
                         "generative run on the CPU; recorded in the results")
+    p.add_argument("--ground-options", action="store_true",
+                   help="generative tasks: multiple-choice letters follow the option the reasoning names, as chat and "
+                        "serve decode (docs/models.md#option-grounding; recorded in the task's decoding settings)")
+    p.add_argument("--ground-verdicts", action="store_true",
+                   help="generative tasks: yes/no verdicts follow the class the reasoning describes, as chat and serve "
+                        "decode (docs/models.md#verdict-grounding; recorded in the task's decoding settings)")
     p.add_argument("--list", action="store_true", help="list the shipped tasks")
     p.set_defaults(func=run)
 
@@ -54,7 +60,8 @@ def run(args):
     label = clip_source or reasoner
     out = args.out or f"runs/eval/{label.replace('/', '_').replace(':', '_')}"
     run_eval(clip_source, names, out, reasoner=reasoner, skip_missing=args.skip_missing, device=args.device,
-             max_samples=args.max_samples)
+             max_samples=args.max_samples,
+             grounding={"ground_options": args.ground_options, "ground_verdicts": args.ground_verdicts})
     print((Path(out) / "report.md").read_text())
     print(f"wrote {out}/results.json, {out}/report.md and {out}/report.html")
     return 0
