@@ -29,7 +29,7 @@ import torch
 from pathvlm.errors import PathVLMError
 from pathvlm.imports import require_package
 
-GGUF_TYPES = ("q8_0", "q5_1", "q4_0", "f16", "f32")
+GGUF_TYPES = ("q8_0", "q4_0", "f16", "f32")
 # q4_0 files keep the token embedding (and an untied head) in q8_0, as llama.cpp's own quantiser does when the
 # row length does not allow its q6_K: with a tied head that matrix is also the output projection
 Q4_0_KEEP_Q8 = ("token_embd.weight", "output.weight")
@@ -99,11 +99,9 @@ def export_gguf(model, tokenizer, out: str | Path, gguf_type: str = "q8_0") -> P
     theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
     embed = lm.embed_tokens.weight
     n_vocab = embed.shape[0]
-    qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q5_1": gguf.GGMLQuantizationType.Q5_1,
-             "q4_0": gguf.GGMLQuantizationType.Q4_0,
+    qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,
              "f16": gguf.GGMLQuantizationType.F16, "f32": gguf.GGMLQuantizationType.F32}[gguf_type]
-    file_type = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q5_1": gguf.LlamaFileType.MOSTLY_Q5_1,
-                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+    file_type = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
                  "f16": gguf.LlamaFileType.MOSTLY_F16, "f32": gguf.LlamaFileType.ALL_F32}[gguf_type]
 
     out = Path(out)
@@ -146,7 +144,7 @@ def export_gguf(model, tokenizer, out: str | Path, gguf_type: str = "q8_0") -> P
             elif gguf_type == "f16":
                 w.add_tensor(name, a.astype(np.float16))
             else:
-                t_type = gguf.GGMLQuantizationType.Q8_0 if gguf_type in ("q4_0", "q5_1") and name in Q4_0_KEEP_Q8 else qtype
+                t_type = gguf.GGMLQuantizationType.Q8_0 if gguf_type == "q4_0" and name in Q4_0_KEEP_Q8 else qtype
                 w.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(a), t_type), raw_dtype=t_type)
 
         put("token_embd.weight", embed)

@@ -37,8 +37,8 @@ from torch import nn
 
 from pathvlm.errors import PathVLMError
 
-QUANTIZE_MODES = ("none", "int8", "q8_0", "q5_1", "q4_0")
-LLAMA_CPP_MODES = ("q8_0", "q5_1", "q4_0")  # decoded by llama.cpp from a GGUF export
+QUANTIZE_MODES = ("none", "int8", "q8_0", "q4_0")
+LLAMA_CPP_MODES = ("q8_0", "q4_0")  # decoded by llama.cpp from a GGUF export
 ROW_BY_ROW_MAX = 16  # up to this many rows, each row gets its own activation scale in the int8 kernel
 # 7-bit activations: on x86 CPUs without VNNI (AVX2 only) FBGEMM multiplies u8 activations by s8 weights in
 # pairs summed into int16 (vpmaddubsw), which saturates with full 8-bit activations (measured on an AVX2-only CPU:
