@@ -38,8 +38,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-VARIANTS = ("plain", "fp32", "bf16", "int8", "q8_0", "q4_0", "llama.cpp")
-LLAMA_CPP_VARIANTS = ("q8_0", "q4_0")  # pathvlm chat --quantize: the reasoner's own language model in llama.cpp
+VARIANTS = ("plain", "fp32", "bf16", "int8", "q8_0", "llama.cpp")
 PAUSE_S = 0.2
 
 
@@ -232,9 +231,9 @@ def main(argv=None) -> int:
             reasoners[v] = load_reasoner(args.model)
         elif v == "bf16":
             reasoners[v] = load_reasoner(args.model, precision="bf16")
-        elif v in ("int8", *LLAMA_CPP_VARIANTS):
-            if v in LLAMA_CPP_VARIANTS and llama_cpp_status() is not None:
-                notes.append(f"{v} column skipped: {llama_cpp_status()}")
+        elif v in ("int8", "q8_0"):
+            if v == "q8_0" and llama_cpp_status() is not None:
+                notes.append(f"q8_0 column skipped: {llama_cpp_status()}")
                 continue
             reasoners[v] = load_reasoner(args.model, quantize=v)
     gguf = None
@@ -262,7 +261,7 @@ def main(argv=None) -> int:
             continue
         inp, _ = r._prepare([image], messages)
         with torch.inference_mode():
-            if v in LLAMA_CPP_VARIANTS:
+            if v == "q8_0":
                 ref = list(decode_tokens(base.model, inp, n, eos))
             else:
                 ref = r.model.generate(**inp, max_new_tokens=n, do_sample=False)[0, inp["input_ids"].shape[1]:].tolist()
@@ -303,7 +302,7 @@ def main(argv=None) -> int:
                 torch.set_num_threads(th)
                 entry["weight_bytes_per_token"] = bytes_per_token[v]
                 entry["bandwidth_ceiling_tokens_per_s"] = bw / bytes_per_token[v]
-                if v not in LLAMA_CPP_VARIANTS:  # llama.cpp's kernels are not torch's
+                if v != "q8_0":  # llama.cpp's kernels are not torch's
                     entry["kernel_ceiling_tokens_per_s"] = kernel_ceiling(reasoners[v].model, args.runs)
             row["variants"][v] = entry
         fp = row["variants"].get("fp32")
@@ -317,7 +316,7 @@ def main(argv=None) -> int:
         row["kernels_us"] = kernel_table(th)
         results["threads"][str(th)] = row
 
-    print(f"prompt: {n_prompt} tokens (49 image tokens); greedy tokens equal to generate (q8_0, q4_0: to fp32 chat): "
+    print(f"prompt: {n_prompt} tokens (49 image tokens); greedy tokens equal to generate (q8_0: to fp32 chat): "
           + ", ".join(f"{v} {'yes' if ok else 'NO'}" for v, ok in same.items()) + "\n")
     print("| threads | variant | first (s) | tok/s | decode tok/s | x fp32 chat | LM weights read per token (MB) | "
           "bandwidth ceiling tok/s | kernel-only tok/s |")

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--modes", nargs="+", default=["int8", "q8_0"], choices=["int8", "q8_0", "q4_0"],
+    ap.add_argument("--modes", nargs="+", default=["int8", "q8_0"], choices=["int8", "q8_0"],
                     help="quantised variants to compare with fp32 (q8_0 needs llama-cpp-python)")
     ap.add_argument("--ground-options", action="store_true",
                     help="every variant decodes with option grounding (pathvlm.vlm.option_grounding), as chat and serve do")

@@ -507,8 +507,7 @@ def load_reasoner(source: str = "pathvlm-nano", device: str = "cpu", limits: Cha
     ``precision="bf16"`` halves the weight traffic of decoding (faster on CPUs with bf16 support; answers can
     differ slightly from fp32). ``quantize="int8"`` stores the language model's linear weights as int8 and decodes
     with torch's int8 CPU kernels (``pathvlm.vlm.quantize``); ``quantize="q8_0"`` decodes the language model in
-    llama.cpp from a GGUF Q8_0 export (``pathvlm.vlm.llamacpp_lm``; needs llama-cpp-python), ``"q4_0"`` from a Q4_0
-    one (the token embedding and the tied head in Q8_0). Speed and accuracy
+    llama.cpp from a GGUF Q8_0 export (``pathvlm.vlm.llamacpp_lm``; needs llama-cpp-python). Speed and accuracy
     against fp32 are measured in docs/benchmarks.md. Limits are derived from the model (:func:`derive_limits`) unless given."""
     import torch
 

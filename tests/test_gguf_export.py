@@ -54,15 +54,6 @@ def test_gguf_file_holds_the_language_model(tiny, tmp_path):
     assert q8.stat().st_size < path.stat().st_size / 2
     cos = torch.nn.functional.cosine_similarity(_reload_logits(q8, ids).flatten(), ref.flatten(), dim=0)
     assert cos > 0.99
-    # q4_0: 4-bit blocks for the layers, the embedding (the tied head) kept in q8_0 as llama.cpp's quantiser does
-    q4 = export_gguf(model, processor.tokenizer, tmp_path / "lm.q4_0.gguf", "q4_0")
-    types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(q4)).tensors}
-    assert types["blk.1.ffn_down.weight"] == gguf.GGMLQuantizationType.Q4_0
-    assert types["token_embd.weight"] == gguf.GGMLQuantizationType.Q8_0
-    assert types["blk.1.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
-    assert q4.stat().st_size < q8.stat().st_size
-    cos4 = torch.nn.functional.cosine_similarity(_reload_logits(q4, ids).flatten(), ref.flatten(), dim=0)
-    assert 0.9 < cos4 < cos  # coarser than q8_0, still the same model
 
 
 def test_untied_head_is_written(tiny, tmp_path):
@@ -83,7 +74,7 @@ def test_gguf_export_refusals(tiny, tmp_path):
     from pathvlm.vlm.gguf_export import export_gguf
 
     model, processor = tiny
-    with pytest.raises(PathVLMError, match="GGUF type must be one of q8_0, q4_0, f16, f32"):
+    with pytest.raises(PathVLMError, match="GGUF type must be one of q8_0, f16, f32"):
         export_gguf(model, processor.tokenizer, tmp_path / "x.gguf", "q2_k")
     with pytest.raises(PathVLMError, match="needs a Llama language model"):
         export_gguf(torch.nn.Linear(2, 2), processor.tokenizer, tmp_path / "x.gguf")
@@ -101,8 +92,7 @@ def test_q8_0_without_llama_cpp_says_how_to_install(tiny_reasoner_dir, monkeypat
                       vision_tower=None, precision="fp32")
 
 
-@pytest.mark.parametrize("mode,min_cos", [("q8_0", 0.99), ("q4_0", 0.95)])
-def test_llama_cpp_decodes_like_the_torch_model(tiny_reasoner_dir, tmp_path, monkeypatch, mode, min_cos):
+def test_llama_cpp_decodes_like_the_torch_model(tiny_reasoner_dir, tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp")
     from conftest import he_like_tile
 
@@ -112,15 +102,15 @@ def test_llama_cpp_decodes_like_the_torch_model(tiny_reasoner_dir, tmp_path, mon
     monkeypatch.setenv("PATHVLM_HOME", str(tmp_path))
     tile = he_like_tile(0, size=48)
     fp = load_reasoner(str(tiny_reasoner_dir))
-    q = load_reasoner(str(tiny_reasoner_dir), quantize=mode)
-    assert q.model.pathvlm_quantize == mode and list((tmp_path / "gguf").glob(f"*.{mode}.gguf"))
+    q = load_reasoner(str(tiny_reasoner_dir), quantize="q8_0")
+    assert q.model.pathvlm_quantize == "q8_0" and list((tmp_path / "gguf").glob("*.q8_0.gguf"))
     inputs, _ = q._prepare([tile], QUESTION)
     with torch.inference_mode():
         ref = fp.model(**inputs, logits_to_keep=1).logits[0, -1]
         embeds = q.model.model.prompt_embeddings(inputs["input_ids"], inputs["pixel_values"])
     ext = q.model.pathvlm_llamacpp
     got = ext.prefill(embeds[0])[0]
-    assert torch.nn.functional.cosine_similarity(got, ref, dim=0) > min_cos
+    assert torch.nn.functional.cosine_similarity(got, ref, dim=0) > 0.99
     assert ext.step(int(got.argmax())).shape == (1, ref.shape[0])
     # the chat path and batches go through llama.cpp, one request at a time
     tokens = list(decode_tokens(q.model, inputs, 8, [-1]))

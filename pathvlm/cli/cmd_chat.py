@@ -32,10 +32,9 @@ def add_parser(sub):
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16 decodes faster on CPUs with bf16 support; answers can differ slightly")
-    p.add_argument("--quantize", choices=["none", "int8", "q8_0", "q4_0"], default="none",
+    p.add_argument("--quantize", choices=["none", "int8", "q8_0"], default="none",
                    help="CPU: int8 (torch's int8 kernels) or q8_0 (the language model as GGUF Q8_0 in llama.cpp; needs "
-                        "llama-cpp-python) or q4_0 (GGUF Q4_0, the embedding in Q8_0); speed and accuracy against fp32 in "
-                        "docs/benchmarks.md")
+                        "llama-cpp-python); speed and accuracy against fp32 in docs/benchmarks.md")
     p.add_argument("--ground-options", action=argparse.BooleanOptionalAction, default=True,
                    help="multiple-choice questions: the answer letter is the letter of the option the reasoning names "
                         "(default on; --no-ground-options shows the model's own letter; docs/models.md#option-grounding)")

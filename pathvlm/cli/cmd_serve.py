@@ -13,10 +13,9 @@ def add_parser(sub):
     p.add_argument("--clip", default=None, help="PathCLIP source for classification and search (default pathclip-nano)")
     p.add_argument("--reasoner", default=None,
                    help="reasoner: pathvlm-nano (default), a saved model folder, or 'none' (chat and reports off)")
-    p.add_argument("--quantize", default=None, choices=["none", "int8", "q8_0", "q4_0"],
+    p.add_argument("--quantize", default=None, choices=["none", "int8", "q8_0"],
                    help="the local reasoner's language model on CPU: int8 (torch's int8 kernels) or q8_0 (GGUF Q8_0 "
-                        "decoded by llama.cpp; needs llama-cpp-python) or q4_0 (GGUF Q4_0, the embedding in Q8_0); speed and "
-                        "accuracy in docs/benchmarks.md")
+                        "decoded by llama.cpp; needs llama-cpp-python); speed and accuracy in docs/benchmarks.md")
     p.add_argument("--backend-url", default=None,
                    help="send generation to an external OpenAI-compatible server (vLLM, TGI) at this URL")
     p.add_argument("--backend-model", default=None, help="model name to ask the backend for")

@@ -85,7 +85,7 @@ class ServeConfig:
     gallery: str | None = None
     index: str | None = None
     device: str = "cpu"
-    quantize: str = "none"  # the local reasoner's language model: none, int8, q8_0 or q4_0 (pathvlm.vlm.quantize)
+    quantize: str = "none"  # the local reasoner's language model: none, int8 or q8_0 (pathvlm.vlm.quantize)
     ground_options: bool = True  # pathvlm.vlm.option_grounding, for the local reasoner
     ground_verdicts: bool = True  # pathvlm.vlm.verdict_grounding, for the local reasoner
     auth: str | None = None   # "user:pass" for the web app and HTTP basic auth on the API

@@ -8,8 +8,8 @@ embeddings (:mod:`pathvlm.vlm.llamacpp_lm`).
 
 Layout follows llama.cpp's own converter (``convert_hf_to_gguf.py``, ``LlamaModel``): tensor names
 ``token_embd``, ``blk.N.attn_q`` ..., the query and key rows permuted from Hugging Face's rotary layout to
-GGUF's, 2-D weights in the chosen type (``q8_0``: blocks of 32 int8 values with one fp16 scale; ``q4_0``: blocks
-of 32 4-bit values with one fp16 scale, the token embedding kept in q8_0; ``f16``; ``f32``) and norms in float32. The vocabulary is written as a GPT-2-style BPE vocabulary (tokens, types,
+GGUF's, 2-D weights in the chosen type (``q8_0``: blocks of 32 int8 values with one fp16 scale; ``f16``;
+``f32``) and norms in float32. The vocabulary is written as a GPT-2-style BPE vocabulary (tokens, types,
 merges), enough for llama.cpp to load it; pathvlm tokenises and detokenises with the model's own
 tokenizer and hands llama.cpp token ids only.
 
@@ -29,10 +29,7 @@ import torch
 from pathvlm.errors import PathVLMError
 from pathvlm.imports import require_package
 
-GGUF_TYPES = ("q8_0", "q4_0", "f16", "f32")
-# q4_0 files keep the token embedding (and an untied head) in q8_0, as llama.cpp's own quantiser does when the
-# row length does not allow its q6_K: with a tied head that matrix is also the output projection
-Q4_0_KEEP_Q8 = ("token_embd.weight", "output.weight")
+GGUF_TYPES = ("q8_0", "f16", "f32")
 
 
 def permute_rotary(weight: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndarray:
@@ -99,10 +96,10 @@ def export_gguf(model, tokenizer, out: str | Path, gguf_type: str = "q8_0") -> P
     theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
     embed = lm.embed_tokens.weight
     n_vocab = embed.shape[0]
-    qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,
-             "f16": gguf.GGMLQuantizationType.F16, "f32": gguf.GGMLQuantizationType.F32}[gguf_type]
-    file_type = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
-                 "f16": gguf.LlamaFileType.MOSTLY_F16, "f32": gguf.LlamaFileType.ALL_F32}[gguf_type]
+    qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "f16": gguf.GGMLQuantizationType.F16,
+             "f32": gguf.GGMLQuantizationType.F32}[gguf_type]
+    file_type = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "f32": gguf.LlamaFileType.ALL_F32}[gguf_type]
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,8 +141,7 @@ def export_gguf(model, tokenizer, out: str | Path, gguf_type: str = "q8_0") -> P
             elif gguf_type == "f16":
                 w.add_tensor(name, a.astype(np.float16))
             else:
-                t_type = gguf.GGMLQuantizationType.Q8_0 if gguf_type == "q4_0" and name in Q4_0_KEEP_Q8 else qtype
-                w.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(a), t_type), raw_dtype=t_type)
+                w.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(a), qtype), raw_dtype=qtype)
 
         put("token_embd.weight", embed)
         for i, layer in enumerate(lm.layers):

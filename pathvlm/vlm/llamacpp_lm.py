@@ -1,4 +1,4 @@
-"""A reasoner's language model decoded by llama.cpp (``quantize="q8_0"`` or ``"q4_0"``).
+"""A reasoner's language model decoded by llama.cpp (``quantize="q8_0"``).
 
 The vision tower, the projector and the token embedding run in torch as always; the prompt goes to
 llama.cpp as one block of input embeddings (text tokens and image embeddings alike, so llama.cpp never
@@ -130,7 +130,7 @@ class InLlamaCpp(torch.nn.Module):
     skip."""
 
     def forward(self, *args, **kwargs):
-        raise PathVLMError("this reasoner's language model decodes in llama.cpp (quantize q8_0 or q4_0): use Reasoner.chat "
+        raise PathVLMError("this reasoner's language model decodes in llama.cpp (quantize q8_0): use Reasoner.chat "
                            "or pathvlm.vlm.decode.decode_tokens, not the torch forward or generate")
 
 

@@ -37,8 +37,7 @@ from torch import nn
 
 from pathvlm.errors import PathVLMError
 
-QUANTIZE_MODES = ("none", "int8", "q8_0", "q4_0")
-LLAMA_CPP_MODES = ("q8_0", "q4_0")  # decoded by llama.cpp from a GGUF export
+QUANTIZE_MODES = ("none", "int8", "q8_0")
 ROW_BY_ROW_MAX = 16  # up to this many rows, each row gets its own activation scale in the int8 kernel
 # 7-bit activations: on x86 CPUs without VNNI (AVX2 only) FBGEMM multiplies u8 activations by s8 weights in
 # pairs summed into int16 (vpmaddubsw), which saturates with full 8-bit activations (measured on an AVX2-only CPU:
@@ -133,8 +132,8 @@ def quantize_language_model(model, mode: str = "int8", tokenizer=None) -> int:
         raise PathVLMError(f"quantize {mode} targets CPU decoding; on a GPU use bf16")
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise PathVLMError(f"quantize {mode} starts from float32 weights: load with precision fp32")
-    if mode in LLAMA_CPP_MODES:
-        return _to_llama_cpp(model, tokenizer, mode)
+    if mode == "q8_0":
+        return _to_llama_cpp(model, tokenizer)
     lm, head = _language_model_and_head(model)
     if lm is None:
         raise PathVLMError(f"{type(model).__name__}: no language model found to quantise "
@@ -152,18 +151,18 @@ def quantize_language_model(model, mode: str = "int8", tokenizer=None) -> int:
     return len(targets)
 
 
-def _to_llama_cpp(model, tokenizer, mode: str = "q8_0") -> int:
+def _to_llama_cpp(model, tokenizer) -> int:
     from pathvlm.vlm.llamacpp_lm import attach_llama_cpp
     from pathvlm.vlm.modeling import PathVLMForConditionalGeneration
 
     if not isinstance(model, PathVLMForConditionalGeneration):
-        raise PathVLMError(f"quantize {mode} (llama.cpp) applies to PathVLM reasoners; {type(model).__name__} "
+        raise PathVLMError(f"quantize q8_0 (llama.cpp) applies to PathVLM reasoners; {type(model).__name__} "
                            "can use int8")
     if tokenizer is None:
-        raise PathVLMError(f"quantize {mode} needs the reasoner's tokenizer (its vocabulary goes into the GGUF file)")
+        raise PathVLMError("quantize q8_0 needs the reasoner's tokenizer (its vocabulary goes into the GGUF file)")
     n = sum(isinstance(m, nn.Linear) for m in model.model.language_model.modules()) + 1
-    attach_llama_cpp(model, tokenizer, mode)
-    model.pathvlm_quantize = mode
+    attach_llama_cpp(model, tokenizer, "q8_0")
+    model.pathvlm_quantize = "q8_0"
     return n
 
 
