@@ -121,3 +121,20 @@ def test_llama_cpp_decodes_like_the_torch_model(tiny_reasoner_dir, tmp_path, mon
     # the torch decoder layers were released: using them is an error, not a silent skip
     with pytest.raises(PathVLMError, match="decodes in llama.cpp"):
         q.model.generate(**inputs, max_new_tokens=2)
+
+
+def test_gguf_logits_benchmark_reads_an_export_back(tiny, tiny_reasoner_dir, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from pathvlm.vlm.gguf_export import export_gguf
+
+    model, processor = tiny
+    path = export_gguf(model, processor.tokenizer, tmp_path / "lm.f32.gguf", "f32")
+    spec = importlib.util.spec_from_file_location(
+        "gguf_logits", Path(__file__).resolve().parent.parent / "benchmarks" / "gguf_logits.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(path), "--model", str(tiny_reasoner_dir), "--prompt", "benign colonic tissue"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| lm.f32.gguf")]
+    assert len(row) == 1 and row[0].split("|")[2].strip().startswith(("1.0000 (yes)", "0.9999 (yes)"))
