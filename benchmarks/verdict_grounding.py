@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 
 def decided(text: str, question: str, vocab) -> bool:
     """Whether the reasoning before the verdict sentence points to one class (grounding could force the verdict)."""
-    from pathvlm.evals.consistency import described
-    from pathvlm.vlm.verdict_grounding import VERDICT_OPENING, asked_class
+    from pathvlm.vlm.verdict_grounding import VERDICT_OPENING, asked_class, shown_class
 
     if asked_class(question, vocab) is None or VERDICT_OPENING not in text:
         return False
-    reasoning = text.split(VERDICT_OPENING)[0].rsplit("<think>", 1)[-1]
-    return described(reasoning, vocab)[0] is not None
+    return shown_class(text.split(VERDICT_OPENING)[0], vocab) is not None
 
 
-def summarise(ids, sources, before: list[int], after: list[int], changed: list[bool], decides: list[bool]) -> dict:
+def summarise(sources, before: list[int], after: list[int], changed: list[bool], decides: list[bool]) -> dict:
     from pathvlm.evals.stats import mcnemar_exact
 
     out = {}
@@ -52,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the figures and completions here")
     args = ap.parse_args(argv)
 
-    from pathvlm.chat import load_reasoner
+    from pathvlm.chat import load_reasoner, split_reasoning
     from pathvlm.data.inspect import load_split
     from pathvlm.evals.consistency import vocabulary
     from pathvlm.rewards import accuracy_reward
@@ -72,8 +69,9 @@ def main(argv=None) -> int:
     vocab = vocabulary()
     questions = [p[-1]["content"][-1]["text"] for p in prompts]
     decides = [decided(t, q, vocab) for t, q in zip(raw, questions)]
-    changed = [_answer(a) != _answer(b) for a, b in zip(raw, grounded_texts)]
-    table = summarise(list(ds["id"]), list(ds["source"]), before, after, changed, decides)
+    changed = [split_reasoning(a)[1].lower() != split_reasoning(b)[1].lower()
+               for a, b in zip(raw, grounded_texts)]
+    table = summarise(list(ds["source"]), before, after, changed, decides)
     print(f"{args.model}, {args.data} grpo {args.split}, yes/no questions, greedy, {args.max_new_tokens} new tokens, "
           f"batch {args.batch_size}")
     print("| source | n | accuracy | verdicts grounded | gained / lost | McNemar p | description decided | answers changed |")
@@ -87,11 +85,6 @@ def main(argv=None) -> int:
                  for i, s, q, a, t0, t1 in zip(ds["id"], ds["source"], questions, answers, raw, grounded_texts)]
         Path(args.json).write_text(json.dumps({"args": vars(args), "table": table, "items": items}, indent=1))
     return 0
-
-
-def _answer(text: str) -> str:
-    m = re.findall(r"<answer>(.*?)</answer>", text, re.S)
-    return (m[-1] if m else text).strip().lower()
 
 
 if __name__ == "__main__":

@@ -204,6 +204,20 @@ def hub_cache(tmp_path, monkeypatch):
     return cache
 
 
+def byte_level_bpe(corpus: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer (as SmolLM2's) trained on ``corpus``: the phrases it repeats become single
+    tokens, as they are in the real vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
 def he_like_tile(seed: int, size: int = 64, hue: str = "pink") -> Image.Image:
     """A synthetic tile with stain-like colours (for pipeline tests only, never for metrics)."""
     rng = np.random.default_rng(seed)

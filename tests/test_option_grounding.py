@@ -17,16 +17,9 @@ REASONING = ("<think>The crypts are straight, regular and evenly spaced. This fi
 @pytest.fixture(scope="module")
 def tokenizer():
     """A byte-level BPE that, like SmolLM2's, has " A" ... " D" as single tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from conftest import byte_level_bpe
 
-    corpus = [REASONING + f" {L}.</think><answer>{L}</answer>" for L in "ABCD"] * 20 + [QUESTION] * 5
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, show_progress=False,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok)
+    return byte_level_bpe([REASONING + f" {L}.</think><answer>{L}</answer>" for L in "ABCD"] * 20 + [QUESTION] * 5, 400)
 
 
 def test_parse_options_reads_a_lettered_list_and_nothing_else():

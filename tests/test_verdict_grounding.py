@@ -22,18 +22,11 @@ VAGUE = "<think>There are cells."
 @pytest.fixture(scope="module")
 def tokenizer():
     """A byte-level BPE that, like SmolLM2's, has " those", " not", "yes" and "no" as single tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from conftest import byte_level_bpe
 
     endings = [" These features are those of oral squamous cell carcinoma.</think><answer>yes</answer>",
                " These features are not those of oral squamous cell carcinoma.</think><answer>no</answer>"]
-    corpus = [r + e for r in (NORMAL, SCC, VAGUE) for e in endings] * 20 + [ASK_OSCC] * 5
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, show_progress=False,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok)
+    return byte_level_bpe([r + e for r in (NORMAL, SCC, VAGUE) for e in endings] * 20 + [ASK_OSCC] * 5, 600)
 
 
 def _one(tok, text):
@@ -99,7 +92,7 @@ def test_verdict_grounding_benchmark_pairs_and_counts():
     assert mod.decided(NORMAL + " These features are those of oral squamous cell carcinoma.", ASK_OSCC, v)
     assert not mod.decided(VAGUE + " These features are those of oral squamous cell carcinoma.", ASK_OSCC, v)
     assert not mod.decided(NORMAL + " These features are those of it.", "Describe it.", v)
-    table = mod.summarise(["a", "b", "c", "d"], ["oral", "oral", "colon", "colon"], [0, 1, 1, 0], [1, 1, 1, 0],
+    table = mod.summarise(["oral", "oral", "colon", "colon"], [0, 1, 1, 0], [1, 1, 1, 0],
                           [True, False, False, False], [True, True, False, False])
     assert table["all"]["gained"] == 1 and table["all"]["lost"] == 0 and table["all"]["accuracy_after"] == 0.75
     assert table["oral"]["decided"] == 2 and table["colon"]["answers_changed"] == 0

@@ -38,7 +38,8 @@ def decode_tokens(model, inputs: dict, max_new_tokens: int, eos_token_ids, tempe
                   lean_steps: bool = True, constrain=None) -> Iterator[int]:
     """Yield new token ids for one request (batch of 1) until an end token, ``max_new_tokens`` or ``stop``.
     With ``lean_steps``, a Llama language model decodes through ``llama_step`` after the prefill. ``constrain``:
-    an object whose ``apply(new_ids, logits)`` may mask the logits before each pick (``option_grounding``)."""
+    an object whose ``apply(new_ids, logits)`` may mask the logits before each pick
+    (``pathvlm.vlm.token_grounding``)."""
     if inputs["input_ids"].shape[0] != 1:
         raise ValueError("decode_tokens takes one request; use model.generate for batches")
     eos = set(eos_token_ids if isinstance(eos_token_ids, (list, tuple, set)) else [eos_token_ids])

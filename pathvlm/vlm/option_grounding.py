@@ -22,6 +22,8 @@ import re
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from pathvlm.vlm.token_grounding import TokenGrounding, single_token
+
 OPTION_LINE = re.compile(r"^\s*([A-H])[.)]\s+(.+?)\s*$", re.M)
 LOOKUP = re.compile(r"which is option$")
 GIVEN = re.compile(r"which is option ([A-H])\b")
@@ -53,13 +55,13 @@ def named_option(sentence: str, options: dict[str, str]) -> str | None:
     return None if others else longest[1]
 
 
-class OptionGrounding:
+class OptionGrounding(TokenGrounding):
     """``forced(new_token_ids) -> token id or None`` for one request's options."""
 
     def __init__(self, tokenizer, options: dict[str, str]):
         self.tokenizer, self.options = tokenizer, options
-        self.spaced = {L: _single(tokenizer, " " + L) for L in options}
-        self.bare = {L: _single(tokenizer, L) for L in options}
+        self.spaced = {L: single_token(tokenizer, " " + L) for L in options}
+        self.bare = {L: single_token(tokenizer, L) for L in options}
 
     @classmethod
     def for_prompt(cls, tokenizer, question: str) -> "OptionGrounding | None":
@@ -68,13 +70,9 @@ class OptionGrounding:
 
     def forced(self, new_ids) -> int | None:
         """The token the next step must be, or None (free)."""
-        if not len(new_ids):
+        text = self.text_if_ends(new_ids, ("n", ">"))  # the last token can end "which is option" or "<answer>"
+        if text is None:
             return None
-        # every step of every grounded request passes here: decode the whole answer only when its last token can
-        # end "which is option" or "<answer>"
-        if not self.tokenizer.decode([int(new_ids[-1])], skip_special_tokens=True).endswith(("n", ">")):
-            return None
-        text = self.tokenizer.decode(list(map(int, new_ids)), skip_special_tokens=True)
         if LOOKUP.search(text):
             sentence = re.split(r"(?<=[.!?])\s+", text[: -len("which is option")])[-1]
             letter = named_option(sentence, self.options)
@@ -83,20 +81,6 @@ class OptionGrounding:
             given = GIVEN.findall(text)
             return self.bare.get(given[-1]) if given and given[-1] in self.options else None
         return None
-
-    def apply(self, new_ids, logits: torch.Tensor) -> torch.Tensor:
-        """``logits`` (vocab,) or (1, vocab) with every token but the forced one masked, when one is forced."""
-        tid = self.forced(new_ids)
-        if tid is None:
-            return logits
-        out = torch.full_like(logits, float("-inf"))
-        out[..., tid] = logits[..., tid]
-        return out
-
-
-def _single(tokenizer, text: str) -> int | None:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return ids[0] if len(ids) == 1 else None
 
 
 class GroundingLogitsProcessor(LogitsProcessor):

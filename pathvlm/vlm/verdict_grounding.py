@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-import torch
+from pathvlm.vlm.token_grounding import TokenGrounding, single_token
 
 VERDICT_OPENING = "These features are"
 VERDICT = re.compile(r"These features are (not )?those of ([^.<]*)")
@@ -44,13 +44,21 @@ def asked_class(question: str, vocab) -> str | None:
     return next(iter(named)) if len(named) == 1 else None
 
 
-class VerdictGrounding:
+def shown_class(reasoning: str, vocab) -> str | None:
+    """The class the features of ``reasoning`` (the text before the verdict; from its last ``<think>``) point to,
+    or None when they point nowhere clearly (:func:`pathvlm.evals.consistency.described`)."""
+    from pathvlm.evals.consistency import described
+
+    return described(reasoning.rsplit("<think>", 1)[-1], vocab)[0]
+
+
+class VerdictGrounding(TokenGrounding):
     """``forced(new_token_ids) -> token id or None`` for one yes/no question about ``asked``."""
 
     def __init__(self, tokenizer, asked: str, vocab):
         self.tokenizer, self.asked, self.vocab = tokenizer, asked, vocab
-        self.those, self.not_ = _single(tokenizer, " those"), _single(tokenizer, " not")
-        self.yes, self.no = _single(tokenizer, "yes"), _single(tokenizer, "no")
+        self.those, self.not_ = single_token(tokenizer, " those"), single_token(tokenizer, " not")
+        self.yes, self.no = single_token(tokenizer, "yes"), single_token(tokenizer, "no")
 
     @classmethod
     def for_prompt(cls, tokenizer, question: str, vocab=None) -> "VerdictGrounding | None":
@@ -62,12 +70,9 @@ class VerdictGrounding:
 
     def forced(self, new_ids) -> int | None:
         """The token the next step must be, or None (free)."""
-        if not len(new_ids):
+        text = self.text_if_ends(new_ids, ("are", ">"))  # the last token can end "These features are" or "<answer>"
+        if text is None:
             return None
-        # every step passes here: decode the whole answer only when the last token can end "are" or "<answer>"
-        if not self.tokenizer.decode([int(new_ids[-1])], skip_special_tokens=True).endswith(("are", ">")):
-            return None
-        text = self.tokenizer.decode(list(map(int, new_ids)), skip_special_tokens=True)
         if text.endswith(VERDICT_OPENING):
             return self._verdict(text[: -len(VERDICT_OPENING)])
         if text.endswith("<answer>"):
@@ -75,10 +80,7 @@ class VerdictGrounding:
         return None
 
     def _verdict(self, reasoning: str) -> int | None:
-        from pathvlm.evals.consistency import described
-
-        reasoning = reasoning.rsplit("<think>", 1)[-1]
-        shown, _ = described(reasoning, self.vocab)
+        shown = shown_class(reasoning, self.vocab)
         if shown is None:
             return None
         return self.those if shown == self.asked else self.not_
@@ -94,17 +96,3 @@ class VerdictGrounding:
         if classes and self.asked not in classes:  # a verdict about another class
             return self.no if not negated else None
         return self.no if negated else self.yes
-
-    def apply(self, new_ids, logits: torch.Tensor) -> torch.Tensor:
-        """``logits`` (vocab,) or (1, vocab) with every token but the forced one masked, when one is forced."""
-        tid = self.forced(new_ids)
-        if tid is None:
-            return logits
-        out = torch.full_like(logits, float("-inf"))
-        out[..., tid] = logits[..., tid]
-        return out
-
-
-def _single(tokenizer, text: str) -> int | None:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return ids[0] if len(ids) == 1 else None

@@ -175,6 +175,17 @@ def output_name(split: str | None, temperature: float, grounded: bool = False, v
     return stem + ("-grounded" if grounded else "") + ("-verdicts" if verdicts else "") + ".json"
 
 
+def grounding_baseline(split: str | None, temperature: float, grounded: bool, verdicts: bool) -> tuple | None:
+    """The evaluation a grounded one is paired with and what the grounding adds to it: ``(output name, what)``
+    for :func:`pair_with_ungrounded` (verdicts: against the same options setting without them; options:
+    against the ungrounded one), or None when nothing is grounded."""
+    if verdicts:
+        return output_name(split, temperature, grounded), "verdicts"
+    if grounded:
+        return output_name(split, temperature), "grounding"
+    return None
+
+
 def main(argv=None) -> int:
     """Re-run the evaluation hook on finished stages with other decoding limits (same questions):
 
@@ -238,10 +249,9 @@ def main(argv=None) -> int:
         (run / output_name(args.split, args.temperature, grounded, verdicts)).write_text(
             json.dumps(result, indent=2, default=str))
         report(run, result, cfg)
-        if verdicts:
-            pair_with_ungrounded(run, result, output_name(args.split, args.temperature, grounded), what="verdicts")
-        elif grounded:
-            pair_with_ungrounded(run, result, output_name(args.split, args.temperature))
+        baseline = grounding_baseline(args.split, args.temperature, grounded, verdicts)
+        if baseline:
+            pair_with_ungrounded(run, result, baseline[0], what=baseline[1])
         if args.against:
             from pathvlm.vlm.build import load_vlm
 
@@ -254,12 +264,9 @@ def main(argv=None) -> int:
             other = against[key]
             stem = output_name(args.split, args.temperature, grounded, verdicts)[:-len(".json")]
             (run / f"{stem}-{args.against}.json").write_text(json.dumps(other, indent=2, default=str))
-            if verdicts:
-                raw = output_name(args.split, args.temperature, grounded)[:-len(".json")] + f"-{args.against}.json"
-                pair_with_ungrounded(run, other, raw, label=args.against, what="verdicts")
-            elif grounded:
-                raw = output_name(args.split, args.temperature)[:-len(".json")] + f"-{args.against}.json"
-                pair_with_ungrounded(run, other, raw, label=args.against)
+            if baseline:
+                raw = baseline[0][:-len(".json")] + f"-{args.against}.json"
+                pair_with_ungrounded(run, other, raw, label=args.against, what=baseline[1])
             paired = {"before": args.against, "after": str(run), "split": cfg.eval_split,
                       "comparison": paired_by_source(other, result)}
             (run / f"{stem.replace('eval', 'paired', 1)}-{args.against}.json").write_text(json.dumps(paired, indent=2))
