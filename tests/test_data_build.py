@@ -61,7 +61,7 @@ def test_rerun_and_interrupted_rerun_are_identical(recipe_dir, monkeypatch):
     recipe = load_recipe(recipe_dir / "recipe.yaml")
     first = build_recipe(recipe, recipe_dir / "a", progress=False)["checksums"]
     assert build_recipe(recipe, recipe_dir / "a", progress=False)["checksums"] == first
-    real = writer.write_parquet
+    real = writer._write_shard
     calls = {"n": 0}
 
     def crash(*args, **kwargs):
@@ -70,11 +70,11 @@ def test_rerun_and_interrupted_rerun_are_identical(recipe_dir, monkeypatch):
             raise KeyboardInterrupt("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(writer, "write_parquet", crash)
+    monkeypatch.setattr(writer, "_write_shard", crash)
     with pytest.raises(KeyboardInterrupt):
         build_recipe(recipe, recipe_dir / "b", progress=False)
     assert not (recipe_dir / "b").exists()  # nothing half-written where a result is expected
-    monkeypatch.setattr(writer, "write_parquet", real)
+    monkeypatch.setattr(writer, "_write_shard", real)
     assert build_recipe(recipe, recipe_dir / "b", progress=False)["checksums"] == first
 
 
@@ -137,3 +137,67 @@ def test_text_recipe_reports_the_visual_filter(tmp_path):
     vf = card["visual_filter"]
     assert vf["sentences_kept"] > 10000 and vf["sentences_removed"] > 1000 and vf["examples"]["removed"]
     assert "Visual-sentence filter" in (tmp_path / "t" / "data_card.md").read_text()
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_build_in_small_chunks_writes_the_same_bytes(recipe_dir, monkeypatch, chunk):
+    """Rows stream through the build in chunks (reading, images, captions) into the on-disk spill; duplicates and
+    near-duplicates that fall in different chunks must come out exactly as from one chunk, and the spill must go."""
+    from pathvlm.data import build
+
+    recipe = load_recipe(recipe_dir / "recipe.yaml")
+    whole = build_recipe(recipe, recipe_dir / "whole", progress=False)
+    sizes = []
+    real = build._chunks
+
+    def counted(rows, size):
+        for c in real(rows, size):
+            sizes.append(len(c))
+            yield c
+
+    monkeypatch.setattr(build, "CHUNK_ROWS", chunk)
+    monkeypatch.setattr(build, "_chunks", counted)
+    chunked = build_recipe(recipe, recipe_dir / "chunked", progress=False)
+    assert max(sizes) == chunk and len(sizes) >= 8
+    assert chunked["checksums"] == whole["checksums"]
+    assert json.loads((recipe_dir / "chunked" / "data_card.json").read_text()) == \
+        json.loads((recipe_dir / "whole" / "data_card.json").read_text())
+    assert sorted(p.name for p in recipe_dir.iterdir() if p.name.startswith(".")) == []  # no spill left behind
+
+
+def test_build_whose_every_row_is_dropped_writes_an_empty_set_and_says_why(tmp_path):
+    tiles = tmp_path / "tiles" / "colon_n"
+    tiles.mkdir(parents=True)
+    (tiles / "broken.png").write_text("not an image")
+    (tmp_path / "tiles" / "manifest.csv").write_text("path,label,group,sha256\ncolon_n/broken.png,colon_n,g0,\n")
+    (tmp_path / "r.yaml").write_text("""
+name: empty
+sources:
+  - {name: tiles, adapter: imagefolder, root: "${RECIPE_DIR}/tiles", options: {manifest: manifest.csv}}
+builders: [clip, sft]
+""")
+    card = build_recipe(load_recipe(tmp_path / "r.yaml"), tmp_path / "out", progress=False)
+    assert card["outputs"] == {"clip": {}, "sft": {}}
+    assert card["malformed"]["counts"] == {"tiles: unreadable image": 1}
+    assert card["splits"]["rows"] == {} and card["leakage_audit"]["ok"]
+
+
+def test_an_image_kept_as_is_is_written_without_decoding_and_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    from pathvlm.data import build
+
+    path = tmp_path / "t.jpg"
+    textured(3).save(path, format="JPEG")
+    digest, _, _, as_is = build._load_one((str(path), None, 1024, None))
+    assert as_is and digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    ref = build.ImageRef(digest, path=str(path), as_is=True)
+    monkeypatch.setattr(build, "encode_image", lambda *a, **k: pytest.fail("decoded again"))
+    assert ref.read() == path.read_bytes()
+    textured(4).save(path, format="JPEG")  # the file changes between loading and writing
+    with pytest.raises(PathVLMError, match="changed while the build ran"):
+        ref.read()
+    monkeypatch.undo()
+    big = tmp_path / "big.png"
+    textured(5).resize((300, 300)).save(big)
+    assert build._load_one((str(big), None, 128, None))[3] is False  # downscaled: stored bytes are not the file's

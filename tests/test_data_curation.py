@@ -199,3 +199,21 @@ def test_caption_curation_gives_the_same_rows_and_card_with_the_model_filter_pat
     rule = curate("rule", 1)
     assert rule[0] and rule[1] == {"s: empty caption": 400} and rule[2]["sentences_removed"] > 0
     assert curate("model", 1) == rule == curate("rule", 2)
+
+
+def test_column_split_assignment_matches_assign_splits():
+    """The build assigns splits on numpy columns (pathvlm.data.build.assign_group_splits); it must cut exactly where
+    splits.assign_splits does, including groups of very different sizes and zero ratios."""
+    import numpy as np
+
+    from pathvlm.data.build import assign_group_splits
+
+    rng = np.random.default_rng(0)
+    for ratios in ({"train": 0.8, "val": 0.1, "test": 0.1}, {"train": 1, "val": 0, "test": 1}, {"a": 3, "b": 1}):
+        names = sorted({f"src/g{int(x)}" for x in rng.integers(0, 10_000, 500)})
+        counts = rng.integers(1, 60, len(names))
+        groups = [g for g, c in zip(names, counts) for _ in range(c)]
+        expected = assign_splits(groups, ratios, seed=7)
+        got = assign_group_splits(counts, np.array([g.encode() for g in names]), ratios, seed=7)
+        split_names = list(ratios)
+        assert {g: split_names[k] for g, k in zip(names, got.tolist())} == expected

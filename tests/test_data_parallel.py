@@ -78,3 +78,22 @@ def test_ray_engine_local_mode_maps_in_order():
 
     texts = [f"Tumour  Cells, {i}!" for i in range(40)]  # a library function: Ray's workers import it by name
     assert engine_map(dedup.normalise_text, texts, "ray", workers=2) == [dedup.normalise_text(t) for t in texts]
+
+
+def test_close_pairs_are_the_same_whatever_the_tile_size():
+    """Buckets are compared in tiles of rows x cols (memory for one tile, however large the bucket): tiles smaller
+    than the buckets, of sizes that do not divide them, find the same pairs, also as numpy uint64 input."""
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    base = rng.integers(0, 2**63, 40, dtype=np.uint64)
+    flips = np.uint64(1) << rng.integers(0, 64, (400, 3)).astype(np.uint64)
+    values = np.unique(base[rng.integers(0, 40, 400)] ^ flips[:, 0] ^ flips[:, 1] ^ flips[:, 2])
+    keys = values & np.uint64(0x3)  # four large buckets
+    whole = dedup._close_pairs_in_runs(values, keys, 6)
+    for rows, cols in ((3, 5), (7, 2), (1, 1)):
+        tiled = dedup._close_pairs_in_runs(values, keys, 6, rows=rows, cols=cols)
+        assert sorted(map(tuple, tiled.tolist())) == sorted(map(tuple, whole.tolist())) and len(whole) > 50
+    as_list = dedup.near_duplicates([int(v) for v in values], 6)
+    as_array = dedup.near_duplicates(values, 6)
+    assert (as_list.edges, as_list.pair_count) == (as_array.edges, as_array.pair_count)

@@ -12,20 +12,23 @@ import hashlib
 import io
 import json
 import shutil
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import asdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from pathvlm.data import dedup, text_clean
 from pathvlm.data.builders import BUILDERS
 from pathvlm.data.config import RecipeConfig
 from pathvlm.data.knowledge import KnowledgeBase
-from pathvlm.data.parallel import ordered_map, resolve_workers
+from pathvlm.data.parallel import Pool, resolve_workers
 from pathvlm.data.sources import Malformed, get_adapter
-from pathvlm.data.splits import assign_splits, audit_leakage, require_no_leakage
+from pathvlm.data.spill import RowColumns, RowSpill
+from pathvlm.data.splits import LeakageReport, require_no_leakage
 from pathvlm.errors import ImageError, PathVLMError
 from pathvlm.images import load_image
 
@@ -46,9 +49,10 @@ def _progress(it, total=None, desc="", enabled=True):
     return tqdm(it, total=total, desc=desc, unit="row")
 
 
-def read_sources(recipe: RecipeConfig, malformed: Counter, malformed_examples: list, progress: bool):
-    rows = []
-    per_source = {}
+def read_sources(recipe: RecipeConfig, malformed: Counter, malformed_examples: list, progress: bool,
+                 per_source: dict):
+    """Every usable record of the recipe's sources as a row dict, one at a time; malformed records are counted
+    (and the first 20 kept as examples); ``per_source`` is filled in as each source ends."""
     for src in recipe.sources:
         info = get_adapter(src.adapter)
         n = 0
@@ -63,16 +67,15 @@ def read_sources(recipe: RecipeConfig, malformed: Counter, malformed_examples: l
                 continue
             n += 1
             label = src.label_map.get(item.label, item.label) if item.label else ""
-            rows.append({
+            yield {
                 "id": hashlib.sha1(f"{src.name}/{item.key}".encode()).hexdigest()[:16], "key": item.key,
                 "source": src.name, "licence": src.licence or info.licence, "group": f"{src.name}/{item.group}",
                 "text": item.text or "", "image_path": item.image_path, "image": item.image_bytes, "task": item.task,
                 "question": item.question, "options": list(item.options), "answer": item.answer, "label": label,
                 "rationale": item.rationale, "source_split": item.source_split, "meta": item.meta,
-            })
+            }
         per_source[src.name] = {"adapter": src.adapter, "root": src.root, "licence": src.licence or info.licence,
                                 "records": n, "homepage": info.homepage}
-    return rows, per_source
 
 
 def encode_image(raw: bytes, max_side: int, max_pixels: int | None = None) -> tuple[bytes, Image.Image]:
@@ -95,77 +98,110 @@ def encode_image(raw: bytes, max_side: int, max_pixels: int | None = None) -> tu
 @dataclass(frozen=True)
 class ImageRef:
     """An image kept by reference until it is written, so memory holds metadata, not pixels.
-    Only images that exist nowhere on disk (cut from a wheel's image) keep their bytes."""
+    Only images that exist nowhere on disk (cut from a wheel's image) keep their bytes. ``as_is``: the stored
+    bytes are the original file's (``encode_image`` kept them), so writing reads them without decoding again,
+    and checks that they still hash to ``sha256``."""
 
     sha256: str
     path: str | None = None
     data: bytes | None = None
     max_side: int = 1024
+    as_is: bool = False
 
     def read(self) -> bytes:
         raw = self.data if self.data is not None else Path(self.path).read_bytes()
+        if self.as_is:
+            if hashlib.sha256(raw).hexdigest() != self.sha256:
+                raise PathVLMError(f"{self.path or 'an image'} changed while the build ran (its sha256 is no longer "
+                                   f"{self.sha256[:12]}...): run the build again")
+            return raw
         return encode_image(raw, self.max_side, max_pixels=None)[0]
 
 
 def _load_one(task):
-    """One distinct image (a path, or bytes cut from a wheel's image): ``(sha256, dHash, None)`` or
-    ``(None, reason, message)``. Runs in a worker process with ``--workers``."""
+    """One distinct image (a path, or bytes cut from a wheel's image): ``(sha256, dHash, None, stored as is)`` or
+    ``(None, reason, message, False)``. Runs in a worker process with ``--workers``."""
     path, data, max_side, max_pixels = task
     try:
         raw = data if data is not None else Path(path).read_bytes()
         stored, img = encode_image(raw, max_side, max_pixels)
-        return hashlib.sha256(stored).hexdigest(), dedup.dhash(img), None
+        return hashlib.sha256(stored).hexdigest(), dedup.dhash(img), None, stored is raw
     except (OSError, ImageError) as e:
         reason = "missing image" if isinstance(e, FileNotFoundError) else "unreadable image"
-        return None, reason, str(e)
+        return None, reason, str(e), False
 
 
-def load_images(rows, recipe, malformed, examples, log: StageLog, progress: bool, workers: int = 1,
-                engine: str = "local"):
-    """Decode, hash and check every distinct image once (on ``workers`` processes, or tasks of ``engine``:
-    ``pathvlm.data.engine``), then attach the results."""
-    c = recipe.curation
-    keys, tasks = {}, []
-    for r in rows:
-        if r["image"] is None and not r["image_path"]:
-            continue
-        key = r["image_path"] or hashlib.sha256(r["image"]).hexdigest()
-        if key not in keys:
-            keys[key] = len(tasks)
-            tasks.append((r["image_path"] if r["image"] is None else None, r["image"], c.max_image_side, c.max_pixels))
-    if engine == "local":
-        loaded = ordered_map(_load_one, tasks, workers, progress=progress, desc="loading images")
-    else:
-        from pathvlm.data.engine import engine_map
+class ImageStage:
+    """Decode, hash and check every distinct image of a chunk of rows once (on the build's pool, or as tasks of
+    ``engine``: ``pathvlm.data.engine``), then attach the results; counts add up over the chunks."""
 
-        loaded = engine_map(_load_one, tasks, engine, workers)
-    cache = {}
-    for key, i in keys.items():
-        digest, extra, err = loaded[i]
-        path, data = tasks[i][0], tasks[i][1]
-        if digest is None:
-            cache[key] = (None, extra, err)
+    def __init__(self, recipe: RecipeConfig, malformed: Counter, examples: list, pool: Pool, engine: str = "local"):
+        self.recipe, self.malformed, self.examples, self.pool, self.engine = recipe, malformed, examples, pool, engine
+        self.n_in = self.n_out = 0
+        self._loaded_keys: list[np.ndarray] = []
+
+    def run(self, rows: list[dict]) -> list[dict]:
+        c = self.recipe.curation
+        keys, tasks = {}, []
+        for r in rows:
+            if r["image"] is None and not r["image_path"]:
+                continue
+            key = r["image_path"] or hashlib.sha256(r["image"]).hexdigest()
+            if key not in keys:
+                keys[key] = len(tasks)
+                tasks.append((r["image_path"] if r["image"] is None else None, r["image"], c.max_image_side, c.max_pixels))
+        if self.engine == "local":
+            loaded = self.pool.map(_load_one, tasks)
         else:
-            cache[key] = (ImageRef(digest, path=path, data=data, max_side=c.max_image_side), digest, extra)
-    out = []
-    for r in rows:
-        if r["image"] is None and not r["image_path"]:
-            if recipe.require_images:
-                malformed[f"{r['source']}: missing image"] += 1
+            from pathvlm.data.engine import engine_map
+
+            loaded = engine_map(_load_one, tasks, self.engine, self.pool.workers)
+        cache = {}
+        for key, i in keys.items():
+            digest, extra, err, as_is = loaded[i]
+            path, data = tasks[i][0], tasks[i][1]
+            if digest is None:
+                cache[key] = (None, extra, err)
+            else:
+                cache[key] = (ImageRef(digest, path=path, data=data, max_side=c.max_image_side, as_is=as_is), digest,
+                              extra)
+        # the distinct images over the whole build: 8-byte digests of the keys that loaded, counted at the end
+        self._loaded_keys.append(np.array([hashlib.blake2b(k.encode(), digest_size=8).digest()
+                                           for k, v in cache.items() if v[0] is not None], "V8"))
+        out = []
+        for r in rows:
+            if r["image"] is None and not r["image_path"]:
+                if self.recipe.require_images:
+                    self.malformed[f"{r['source']}: missing image"] += 1
+                    continue
+                out.append({**r, "image_sha256": "", "dhash": None})
                 continue
-            out.append({**r, "image_sha256": "", "dhash": None})
-            continue
-        data, digest, extra = cache[r["image_path"] or hashlib.sha256(r["image"]).hexdigest()]
-        if data is None:
-            if recipe.require_images:
-                malformed[f"{r['source']}: {digest}"] += 1
-                if len(examples) < 20:
-                    examples.append({"source": r["source"], "reason": digest, "where": str(extra)[:200]})
+            data, digest, extra = cache[r["image_path"] or hashlib.sha256(r["image"]).hexdigest()]
+            if data is None:
+                if self.recipe.require_images:
+                    self.malformed[f"{r['source']}: {digest}"] += 1
+                    if len(self.examples) < 20:
+                        self.examples.append({"source": r["source"], "reason": digest, "where": str(extra)[:200]})
+                    continue
+                out.append({**r, "image": None, "image_sha256": "", "dhash": None})
                 continue
-            out.append({**r, "image": None, "image_sha256": "", "dhash": None})
-            continue
-        out.append({**r, "image": data, "image_sha256": digest, "dhash": extra})
-    log.add("load_images", len(rows), len(out), distinct_images=sum(1 for v in cache.values() if v[0] is not None))
+            out.append({**r, "image": data, "image_sha256": digest, "dhash": extra})
+        self.n_in += len(rows)
+        self.n_out += len(out)
+        return out
+
+    def log_to(self, log: StageLog) -> None:
+        keys = np.concatenate(self._loaded_keys) if self._loaded_keys else np.zeros(0, "V8")
+        log.add("load_images", self.n_in, self.n_out, distinct_images=len(np.unique(keys)))
+
+
+def load_images(rows, recipe, malformed, examples, log: StageLog, progress: bool = False, workers: int = 1,
+                engine: str = "local"):
+    """``ImageStage`` on one list of rows."""
+    with Pool(workers) as pool:
+        stage = ImageStage(recipe, malformed, examples, pool, engine)
+        out = stage.run(rows)
+    stage.log_to(log)
     return out
 
 
@@ -193,214 +229,355 @@ def _curate_caption(text: str, clean: bool, rule, english_only: bool, min_words:
     return "ok", text, changed, kept, removed, cleaned
 
 
-def curate_text(rows, recipe, malformed, log: StageLog, card: dict, workers: int = 1):
-    """Captions cleaned and filtered (``_curate_caption``), on ``workers`` processes unless the visual filter is the
-    model (it runs here, in order); the same rows, counts and examples whatever the worker count."""
-    c = recipe.curation
-    model_filter = None
-    if c.visual_filter == "model":
-        from pathvlm.clip.factory import create_clip
+class CaptionStage:
+    """Captions cleaned and filtered (``_curate_caption``) chunk by chunk, on the build's pool unless the visual filter
+    is the model (it runs here, in order); the same rows, counts and examples whatever the worker or chunk count."""
 
-        model, _, tok = create_clip(c.model_source)
-        model_filter = text_clean.ModelSentenceFilter(model, tok)
-    elif c.visual_filter not in ("none", "rule"):
-        raise PathVLMError(f"visual_filter must be none, rule or model, not {c.visual_filter!r}")
-    kept_s = removed_s = changed = 0
-    examples = {"kept": [], "removed": []}
-    out = []
-    after_clean = after_visual = after_lang = 0
-    rule = None if c.visual_filter == "none" else (model_filter or text_clean.is_visual_sentence)
-    captions = [r["text"] for r in rows if r["task"] == "caption"]
-    # the rule is a pure function: on the pool for large builds; the model filter runs here
-    pool = workers if model_filter is None and len(captions) >= 2000 else 1
-    curate = functools.partial(_curate_caption, clean=c.clean_captions, rule=rule, english_only=c.english_only,
-                               min_words=c.min_words, max_words=c.max_words)
-    results = iter(ordered_map(curate, captions, pool))
-    for r in rows:
-        if r["task"] != "caption":
-            out.append(r)
-            continue
-        stage, text, was_changed, kept, removed, cleaned = next(results)
-        changed += was_changed
-        if stage == "empty":
-            malformed[f"{r['source']}: empty caption"] += 1
-            continue
-        after_clean += 1
-        if c.visual_filter != "none":
-            kept_s += len(kept)
-            removed_s += len(removed)
-            shown = cleaned[:300]  # the caption before the visual filter, as the examples always showed it
-            if removed and len(examples["removed"]) < 8 and all(e["caption"] != shown for e in examples["removed"]):
-                examples["removed"].append({"caption": shown, "removed": removed[:3]})
-            if kept and len(examples["kept"]) < 8 and all(e["caption"] != shown for e in examples["kept"]):
-                examples["kept"].append({"caption": shown, "kept": kept[:3]})
-        if stage == "visual":
-            continue
-        after_visual += 1
-        if stage == "language":
-            continue
-        after_lang += 1
-        if stage == "length":
-            continue
-        out.append({**r, "text": text})
-    log.add("clean_captions", len(captions), after_clean, changed=changed)
-    log.add(f"visual_filter ({c.visual_filter})", after_clean, after_visual, sentences_kept=kept_s, sentences_removed=removed_s)
-    log.add("language_filter", after_visual, after_lang)
-    log.add("length_filter", after_lang, sum(1 for r in out if r["task"] == "caption"),
-            min_words=c.min_words, max_words=c.max_words)
-    card["visual_filter"] = {"mode": c.visual_filter, "sentences_kept": kept_s, "sentences_removed": removed_s,
-                             "examples": examples}
+    def __init__(self, recipe: RecipeConfig, malformed: Counter, pool: Pool):
+        c = self.c = recipe.curation
+        self.malformed, self.pool = malformed, pool
+        model_filter = None
+        if c.visual_filter == "model":
+            from pathvlm.clip.factory import create_clip
+
+            model, _, tok = create_clip(c.model_source)
+            model_filter = text_clean.ModelSentenceFilter(model, tok)
+        elif c.visual_filter not in ("none", "rule"):
+            raise PathVLMError(f"visual_filter must be none, rule or model, not {c.visual_filter!r}")
+        self.on_pool = model_filter is None
+        rule = None if c.visual_filter == "none" else (model_filter or text_clean.is_visual_sentence)
+        self.curate = functools.partial(_curate_caption, clean=c.clean_captions, rule=rule,
+                                        english_only=c.english_only, min_words=c.min_words, max_words=c.max_words)
+        self.kept_s = self.removed_s = self.changed = 0
+        self.captions = self.after_clean = self.after_visual = self.after_lang = self.n_out = 0
+        self.examples = {"kept": [], "removed": []}
+
+    def run(self, rows: list[dict]) -> list[dict]:
+        c, examples = self.c, self.examples
+        captions = [r["text"] for r in rows if r["task"] == "caption"]
+        # the rule is a pure function: on the pool for large chunks; the model filter runs here
+        results = iter(self.pool.map(self.curate, captions, None if self.on_pool and len(captions) >= 2000 else 1))
+        out = []
+        for r in rows:
+            if r["task"] != "caption":
+                out.append(r)
+                continue
+            stage, text, was_changed, kept, removed, cleaned = next(results)
+            self.changed += was_changed
+            if stage == "empty":
+                self.malformed[f"{r['source']}: empty caption"] += 1
+                continue
+            self.after_clean += 1
+            if c.visual_filter != "none":
+                self.kept_s += len(kept)
+                self.removed_s += len(removed)
+                shown = cleaned[:300]  # the caption before the visual filter, as the examples always showed it
+                if removed and len(examples["removed"]) < 8 and all(e["caption"] != shown for e in examples["removed"]):
+                    examples["removed"].append({"caption": shown, "removed": removed[:3]})
+                if kept and len(examples["kept"]) < 8 and all(e["caption"] != shown for e in examples["kept"]):
+                    examples["kept"].append({"caption": shown, "kept": kept[:3]})
+            if stage == "visual":
+                continue
+            self.after_visual += 1
+            if stage == "language":
+                continue
+            self.after_lang += 1
+            if stage == "length":
+                continue
+            self.n_out += 1
+            out.append({**r, "text": text})
+        self.captions += len(captions)
+        return out
+
+    def log_to(self, log: StageLog, card: dict) -> None:
+        c = self.c
+        log.add("clean_captions", self.captions, self.after_clean, changed=self.changed)
+        log.add(f"visual_filter ({c.visual_filter})", self.after_clean, self.after_visual,
+                sentences_kept=self.kept_s, sentences_removed=self.removed_s)
+        log.add("language_filter", self.after_visual, self.after_lang)
+        log.add("length_filter", self.after_lang, self.n_out, min_words=c.min_words, max_words=c.max_words)
+        card["visual_filter"] = {"mode": c.visual_filter, "sentences_kept": self.kept_s,
+                                 "sentences_removed": self.removed_s, "examples": self.examples}
+
+
+def curate_text(rows, recipe, malformed, log: StageLog, card: dict, workers: int = 1):
+    """``CaptionStage`` on one list of rows."""
+    with Pool(workers) as pool:
+        stage = CaptionStage(recipe, malformed, pool)
+        out = stage.run(rows)
+    stage.log_to(log, card)
     return out
 
 
-def deduplicate(rows, recipe, log: StageLog, card: dict, workers: int = 1):
+@dataclass
+class Curated:
+    """The rows that survive deduplication, as indices into the spill (in reading order), with their merged
+    groups: ``group[k]`` indexes ``group_names`` for row ``rows[k]``."""
+
+    rows: np.ndarray
+    group: np.ndarray
+    group_names: np.ndarray
+
+
+def _first_per_value(values: np.ndarray) -> np.ndarray:
+    """Positions of each distinct value's first occurrence, in position order."""
+    _, first = np.unique(values, return_index=True)
+    return np.sort(first)
+
+
+def deduplicate(cols: dict, recipe: RecipeConfig, spill: RowSpill, log: StageLog, card: dict,
+                workers: int = 1) -> Curated:
     c = recipe.curation
-    n_in = len(rows)
+    n_in = len(cols["sort_id"])
+    idx = np.arange(n_in)
+    is_class = cols["task"] == cols["task_codes"].get("classification", -1)
     # label conflicts: one image (identical bytes) labelled as two classes, e.g. a tile filed under both Normal and
     # OSCC: no label can be trusted, so every copy goes (counted in the card)
-    conflicts: list[dict] = []
+    conflicts = np.zeros(0, np.int64)
     if c.drop_label_conflicts:
-        labels = defaultdict(set)
-        for r in rows:
-            if r["task"] == "classification" and r["image_sha256"]:
-                labels[r["image_sha256"]].add(r["label"])
-        bad = {h for h, ls in labels.items() if len(ls) > 1}
-        conflicts = [r for r in rows if r["task"] == "classification" and r["image_sha256"] in bad]
-        rows = [r for r in rows if not (r["task"] == "classification" and r["image_sha256"] in bad)]
+        labelled = idx[is_class & cols["has_image"]]
+        shas, inverse = np.unique(cols["sha"][labelled], return_inverse=True)
+        pairs = np.unique(np.stack([inverse, cols["label"][labelled]], 1), axis=0)
+        per_image = np.bincount(pairs[:, 0], minlength=len(shas))
+        conflicts = labelled[per_image[inverse] > 1]
+        idx = np.setdiff1d(idx, conflicts, assume_unique=True)
     # exact duplicates: same image bytes and same text / question
-    seen, out, exact = set(), [], 0
-    for r in rows:
-        key = (r["image_sha256"], dedup.normalise_text(r["text"]), r["question"], r["answer"], r["label"], r["task"])
-        if c.drop_exact_duplicates and key in seen:
-            exact += 1
-            continue
-        seen.add(key)
-        out.append(r)
+    exact = 0
+    if c.drop_exact_duplicates:
+        kept = idx[_first_per_value(cols["dup_key"][idx])]
+        exact, idx = len(idx) - len(kept), kept
     # near-duplicate images (dHash): one cluster -> one group, so they land in the same split
-    img_ids = sorted({r["image_sha256"] for r in out if r["image_sha256"]})
-    hashes = {r["image_sha256"]: r["dhash"] for r in out if r["image_sha256"]}
-    near = dedup.near_duplicates([hashes[h] for h in img_ids], c.image_near_duplicate_bits)
-    clusters = dedup.duplicate_clusters(len(img_ids), near.edges)
-    root_of = {h: img_ids[clusters[i]] for i, h in enumerate(img_ids)}
-    groups_by_root = defaultdict(set)
-    for r in out:
-        if r["image_sha256"]:
-            groups_by_root[root_of[r["image_sha256"]]].add(r["group"])
+    with_image = idx[cols["has_image"][idx]]
+    img_ids, img_first, img_of = np.unique(cols["sha"][with_image], return_index=True, return_inverse=True)
+    near = dedup.near_duplicates(cols["dhash"][with_image[img_first]], c.image_near_duplicate_bits)
+    root_img = np.asarray(dedup.duplicate_clusters(len(img_ids), near.edges), np.int64)[img_of]  # per with_image row
     # one image cluster can join several groups and one group several clusters: union-find over
     # groups (dedup.duplicate_clusters) merges them transitively, each into its smallest name
-    group_names = sorted({r["group"] for r in out})
-    gidx = {g: i for i, g in enumerate(group_names)}
-    links = []
-    for gs in groups_by_root.values():
-        if len(gs) > 1:
-            first = min(gs)  # once per cluster: in the loop it was quadratic in the cluster's size (alike tiles)
-            links += [(gidx[first], gidx[g]) for g in gs if g != first]
-    group_root = dedup.duplicate_clusters(len(group_names), links)
-    merge = {g: group_names[group_root[i]] for i, g in enumerate(group_names) if group_root[i] != i}
-    for r in out:
-        r["group"] = merge.get(r["group"], r["group"])
+    group_names, group_of = np.unique(cols["group"][idx], return_inverse=True)
+    pos = np.searchsorted(idx, with_image)
+    pairs = np.unique(np.stack([root_img, group_of[pos]], 1), axis=0)  # (cluster root, group), sorted
+    first_group = np.full(len(img_ids), -1, np.int64)
+    starts = np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]) if len(pairs) else np.zeros(0, np.int64)
+    first_group[pairs[starts, 0]] = pairs[starts, 1]
+    link = pairs[pairs[:, 1] != first_group[pairs[:, 0]]] if len(pairs) else pairs
+    links = list(zip(first_group[link[:, 0]].tolist(), link[:, 1].tolist()))
+    group_root = np.asarray(dedup.duplicate_clusters(len(group_names), links), np.int64)
+    merged = int((group_root != np.arange(len(group_names))).sum())
+    group = group_root[group_of]
     near_dropped = 0
     if c.drop_near_duplicate_images:
-        filtered = []
-        for r in out:
-            root = root_of.get(r["image_sha256"])
-            if root is not None and root != r["image_sha256"]:
-                near_dropped += 1
-                continue
-            filtered.append(r)
-        out = filtered
+        drop = np.zeros(len(idx), bool)
+        drop[pos] = root_img != img_of
+        near_dropped = int(drop.sum())
+        idx, group = idx[~drop], group[~drop]
     # near-duplicate captions (SimHash), reported
-    caps = [r for r in out if r["task"] == "caption" and r["text"]] if c.text_near_duplicates else []
-    text_near = dedup.caption_near_duplicates([r["text"] for r in caps], c.text_near_duplicate_jaccard, workers=workers)
-    log.add("deduplicate", n_in, len(out), exact_duplicates=exact, **({"label_conflicts_dropped": len(conflicts)}
-                                                                     if c.drop_label_conflicts else {}),
+    caps = idx[(cols["task"][idx] == cols["task_codes"].get("caption", -1)) & cols["has_text"][idx]] \
+        if c.text_near_duplicates else np.zeros(0, np.int64)
+    texts = [spill.read(int(i))["text"] for i in caps]
+    text_near = dedup.caption_near_duplicates(texts, c.text_near_duplicate_jaccard, workers=workers)
+    log.add("deduplicate", n_in, len(idx), exact_duplicates=exact, **({"label_conflicts_dropped": len(conflicts)}
+                                                                       if c.drop_label_conflicts else {}),
             near_duplicate_image_pairs=near.pair_count,
-            groups_merged=len(merge), near_duplicates_dropped=near_dropped,
+            groups_merged=merged, near_duplicates_dropped=near_dropped,
             near_duplicate_caption_pairs=text_near.pair_count if c.text_near_duplicates else "not searched")
     if c.drop_label_conflicts:
-        card["label_conflicts"] = {"rows_dropped": len(conflicts), "images": len({r["image_sha256"] for r in conflicts}),
-                                   "examples": sorted({f"{r['source']}/{r['key']} ({r['label']})" for r in conflicts})[:30]}
+        rows = [spill.read(int(i)) for i in conflicts]
+        card["label_conflicts"] = {"rows_dropped": len(conflicts), "images": len(np.unique(cols["sha"][conflicts])),
+                                   "examples": sorted({f"{r['source']}/{r['key']} ({r['label']})" for r in rows})[:30]}
     card["duplicates"] = {"exact_rows": exact, "near_duplicate_image_pairs": near.pair_count,
-                          "groups_merged_by_image_similarity": len(merge),
+                          "groups_merged_by_image_similarity": merged,
                           "near_duplicate_images_dropped": near_dropped,
                           "near_duplicate_caption_pairs": text_near.pair_count if c.text_near_duplicates else None,
-                          "caption_pair_examples": [[caps[i]["text"][:120], caps[j]["text"][:120]]
-                                                    for i, j in text_near.edges[:3]]}
-    return out, hashes
+                          "caption_pair_examples": [[texts[i][:120], texts[j][:120]] for i, j in text_near.edges[:3]]}
+    return Curated(idx, group, group_names)
 
 
-def split_rows(rows, recipe, log: StageLog, card: dict):
+def _group_split_order(names: np.ndarray, seed: int) -> np.ndarray:
+    """Groups in the order ``splits.assign_splits`` cuts them: by the sha256 of ``seed:name``."""
+    keys = np.array([hashlib.sha256(f"{seed}:".encode() + bytes(g)).digest() for g in names], "S32")
+    return np.argsort(keys, kind="stable")
+
+
+def assign_group_splits(counts: np.ndarray, names: np.ndarray, ratios: dict, seed: int) -> np.ndarray:
+    """Split index (into ``ratios``) for each group, as ``splits.assign_splits`` gives it for groups of ``counts``
+    rows: whole groups in seeded-hash order, cut at the cumulative ratios."""
+    total = sum(ratios.values())
+    if total <= 0 or any(r < 0 for r in ratios.values()):
+        raise PathVLMError(f"split ratios must be non-negative and sum above 0: {ratios}")
+    order = _group_split_order(names, seed)
+    n = int(counts.sum())
+    bounds = np.cumsum([r / total for r in ratios.values()]) * n
+    seen = np.cumsum(counts[order]) - counts[order]  # rows in the groups before each one
+    out = np.empty(len(names), np.int64)
+    out[order] = np.searchsorted(bounds[:-1] - 1e-9, seen, side="right")
+    return out
+
+
+def _values_per_key(keys: np.ndarray, values: np.ndarray):
+    """``(first position, distinct values)`` for each key with more than one distinct value, in order of the key's
+    first position."""
+    if not len(keys):
+        return []
+    pairs = np.unique(np.stack([keys, values], 1), axis=0)
+    starts = np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]])
+    blocks = np.split(pairs[:, 1], starts[1:])
+    many = {int(pairs[st, 0]): b for st, b in zip(starts, blocks) if len(b) > 1}
+    if not many:
+        return []
+    firsts = {}
+    for i, k in enumerate(keys.tolist()):
+        if k in many and k not in firsts:
+            firsts[k] = i
+    return [(firsts[k], many[k].tolist()) for k in sorted(many, key=firsts.get)]
+
+
+def split_rows(cols: dict, cur: Curated, recipe: RecipeConfig, spill: RowSpill, log: StageLog, card: dict):
+    """Each kept row's split (``cur.rows`` already in output order): ``(split codes, split names)``."""
     s = recipe.splits
+    group = cur.group
     if s.use_source_splits:
-        for r in rows:
-            r["split"] = {"validation": "val", "dev": "val"}.get(r["source_split"], r["source_split"]) or "train"
+        named = [{"validation": "val", "dev": "val"}.get(v, v) or "train" for v in cols["source_split_names"]]
+        names = sorted(set(named))
+        split = np.array([names.index(v) for v in named], np.int64)[cols["source_split"][cur.rows]]
     else:
-        assignment = assign_splits([r["group"] for r in rows], s.ratios, seed=s.seed)
-        for r in rows:
-            r["split"] = assignment[r["group"]]
-    sizes = Counter(r["split"] for r in rows)
-    groups = {k: len({r["group"] for r in rows if r["split"] == k}) for k in sizes}
-    log.add("group_split", len(rows), len(rows), rows=dict(sorted(sizes.items())), groups=dict(sorted(groups.items())))
+        names = list(s.ratios)
+        present, inverse, counts = np.unique(group, return_inverse=True, return_counts=True)
+        split = assign_group_splits(counts, cur.group_names[present], s.ratios, s.seed)[inverse]
+    sizes = {names[k]: int(v) for k, v in zip(*np.unique(split, return_counts=True))}
+    groups = {names[k]: int(v) for k, v in zip(*np.unique(np.unique(np.stack([split, group], 1), axis=0)[:, 0],
+                                                           return_counts=True))}
+    log.add("group_split", len(split), len(split), rows=dict(sorted(sizes.items())), groups=dict(sorted(groups.items())))
     # audit: groups, exact images, near-duplicate images across splits
-    img_ids = sorted({r["image_sha256"] for r in rows if r["image_sha256"]})
-    first_row = {}
-    for i, r in enumerate(rows):
-        first_row.setdefault(r["image_sha256"], i)
-    near = dedup.near_duplicates([rows[first_row[h]]["dhash"] for h in img_ids], recipe.curation.image_near_duplicate_bits)
-    row_pairs = [(first_row[img_ids[i]], first_row[img_ids[j]]) for i, j in near.edges]
-    report = audit_leakage(rows, row_pairs)
+    report = LeakageReport()
+    if s.use_source_splits:  # whole groups are assigned otherwise, so no group can straddle splits
+        for k, spl in _values_per_key(group, split):
+            report.shared_groups[cur.group_names[group[k]].decode()] = sorted(names[i] for i in spl)
+    pos = np.flatnonzero(cols["has_image"][cur.rows])
+    _, first_of, img_of = np.unique(cols["sha"][cur.rows[pos]], return_index=True, return_inverse=True)
+    for k, spl in _values_per_key(img_of, split[pos]):
+        report.shared_images.append((spill.read(int(cur.rows[pos[k]]))["image_sha256"], sorted(names[i] for i in spl)))
+    first_row = pos[first_of]
+    near = dedup.near_duplicates(cols["dhash"][cur.rows[first_row]], recipe.curation.image_near_duplicate_bits)
+    for i, j in near.edges:
+        a, b = first_row[i], first_row[j]
+        if split[a] != split[b]:
+            report.near_duplicate_pairs.append((spill.read(int(cur.rows[a]))["id"], spill.read(int(cur.rows[b]))["id"]))
     card["leakage_audit"] = report.summary()
     card["splits"] = {"rows": dict(sorted(sizes.items())), "groups": dict(sorted(groups.items()))}
     if s.on_leak == "fail":
         require_no_leakage(report)
-    return rows
+    return split, names
+
+
+CHUNK_ROWS = 10_000  # rows read, loaded and curated together before they go to the spill
+ENGINE_CHUNK_ROWS = 200_000  # an engine's tasks carry their own start-up cost: fewer, larger chunks
+
+
+def _chunks(rows, size: int):
+    chunk = []
+    for r in rows:
+        chunk.append(r)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def build_recipe(recipe: RecipeConfig, out: str | Path, progress: bool = True, recipe_path: str | None = None,
                  workers: int = 1, engine: str = "local") -> dict:
     """Build ``recipe`` into ``out``. ``workers`` processes decode and hash images, hash captions and write shards
     (``pathvlm.data.parallel``); the output files and data card are byte-identical for any worker count.
-    ``engine`` ``datatrove`` or ``ray`` runs the image stage on that engine instead (``pathvlm.data.engine``)."""
+    ``engine`` ``datatrove`` or ``ray`` runs the image stage on that engine instead (``pathvlm.data.engine``).
+
+    Memory stays flat as the sources grow: rows are read, loaded and curated a chunk at a time and kept on disk
+    (``pathvlm.data.spill``); deduplication, splits and the audit run on a few dozen bytes of columns per row; the
+    builders and writers take the rows back one at a time, in order."""
     workers = resolve_workers(workers)
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    log, malformed, malformed_examples = StageLog(), Counter(), []
+    log, malformed, read_examples, image_examples = StageLog(), Counter(), [], []
     card: dict = {"recipe": recipe.name, "description": recipe.description, "recipe_file": recipe_path,
                   "config": asdict(recipe)}
-    rows, per_source = read_sources(recipe, malformed, malformed_examples, progress)
-    card["sources"] = per_source
-    log.add("read_sources", sum(v["records"] for v in per_source.values()) + sum(malformed.values()), len(rows))
-    if not rows:
-        raise PathVLMError("the recipe's sources gave no usable rows: " + json.dumps(dict(malformed)))
-    rows = load_images(rows, recipe, malformed, malformed_examples, log, progress, workers, engine)
-    rows = curate_text(rows, recipe, malformed, log, card, workers)
-    rows, _ = deduplicate(rows, recipe, log, card, workers)
-    rows.sort(key=lambda r: (r["source"], r["id"]))
-    rows = split_rows(rows, recipe, log, card)
-    # questions and distractors draw on the classes this build labels (adding a class elsewhere changes nothing here)
-    kb = KnowledgeBase.load(recipe.knowledge).subset({r["label"] for r in rows if r["task"] == "classification"})
-    outputs = {}
-    from pathvlm.data.writer import checksums, write_parquet, write_webdataset
+    spill_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.rows-", dir=out.parent))
+    spill = RowSpill(spill_dir / "rows.pkl")
+    try:
+        with Pool(workers) as pool:
+            return _build(recipe, out, partial, progress, workers, engine, pool, spill, log, malformed,
+                          read_examples, image_examples, card)
+    finally:
+        spill.close()
+        shutil.rmtree(spill_dir, ignore_errors=True)
 
+
+def _build(recipe, out, partial, progress, workers, engine, pool, spill, log, malformed, read_examples,
+           image_examples, card):
+    # 1. stream: read, load images, curate captions, a chunk at a time, into the spill and the columns
+    per_source: dict = {}
+    source_index = {s.name: i for i, s in enumerate(recipe.sources)}
+    columns = RowColumns()
+    images = ImageStage(recipe, malformed, image_examples, pool, engine)
+    captions = CaptionStage(recipe, malformed, pool)
+    n_read = 0
+    read_malformed = Counter()
+    for chunk in _chunks(read_sources(recipe, read_malformed, read_examples, progress, per_source),
+                         CHUNK_ROWS if engine == "local" else ENGINE_CHUNK_ROWS):
+        n_read += len(chunk)
+        chunk = captions.run(images.run(chunk))
+        columns.add_chunk(chunk, source_index)
+        for r in chunk:
+            spill.append(r)
+    spill.finish_writing()
+    card["sources"] = per_source
+    log.add("read_sources", sum(v["records"] for v in per_source.values()) + sum(read_malformed.values()), n_read)
+    if not n_read:
+        raise PathVLMError("the recipe's sources gave no usable rows: " + json.dumps(dict(read_malformed)))
+    malformed.update(read_malformed)
+    images.log_to(log)
+    captions.log_to(log, card)
+    cols = columns.freeze()
+    cols["task_codes"] = columns.tasks.index
+    cols["source_split_names"] = columns.source_splits.names
+    # 2. whole-dataset stages on the columns
+    cur = deduplicate(cols, recipe, spill, log, card, workers)
+    source_rank = np.argsort(np.argsort([s.name for s in recipe.sources], kind="stable"))
+    order = np.lexsort((cols["sort_id"][cur.rows], source_rank[cols["source"][cur.rows]]))
+    cur = Curated(cur.rows[order], cur.group[order], cur.group_names)
+    split, split_names = split_rows(cols, cur, recipe, spill, log, card)
+    # questions and distractors draw on the classes this build labels (adding a class elsewhere changes nothing here)
+    is_class = cols["task"][cur.rows] == cols["task_codes"].get("classification", -1)
+    labels = {columns.labels.names[k] for k in np.unique(cols["label"][cur.rows][is_class]).tolist()}
+    kb = KnowledgeBase.load(recipe.knowledge).subset(labels)
+    # 3. the builders and writers, reading the rows back in order
+    from pathvlm.data.writer import SplitWriter, checksums
+
+    outputs = {}
     for name in recipe.builders:
-        built = list(BUILDERS[name](rows, kb, recipe.seed, **(
-            {"captions_per_image": recipe.captions_per_image} if name == "clip" else {})))
-        by_split = defaultdict(list)
-        for b in built:
-            by_split[b["split"]].append(b)
+        kwargs = {"captions_per_image": recipe.captions_per_image} if name == "clip" else {}
+        writers: dict[str, SplitWriter] = {}
+        examples, built = [], 0
+        for k in _progress(range(len(cur.rows)), total=len(cur.rows), desc=f"building {name}", enabled=progress):
+            row = spill.read(int(cur.rows[k]))
+            row["group"] = cur.group_names[cur.group[k]].decode()
+            row["split"] = split_names[split[k]]
+            for b in BUILDERS[name]([row], kb, recipe.seed, **kwargs):
+                if len(examples) < recipe.examples_in_card:
+                    examples.append(_example(b))
+                built += 1
+                if b["split"] not in writers:
+                    writers[b["split"]] = SplitWriter(partial / name, b["split"], pool, recipe.webdataset)
+                writers[b["split"]].add(b)
         outputs[name] = {}
-        for split in sorted(by_split):
-            write_parquet(by_split[split], partial / name, split, workers=workers)
-            if recipe.webdataset:
-                write_webdataset(by_split[split], partial / name / "webdataset", split)
-            outputs[name][split] = len(by_split[split])
-        log.add(f"build_{name}", len(rows), len(built))
-        card.setdefault("examples", {})[name] = [_example(b) for b in built[: recipe.examples_in_card]]
+        for split_name in sorted(writers):
+            writers[split_name].close()
+            outputs[name][split_name] = writers[split_name].count
+        log.add(f"build_{name}", len(cur.rows), built)
+        card.setdefault("examples", {})[name] = examples
     card["outputs"] = outputs
     card["stages"] = log.stages
-    card["malformed"] = {"counts": dict(sorted(malformed.items())), "examples": malformed_examples}
+    card["malformed"] = {"counts": dict(sorted(malformed.items())), "examples": (read_examples + image_examples)[:20]}
     from pathvlm.data.card import write_card
 
     write_card(card, partial)

@@ -171,9 +171,11 @@ def _band_widths(bits: int, bands: int) -> list[int]:
     return [base + (1 if b < extra else 0) for b in range(bands)]
 
 
-def _close_pairs_in_runs(values: np.ndarray, keys: np.ndarray, max_distance: int, chunk: int = 2048) -> np.ndarray:
+def _close_pairs_in_runs(values: np.ndarray, keys: np.ndarray, max_distance: int, rows: int = 512,
+                         cols: int = 2048) -> np.ndarray:
     """Index pairs (a < b) of ``values`` sharing ``keys`` whose Hamming distance is at most ``max_distance``,
-    compared in blocks (a bucket holding most of the data costs time in proportion, never a pair list in memory)."""
+    compared in tiles of ``rows`` x ``cols`` (a bucket holding most of the data costs time in proportion, and
+    memory for one tile, about 10 MB, never a pair list or a block as long as the bucket)."""
     order = np.argsort(keys, kind="stable")
     k = keys[order]
     starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
@@ -184,14 +186,16 @@ def _close_pairs_in_runs(values: np.ndarray, keys: np.ndarray, max_distance: int
             continue
         members = order[s:e]
         vals = values[members]
-        for lo in range(0, len(members), chunk):
-            block = vals[lo:lo + chunk]
-            dist = np.bitwise_count(block[:, None] ^ vals[None, lo:])  # this block against itself and later ones
-            a, b = np.nonzero(dist <= max_distance)
-            keep = b > a  # columns start at lo, so b > a means a later member
-            if keep.any():
-                i, j = members[lo + a[keep]], members[lo + b[keep]]
-                found.append(np.stack([np.minimum(i, j), np.maximum(i, j)], 1))
+        for lo in range(0, len(members), rows):
+            block = vals[lo:lo + rows]
+            for c0 in range(lo, len(members), cols):  # this block against itself and later members
+                dist = np.bitwise_count(block[:, None] ^ vals[None, c0:c0 + cols])
+                a, b = np.nonzero(dist <= max_distance)
+                b = b + c0
+                keep = b > lo + a  # a later member
+                if keep.any():
+                    i, j = members[lo + a[keep]], members[b[keep]]
+                    found.append(np.stack([np.minimum(i, j), np.maximum(i, j)], 1))
     return np.concatenate(found) if found else np.zeros((0, 2), np.int64)
 
 
@@ -205,7 +209,10 @@ def near_duplicates(hashes: list[int], max_distance: int, bits: int = 64) -> Nea
         return NearDuplicates(0, [], 0)
     if max_distance < 0 or max_distance >= bits:
         raise ValueError(f"max_distance must be in [0, {bits})")
-    h = np.array([int(x) & ((1 << bits) - 1) for x in hashes], dtype=np.uint64)
+    if isinstance(hashes, np.ndarray) and hashes.dtype == np.uint64 and bits == 64:
+        h = hashes
+    else:
+        h = np.array([int(x) & ((1 << bits) - 1) for x in hashes], dtype=np.uint64)
     uniq, first, inverse, counts = np.unique(h, return_index=True, return_inverse=True, return_counts=True)
     edges: set[tuple[int, int]] = set()
     pair_count = int((counts * (counts - 1) // 2).sum())

@@ -53,3 +53,51 @@ def ordered_map(fn: Callable, items: Sequence | Iterable, workers: int = 1, chun
     if bar is not None:
         bar.close()
     return out
+
+
+class _Done:
+    """A finished call, shaped like a future (what ``Pool.submit`` returns without workers)."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def result(self):
+        return self._value
+
+
+class Pool:
+    """One process pool kept for a whole build (none with ``workers <= 1``): ``map`` is ``ordered_map`` on it,
+    ``submit`` runs one call on it (inline without workers). A context manager; the workers start on first use."""
+
+    def __init__(self, workers: int = 1):
+        self.workers = max(1, int(workers))
+        self._pool = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_context())
+        return self._pool
+
+    def map(self, fn: Callable, items: Sequence, workers: int | None = None, chunksize: int | None = None) -> list:
+        """``[fn(x) for x in items]`` in order; on the pool unless ``workers`` (default: the pool's) is 1."""
+        workers = self.workers if workers is None else min(workers, self.workers)
+        if workers <= 1 or len(items) < 2:
+            return [fn(x) for x in items]
+        chunksize = chunksize or max(1, min(256, len(items) // (workers * 8) or 1))
+        return list(self._executor().map(fn, items, chunksize=chunksize))
+
+    def submit(self, fn: Callable, arg):
+        if self.workers <= 1:
+            return _Done(fn(arg))
+        return self._executor().submit(fn, arg)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
