@@ -97,3 +97,24 @@ def test_close_pairs_are_the_same_whatever_the_tile_size():
     as_list = dedup.near_duplicates([int(v) for v in values], 6)
     as_array = dedup.near_duplicates(values, 6)
     assert (as_list.edges, as_list.pair_count) == (as_array.edges, as_array.pair_count)
+
+
+def test_near_duplicates_of_a_subset_reuse_the_superset_pairs_and_run_bands_on_the_pool():
+    """The audit searches the kept images again: a subset of the images deduplication searched. Their close value
+    pairs are the superset's pairs restricted to the subset, so the result must equal a fresh search; the bands may
+    run on worker processes with the same result."""
+    rng = random.Random(3)
+    hashes = []
+    for _ in range(300):
+        h = rng.getrandbits(64)
+        hashes += [h] + [h ^ (1 << rng.randrange(64)) ^ (1 << rng.randrange(64)) for _ in range(rng.randint(0, 3))]
+    hashes += [hashes[0]] * 5
+    full = dedup.near_duplicates(hashes, 4)
+    assert len(full.value_pairs) > 50
+    assert (dedup.near_duplicates(hashes, 4, workers=2).edges, dedup.near_duplicates(hashes, 4, workers=2).pair_count) \
+        == (full.edges, full.pair_count)
+    subset = [h for k, h in enumerate(hashes) if k % 3]
+    fresh = dedup.near_duplicates(subset, 4)
+    reused = dedup.near_duplicates(subset, 4, known_pairs=full.value_pairs)
+    assert (reused.edges, reused.pair_count) == (fresh.edges, fresh.pair_count) and fresh.pair_count > 20
+    assert (reused.value_pairs == fresh.value_pairs).all()

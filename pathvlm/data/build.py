@@ -13,7 +13,7 @@ import io
 import json
 import shutil
 import tempfile
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import asdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,8 +140,9 @@ class ImageStage:
         self.n_in = self.n_out = 0
         self._loaded_keys: list[np.ndarray] = []
 
-    def run(self, rows: list[dict]) -> list[dict]:
-        c = self.recipe.curation
+    @staticmethod
+    def tasks(rows: list[dict], max_side: int, max_pixels: int | None) -> tuple[dict, list]:
+        """The distinct images of ``rows``: key (path, or sha256 of bytes) -> task index, and ``_load_one``'s tasks."""
         keys, tasks = {}, []
         for r in rows:
             if r["image"] is None and not r["image_path"]:
@@ -149,8 +150,16 @@ class ImageStage:
             key = r["image_path"] or hashlib.sha256(r["image"]).hexdigest()
             if key not in keys:
                 keys[key] = len(tasks)
-                tasks.append((r["image_path"] if r["image"] is None else None, r["image"], c.max_image_side, c.max_pixels))
-        if self.engine == "local":
+                tasks.append((r["image_path"] if r["image"] is None else None, r["image"], max_side, max_pixels))
+        return keys, tasks
+
+    def run(self, rows: list[dict], loaded: list | None = None) -> list[dict]:
+        """``rows`` with their images loaded (``loaded``: ``_load_one`` of ``tasks(rows)``, when already computed)."""
+        c = self.recipe.curation
+        keys, tasks = self.tasks(rows, c.max_image_side, c.max_pixels)
+        if loaded is not None:
+            pass
+        elif self.engine == "local":
             loaded = self.pool.map(_load_one, tasks)
         else:
             from pathvlm.data.engine import engine_map
@@ -229,6 +238,22 @@ def _curate_caption(text: str, clean: bool, rule, english_only: bool, min_words:
     return "ok", text, changed, kept, removed, cleaned
 
 
+CURATED = "_curated"  # a row's precomputed caption curation, removed before the row goes further
+
+
+def _prepare(task) -> list[dict]:
+    """A few rows' images loaded and captions curated, on a worker of the build's pool, in order: the rows back with
+    ``_load_one``'s results, and each caption's ``_curate_caption`` result under ``CURATED`` (when the caption filter
+    is a pure function; the model filter runs in the main process). The main process then counts them exactly as
+    ``ImageStage.run`` and ``CaptionStage.run`` would have computed them."""
+    rows, max_side, max_pixels, curate = task
+    _, tasks = ImageStage.tasks(rows, max_side, max_pixels)
+    loaded = [_load_one(t) for t in tasks]
+    if curate is not None:
+        rows = [{**r, CURATED: curate(r["text"])} if r["task"] == "caption" else r for r in rows]
+    return rows, loaded
+
+
 class CaptionStage:
     """Captions cleaned and filtered (``_curate_caption``) chunk by chunk, on the build's pool unless the visual filter
     is the model (it runs here, in order); the same rows, counts and examples whatever the worker or chunk count."""
@@ -253,8 +278,10 @@ class CaptionStage:
         self.examples = {"kept": [], "removed": []}
 
     def run(self, rows: list[dict]) -> list[dict]:
+        """``rows`` with their captions curated; a row may carry its caption's ``_curate_caption`` result already
+        (``CURATED``, computed with the images in ``_prepare``)."""
         c, examples = self.c, self.examples
-        captions = [r["text"] for r in rows if r["task"] == "caption"]
+        captions = [r["text"] for r in rows if r["task"] == "caption" and CURATED not in r]
         # the rule is a pure function: on the pool for large chunks; the model filter runs here
         results = iter(self.pool.map(self.curate, captions, None if self.on_pool and len(captions) >= 2000 else 1))
         out = []
@@ -262,7 +289,8 @@ class CaptionStage:
             if r["task"] != "caption":
                 out.append(r)
                 continue
-            stage, text, was_changed, kept, removed, cleaned = next(results)
+            r = dict(r)
+            stage, text, was_changed, kept, removed, cleaned = r.pop(CURATED) if CURATED in r else next(results)
             self.changed += was_changed
             if stage == "empty":
                 self.malformed[f"{r['source']}: empty caption"] += 1
@@ -286,7 +314,7 @@ class CaptionStage:
                 continue
             self.n_out += 1
             out.append({**r, "text": text})
-        self.captions += len(captions)
+        self.captions += sum(1 for r in rows if r["task"] == "caption")
         return out
 
     def log_to(self, log: StageLog, card: dict) -> None:
@@ -317,6 +345,7 @@ class Curated:
     rows: np.ndarray
     group: np.ndarray
     group_names: np.ndarray
+    close_hashes: np.ndarray | None = None  # the near-duplicate search's close pairs of dHash values, for the audit
 
 
 def _first_per_value(values: np.ndarray) -> np.ndarray:
@@ -349,7 +378,7 @@ def deduplicate(cols: dict, recipe: RecipeConfig, spill: RowSpill, log: StageLog
     # near-duplicate images (dHash): one cluster -> one group, so they land in the same split
     with_image = idx[cols["has_image"][idx]]
     img_ids, img_first, img_of = np.unique(cols["sha"][with_image], return_index=True, return_inverse=True)
-    near = dedup.near_duplicates(cols["dhash"][with_image[img_first]], c.image_near_duplicate_bits)
+    near = dedup.near_duplicates(cols["dhash"][with_image[img_first]], c.image_near_duplicate_bits, workers=workers)
     root_img = np.asarray(dedup.duplicate_clusters(len(img_ids), near.edges), np.int64)[img_of]  # per with_image row
     # one image cluster can join several groups and one group several clusters: union-find over
     # groups (dedup.duplicate_clusters) merges them transitively, each into its smallest name
@@ -389,7 +418,7 @@ def deduplicate(cols: dict, recipe: RecipeConfig, spill: RowSpill, log: StageLog
                           "near_duplicate_images_dropped": near_dropped,
                           "near_duplicate_caption_pairs": text_near.pair_count if c.text_near_duplicates else None,
                           "caption_pair_examples": [[texts[i][:120], texts[j][:120]] for i, j in text_near.edges[:3]]}
-    return Curated(idx, group, group_names)
+    return Curated(idx, group, group_names, near.value_pairs)
 
 
 def _group_split_order(names: np.ndarray, seed: int) -> np.ndarray:
@@ -457,7 +486,9 @@ def split_rows(cols: dict, cur: Curated, recipe: RecipeConfig, spill: RowSpill, 
     for k, spl in _values_per_key(img_of, split[pos]):
         report.shared_images.append((spill.read(int(cur.rows[pos[k]]))["image_sha256"], sorted(names[i] for i in spl)))
     first_row = pos[first_of]
-    near = dedup.near_duplicates(cols["dhash"][cur.rows[first_row]], recipe.curation.image_near_duplicate_bits)
+    # the kept images are a subset of those deduplication searched: their close pairs are among its pairs
+    near = dedup.near_duplicates(cols["dhash"][cur.rows[first_row]], recipe.curation.image_near_duplicate_bits,
+                                 known_pairs=cur.close_hashes)
     for i, j in near.edges:
         a, b = first_row[i], first_row[j]
         if split[a] != split[b]:
@@ -469,7 +500,7 @@ def split_rows(cols: dict, cur: Curated, recipe: RecipeConfig, spill: RowSpill, 
     return split, names
 
 
-CHUNK_ROWS = 10_000  # rows read, loaded and curated together before they go to the spill
+CHUNK_ROWS = 1_000  # rows read, loaded and curated together (one task of the pool) before they go to the spill
 ENGINE_CHUNK_ROWS = 200_000  # an engine's tasks carry their own start-up cost: fewer, larger chunks
 
 
@@ -522,13 +553,31 @@ def _build(recipe, out, partial, progress, workers, engine, pool, spill, log, ma
     captions = CaptionStage(recipe, malformed, pool)
     n_read = 0
     read_malformed = Counter()
-    for chunk in _chunks(read_sources(recipe, read_malformed, read_examples, progress, per_source),
-                         CHUNK_ROWS if engine == "local" else ENGINE_CHUNK_ROWS):
-        n_read += len(chunk)
-        chunk = captions.run(images.run(chunk))
+
+    def keep(chunk, loaded=None):
+        chunk = captions.run(images.run(chunk, loaded))
         columns.add_chunk(chunk, source_index)
         for r in chunk:
             spill.append(r)
+
+    rows = read_sources(recipe, read_malformed, read_examples, progress, per_source)
+    if engine == "local":
+        # chunks go to the pool as they are read (images and captions there), a few in flight, and come back in order
+        # while this process reads on and keeps the finished ones
+        c = recipe.curation
+        curate = captions.curate if captions.on_pool else None
+        in_flight: deque = deque()
+        for chunk in _chunks(rows, CHUNK_ROWS):
+            n_read += len(chunk)
+            in_flight.append(pool.submit(_prepare, (chunk, c.max_image_side, c.max_pixels, curate)))
+            while len(in_flight) > 2 * pool.workers + 2:
+                keep(*in_flight.popleft().result())
+        while in_flight:
+            keep(*in_flight.popleft().result())
+    else:
+        for chunk in _chunks(rows, ENGINE_CHUNK_ROWS):
+            n_read += len(chunk)
+            keep(chunk)
     spill.finish_writing()
     card["sources"] = per_source
     log.add("read_sources", sum(v["records"] for v in per_source.values()) + sum(read_malformed.values()), n_read)
@@ -544,7 +593,7 @@ def _build(recipe, out, partial, progress, workers, engine, pool, spill, log, ma
     cur = deduplicate(cols, recipe, spill, log, card, workers)
     source_rank = np.argsort(np.argsort([s.name for s in recipe.sources], kind="stable"))
     order = np.lexsort((cols["sort_id"][cur.rows], source_rank[cols["source"][cur.rows]]))
-    cur = Curated(cur.rows[order], cur.group[order], cur.group_names)
+    cur = Curated(cur.rows[order], cur.group[order], cur.group_names, cur.close_hashes)
     split, split_names = split_rows(cols, cur, recipe, spill, log, card)
     # questions and distractors draw on the classes this build labels (adding a class elsewhere changes nothing here)
     is_class = cols["task"][cur.rows] == cols["task_codes"].get("classification", -1)

@@ -164,6 +164,7 @@ class NearDuplicates:
     n: int
     edges: list[tuple[int, int]]
     pair_count: int
+    value_pairs: np.ndarray | None = None  # the close pairs of distinct hash values (``close_value_pairs``)
 
 
 def _band_widths(bits: int, bands: int) -> list[int]:
@@ -199,14 +200,41 @@ def _close_pairs_in_runs(values: np.ndarray, keys: np.ndarray, max_distance: int
     return np.concatenate(found) if found else np.zeros((0, 2), np.int64)
 
 
-def near_duplicates(hashes: list[int], max_distance: int, bits: int = 64) -> NearDuplicates:
+def _band_pairs(task) -> np.ndarray:
+    """The close index pairs of ``values`` that share one band (``width`` bits from ``shift``): one pool task."""
+    values, shift, width, max_distance = task
+    keys = (values >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+    return _close_pairs_in_runs(values, keys, max_distance)
+
+
+def close_value_pairs(values: np.ndarray, max_distance: int, bits: int = 64, workers: int = 1) -> np.ndarray:
+    """Pairs ``(a, b)``, ``a < b``, of distinct sorted hash ``values`` within ``max_distance`` bits, as values: the
+    multi-index search, one band per task on ``workers`` processes. Pairs among any subset of ``values`` are these
+    pairs with both values in the subset."""
+    if max_distance == 0 or len(values) < 2:
+        return np.zeros((0, 2), np.uint64)
+    tasks, shift = [], 0
+    for width in _band_widths(bits, max_distance + 1):
+        tasks.append((values, shift, width, max_distance))
+        shift += width
+    from pathvlm.data.parallel import ordered_map
+
+    found = ordered_map(_band_pairs, tasks, min(workers, len(tasks)), chunksize=1)
+    pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), np.int64)
+    return values[pairs] if len(pairs) else np.zeros((0, 2), np.uint64)
+
+
+def near_duplicates(hashes: list[int] | np.ndarray, max_distance: int, bits: int = 64, workers: int = 1,
+                    known_pairs: np.ndarray | None = None) -> NearDuplicates:
     """All items whose ``bits``-bit hashes differ in at most ``max_distance`` bits, as cluster edges and an exact
     pair count (see :class:`NearDuplicates`). Exact: identical hashes are grouped first; distinct values are
     compared by multi-index hashing, the hash cut into ``max_distance + 1`` pieces, of which any two values within
-    the distance share at least one exactly (pigeonhole), so only values sharing a piece are compared."""
+    the distance share at least one exactly (pigeonhole), so only values sharing a piece are compared
+    (``close_value_pairs``, on ``workers`` processes). ``known_pairs``: a previous result's ``value_pairs`` for a
+    superset of these hashes at the same distance, so the search is not run again."""
     n = len(hashes)
     if n == 0:
-        return NearDuplicates(0, [], 0)
+        return NearDuplicates(0, [], 0, np.zeros((0, 2), np.uint64))
     if max_distance < 0 or max_distance >= bits:
         raise ValueError(f"max_distance must be in [0, {bits})")
     if isinstance(hashes, np.ndarray) and hashes.dtype == np.uint64 and bits == 64:
@@ -221,17 +249,17 @@ def near_duplicates(hashes: list[int], max_distance: int, bits: int = 64) -> Nea
         root = int(first[inverse[i]])
         if i != root:
             edges.add((min(root, i), max(root, i)))
-    if max_distance > 0 and len(uniq) > 1:
-        pairs = []
-        shift = 0
-        for width in _band_widths(bits, max_distance + 1):
-            keys = (uniq >> np.uint64(shift)) & np.uint64((1 << width) - 1)
-            pairs.append(_close_pairs_in_runs(uniq, keys, max_distance))
-            shift += width
-        allp = np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), np.int64)
-        if len(allp):
-            pair_count += int((counts[allp[:, 0]].astype(np.int64) * counts[allp[:, 1]]).sum())
-            fi, fj = first[allp[:, 0]], first[allp[:, 1]]
-            for i, j in zip(np.minimum(fi, fj).tolist(), np.maximum(fi, fj).tolist()):
-                edges.add((i, j))
-    return NearDuplicates(n, sorted(edges), pair_count)
+    if known_pairs is None:
+        value_pairs = close_value_pairs(uniq, max_distance, bits, workers)
+    else:  # the pairs of a superset, kept where both values are among these hashes
+        pos = np.searchsorted(uniq, known_pairs)
+        inside = pos < len(uniq)
+        inside[inside] = uniq[pos[inside]] == known_pairs[inside]
+        value_pairs = known_pairs[inside.all(axis=1)]
+    if len(value_pairs):
+        allp = np.searchsorted(uniq, value_pairs)
+        pair_count += int((counts[allp[:, 0]].astype(np.int64) * counts[allp[:, 1]]).sum())
+        fi, fj = first[allp[:, 0]], first[allp[:, 1]]
+        for i, j in zip(np.minimum(fi, fj).tolist(), np.maximum(fi, fj).tolist()):
+            edges.add((i, j))
+    return NearDuplicates(n, sorted(edges), pair_count, value_pairs)

@@ -48,6 +48,7 @@ def read_quilt1m(root, lookup: str = "quilt_1M_lookup.csv", image_dir: str = "qu
     """``quilt_1M_lookup.csv`` (caption, image_path, subset, split, pathology, ...), images under ``image_dir``.
     Quilt frames from one video should share a group: pass ``group_column`` if your copy has one."""
     root = Path(root)
+    images = root / image_dir
     for row in iter_table(root / lookup):
         if isinstance(row, Malformed):
             yield row
@@ -58,9 +59,10 @@ def read_quilt1m(root, lookup: str = "quilt_1M_lookup.csv", image_dir: str = "qu
         if not path:
             yield Malformed("missing image path", f"{lookup}:{row['_line']}")
             continue
-        group = row.get(group_column) if group_column else Path(path).stem
-        yield Record(key=Path(path).stem, group=f"quilt-{group}", text=row.get("caption") or "",
-                     image_path=str(root / image_dir / path), source_split=row.get("split") or "",
+        full = images / path  # one Path per row: a million-row lookup spends its time here
+        group = row.get(group_column) if group_column else full.stem
+        yield Record(key=full.stem, group=f"quilt-{group}", text=row.get("caption") or "",
+                     image_path=str(full), source_split=row.get("split") or "",
                      meta={"subset": row.get("subset"), "pathology": row.get("pathology")})
 
 
