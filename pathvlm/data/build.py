@@ -13,7 +13,7 @@ import io
 import json
 import shutil
 import tempfile
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from dataclasses import asdict
 from dataclasses import dataclass
 from pathlib import Path
