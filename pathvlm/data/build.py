@@ -348,6 +348,16 @@ class Curated:
     close_hashes: np.ndarray | None = None  # the near-duplicate search's close pairs of dHash values, for the audit
 
 
+def _unique_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The distinct ``(a, b)`` pairs of two non-negative integer arrays, sorted, as an ``[k, 2]`` array: one int64 key
+    per pair (``np.unique(..., axis=0)`` would sort a structured copy, several times the memory at a million rows)."""
+    if not len(a):
+        return np.zeros((0, 2), np.int64)
+    base = int(b.max()) + 1
+    keys = np.unique(a.astype(np.int64) * base + b)
+    return np.stack([keys // base, keys % base], 1)
+
+
 def _first_per_value(values: np.ndarray) -> np.ndarray:
     """Positions of each distinct value's first occurrence, in position order."""
     _, first = np.unique(values, return_index=True)
@@ -365,10 +375,10 @@ def deduplicate(cols: dict, recipe: RecipeConfig, spill: RowSpill, log: StageLog
     conflicts = np.zeros(0, np.int64)
     if c.drop_label_conflicts:
         labelled = idx[is_class & cols["has_image"]]
-        shas, inverse = np.unique(cols["sha"][labelled], return_inverse=True)
-        pairs = np.unique(np.stack([inverse, cols["label"][labelled]], 1), axis=0)
-        per_image = np.bincount(pairs[:, 0], minlength=len(shas))
-        conflicts = labelled[per_image[inverse] > 1]
+        images = cols["img"][labelled]
+        pairs = _unique_pairs(images, cols["label"][labelled])
+        per_image = np.bincount(pairs[:, 0], minlength=int(images.max()) + 1 if len(images) else 0)
+        conflicts = labelled[per_image[images] > 1]
         idx = np.setdiff1d(idx, conflicts, assume_unique=True)
     # exact duplicates: same image bytes and same text / question
     exact = 0
@@ -377,14 +387,14 @@ def deduplicate(cols: dict, recipe: RecipeConfig, spill: RowSpill, log: StageLog
         exact, idx = len(idx) - len(kept), kept
     # near-duplicate images (dHash): one cluster -> one group, so they land in the same split
     with_image = idx[cols["has_image"][idx]]
-    img_ids, img_first, img_of = np.unique(cols["sha"][with_image], return_index=True, return_inverse=True)
+    img_ids, img_first, img_of = np.unique(cols["img"][with_image], return_index=True, return_inverse=True)
     near = dedup.near_duplicates(cols["dhash"][with_image[img_first]], c.image_near_duplicate_bits, workers=workers)
     root_img = np.asarray(dedup.duplicate_clusters(len(img_ids), near.edges), np.int64)[img_of]  # per with_image row
     # one image cluster can join several groups and one group several clusters: union-find over
     # groups (dedup.duplicate_clusters) merges them transitively, each into its smallest name
     group_names, group_of = np.unique(cols["group"][idx], return_inverse=True)
     pos = np.searchsorted(idx, with_image)
-    pairs = np.unique(np.stack([root_img, group_of[pos]], 1), axis=0)  # (cluster root, group), sorted
+    pairs = _unique_pairs(root_img, group_of[pos])  # (cluster root, group), sorted
     first_group = np.full(len(img_ids), -1, np.int64)
     starts = np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]) if len(pairs) else np.zeros(0, np.int64)
     first_group[pairs[starts, 0]] = pairs[starts, 1]
@@ -411,7 +421,7 @@ def deduplicate(cols: dict, recipe: RecipeConfig, spill: RowSpill, log: StageLog
             near_duplicate_caption_pairs=text_near.pair_count if c.text_near_duplicates else "not searched")
     if c.drop_label_conflicts:
         rows = [spill.read(int(i)) for i in conflicts]
-        card["label_conflicts"] = {"rows_dropped": len(conflicts), "images": len(np.unique(cols["sha"][conflicts])),
+        card["label_conflicts"] = {"rows_dropped": len(conflicts), "images": len(np.unique(cols["img"][conflicts])),
                                    "examples": sorted({f"{r['source']}/{r['key']} ({r['label']})" for r in rows})[:30]}
     card["duplicates"] = {"exact_rows": exact, "near_duplicate_image_pairs": near.pair_count,
                           "groups_merged_by_image_similarity": merged,
@@ -447,10 +457,10 @@ def _values_per_key(keys: np.ndarray, values: np.ndarray):
     first position."""
     if not len(keys):
         return []
-    pairs = np.unique(np.stack([keys, values], 1), axis=0)
+    pairs = _unique_pairs(keys, values)
     starts = np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]])
-    blocks = np.split(pairs[:, 1], starts[1:])
-    many = {int(pairs[st, 0]): b for st, b in zip(starts, blocks) if len(b) > 1}
+    ends = np.r_[starts[1:], len(pairs)]
+    many = {int(pairs[a, 0]): pairs[a:b, 1] for a, b in zip(starts[ends - starts > 1], ends[ends - starts > 1])}
     if not many:
         return []
     firsts = {}
@@ -473,7 +483,7 @@ def split_rows(cols: dict, cur: Curated, recipe: RecipeConfig, spill: RowSpill, 
         present, inverse, counts = np.unique(group, return_inverse=True, return_counts=True)
         split = assign_group_splits(counts, cur.group_names[present], s.ratios, s.seed)[inverse]
     sizes = {names[k]: int(v) for k, v in zip(*np.unique(split, return_counts=True))}
-    groups = {names[k]: int(v) for k, v in zip(*np.unique(np.unique(np.stack([split, group], 1), axis=0)[:, 0],
+    groups = {names[k]: int(v) for k, v in zip(*np.unique(_unique_pairs(split, group)[:, 0],
                                                            return_counts=True))}
     log.add("group_split", len(split), len(split), rows=dict(sorted(sizes.items())), groups=dict(sorted(groups.items())))
     # audit: groups, exact images, near-duplicate images across splits
@@ -482,7 +492,7 @@ def split_rows(cols: dict, cur: Curated, recipe: RecipeConfig, spill: RowSpill, 
         for k, spl in _values_per_key(group, split):
             report.shared_groups[cur.group_names[group[k]].decode()] = sorted(names[i] for i in spl)
     pos = np.flatnonzero(cols["has_image"][cur.rows])
-    _, first_of, img_of = np.unique(cols["sha"][cur.rows[pos]], return_index=True, return_inverse=True)
+    _, first_of, img_of = np.unique(cols["img"][cur.rows[pos]], return_index=True, return_inverse=True)
     for k, spl in _values_per_key(img_of, split[pos]):
         report.shared_images.append((spill.read(int(cur.rows[pos[k]]))["image_sha256"], sorted(names[i] for i in spl)))
     first_row = pos[first_of]

@@ -105,9 +105,10 @@ class RowColumns:
                 "has_text": np.zeros(0, bool), "group": np.zeros(0, "S1")}
 
     def freeze(self) -> dict[str, np.ndarray]:
-        """The columns as arrays (the empty columns when no row came)."""
-        if not self._parts:
-            return self.empty()
-        cols = {k: np.concatenate([p[k] for p in self._parts]) for k in self._parts[0]}
+        """The columns as arrays (the empty columns when no row came). The 32-byte image digests become ``img``,
+        each row's image as an integer in sha256 order (-1: none), so no stage sorts the digests again."""
+        cols = {k: np.concatenate([p[k] for p in self._parts]) for k in self._parts[0]} if self._parts else self.empty()
         self._parts = []
+        _, img = np.unique(cols.pop("sha"), return_inverse=True)
+        cols["img"] = np.where(cols["has_image"], img.reshape(-1), -1).astype(np.int64)
         return cols
