@@ -157,14 +157,11 @@ class ImageStage:
         """``rows`` with their images loaded (``loaded``: ``_load_one`` of ``tasks(rows)``, when already computed)."""
         c = self.recipe.curation
         keys, tasks = self.tasks(rows, c.max_image_side, c.max_pixels)
-        if loaded is not None:
-            pass
-        elif self.engine == "local":
-            loaded = self.pool.map(_load_one, tasks)
-        else:
-            from pathvlm.data.engine import engine_map
+        if loaded is None:
+            from pathvlm.data.engine import engine_map  # "local": the build's pool
 
-            loaded = engine_map(_load_one, tasks, self.engine, self.pool.workers)
+            loaded = (self.pool.map(_load_one, tasks) if self.engine == "local"
+                      else engine_map(_load_one, tasks, self.engine, self.pool.workers))
         cache = {}
         for key, i in keys.items():
             digest, extra, err, as_is = loaded[i]
@@ -204,16 +201,6 @@ class ImageStage:
         log.add("load_images", self.n_in, self.n_out, distinct_images=len(np.unique(keys)))
 
 
-def load_images(rows, recipe, malformed, examples, log: StageLog, progress: bool = False, workers: int = 1,
-                engine: str = "local"):
-    """``ImageStage`` on one list of rows."""
-    with Pool(workers) as pool:
-        stage = ImageStage(recipe, malformed, examples, pool, engine)
-        out = stage.run(rows)
-    stage.log_to(log)
-    return out
-
-
 def _curate_caption(text: str, clean: bool, rule, english_only: bool, min_words: int, max_words: int) -> tuple:
     """One caption through cleaning, the visual filter (``rule``: a sentence -> keep?; None: no filter), the
     language and length filters: ``(stage reached, text, changed, kept sentences, removed sentences, the caption
@@ -241,7 +228,7 @@ def _curate_caption(text: str, clean: bool, rule, english_only: bool, min_words:
 CURATED = "_curated"  # a row's precomputed caption curation, removed before the row goes further
 
 
-def _prepare(task) -> list[dict]:
+def _prepare(task) -> tuple[list[dict], list]:
     """A few rows' images loaded and captions curated, on a worker of the build's pool, in order: the rows back with
     ``_load_one``'s results, and each caption's ``_curate_caption`` result under ``CURATED`` (when the caption filter
     is a pure function; the model filter runs in the main process). The main process then counts them exactly as
@@ -289,7 +276,6 @@ class CaptionStage:
             if r["task"] != "caption":
                 out.append(r)
                 continue
-            r = dict(r)
             stage, text, was_changed, kept, removed, cleaned = r.pop(CURATED) if CURATED in r else next(results)
             self.changed += was_changed
             if stage == "empty":

@@ -22,6 +22,11 @@ def resolve_workers(workers: int | None) -> int:
     return int(workers)
 
 
+def _chunksize(n: int, workers: int) -> int:
+    """Items per task: about 8 tasks per worker, at most 256 items each."""
+    return max(1, min(256, n // (workers * 8) or 1))
+
+
 def _context():
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
@@ -43,7 +48,7 @@ def ordered_map(fn: Callable, items: Sequence | Iterable, workers: int = 1, chun
             if bar is not None:
                 bar.update(1)
     else:
-        chunksize = chunksize or max(1, min(256, len(items) // (workers * 8) or 1))
+        chunksize = chunksize or _chunksize(len(items), workers)
         out = []
         with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
             for y in pool.map(fn, items, chunksize=chunksize):
@@ -83,7 +88,7 @@ class Pool:
         workers = self.workers if workers is None else min(workers, self.workers)
         if workers <= 1 or len(items) < 2:
             return [fn(x) for x in items]
-        chunksize = chunksize or max(1, min(256, len(items) // (workers * 8) or 1))
+        chunksize = chunksize or _chunksize(len(items), workers)
         return list(self._executor().map(fn, items, chunksize=chunksize))
 
     def submit(self, fn: Callable, arg):

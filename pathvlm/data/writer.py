@@ -139,13 +139,6 @@ class SplitWriter:
         return final
 
 
-def write_webdataset(rows: list[dict], folder: Path, split: str) -> list[Path]:
-    """webdataset tar shards: ``{key}.png|jpg`` + ``{key}.json`` per sample (first image only)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return [Path(_write_tar((rows[i:i + ROWS_PER_SHARD], folder / f"{split}-{i // ROWS_PER_SHARD:06d}.tar")))
-            for i in range(0, len(rows), ROWS_PER_SHARD)]
-
-
 def checksums(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "checksums.json"}
