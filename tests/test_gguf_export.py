@@ -3,6 +3,7 @@
 The file is checked without llama.cpp by transformers' own GGUF loader (which undoes the rotary permutation
 and the names): an f32 export must give the torch model's logits, a q8_0 export nearly so. Decoding through
 llama.cpp itself runs where llama-cpp-python is installed (an optional C++ build; skipped elsewhere)."""
+import numpy as np
 import pytest
 import torch
 
@@ -98,6 +99,7 @@ def test_llama_cpp_decodes_like_the_torch_model(tiny_reasoner_dir, tmp_path, mon
 
     from pathvlm.chat import load_reasoner
     from pathvlm.vlm.decode import decode_tokens
+    from pathvlm.vlm.llamacpp_lm import parse_state
 
     monkeypatch.setenv("PATHVLM_HOME", str(tmp_path))
     tile = he_like_tile(0, size=48)
@@ -109,9 +111,20 @@ def test_llama_cpp_decodes_like_the_torch_model(tiny_reasoner_dir, tmp_path, mon
         ref = fp.model(**inputs, logits_to_keep=1).logits[0, -1]
         embeds = q.model.model.prompt_embeddings(inputs["input_ids"], inputs["pixel_values"])
     ext = q.model.pathvlm_llamacpp
+    assert ext.torch_prefill is not None  # the default: torch reads the prompt, llama.cpp decodes
     got = ext.prefill(embeds[0])[0]
-    assert torch.nn.functional.cosine_similarity(got, ref, dim=0) > 0.99
-    assert ext.step(int(got.argmax())).shape == (1, ref.shape[0])
+    torch.testing.assert_close(got, ref)  # the prompt's logits are the float32 model's own
+    torch_state = parse_state(ext._get_state())
+    after_torch = ext.step(int(got.argmax()))[0]
+    # llama.cpp reading the same prompt itself: nearly the same cache, and nearly the same next step
+    own = ext._prefill_llama(embeds[0])[0]
+    assert torch.nn.functional.cosine_similarity(own, ref, dim=0) > 0.99
+    llama_state = parse_state(ext._get_state())
+    assert torch_state[0].tolist() == llama_state[0].tolist() == list(range(embeds.shape[1]))
+    for a, b in zip(torch_state[1] + torch_state[2], llama_state[1] + llama_state[2]):
+        assert np.dot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b) > 0.99
+    after_llama = ext.step(int(got.argmax()))[0]
+    assert torch.nn.functional.cosine_similarity(after_torch, after_llama, dim=0) > 0.99
     # the chat path and batches go through llama.cpp, one request at a time
     tokens = list(decode_tokens(q.model, inputs, 8, [-1]))
     assert len(tokens) == 8
@@ -121,6 +134,19 @@ def test_llama_cpp_decodes_like_the_torch_model(tiny_reasoner_dir, tmp_path, mon
     # the torch decoder layers were released: using them is an error, not a silent skip
     with pytest.raises(PathVLMError, match="decodes in llama.cpp"):
         q.model.generate(**inputs, max_new_tokens=2)
+
+    # prefill="llama.cpp": the decoder layers are released and llama.cpp reads the prompt too
+    from pathvlm.chat import Reasoner
+    from pathvlm.vlm.build import load_vlm
+    from pathvlm.vlm.llamacpp_lm import attach_llama_cpp
+
+    model, processor = load_vlm(str(tiny_reasoner_dir))  # its own copy: load_reasoner's are shared
+    attach_llama_cpp(model, processor.tokenizer, prefill="llama.cpp")
+    lean = Reasoner(model, processor, name="tiny")
+    assert lean.model.pathvlm_llamacpp.torch_prefill is None
+    assert len(lean.chat([tile], QUESTION, max_new_tokens=8).text) > 0
+    with pytest.raises(PathVLMError, match="prefill is 'torch' or 'llama.cpp'"):
+        attach_llama_cpp(fp.model, fp.processor.tokenizer, prefill="gpu")
 
 
 def test_gguf_logits_benchmark_reads_an_export_back(tiny, tiny_reasoner_dir, tmp_path, capsys):
