@@ -1,9 +1,10 @@
-"""`pathvlm chat` decoding speed: fp32, bf16 and ``--quantize int8`` against a plain ``model.generate`` and, when
+"""`pathvlm chat` decoding speed: fp32, bf16, ``--quantize int8`` and ``q8_0`` against a plain ``model.generate`` and, when
 llama-cpp-python is installed, llama.cpp on the GGUF file the default language model comes from. Every
 variant is measured in the same run, interleaved (one run of each variant, then the next round), so machine
 load hits all of them alike; medians over ``--runs`` rounds after a warm-up, at each ``--threads`` count.
 
-    python benchmarks/bench_chat.py [--model pathvlm-nano] [--variants plain fp32 bf16 int8 llama.cpp]
+    python benchmarks/bench_chat.py [--model pathvlm-nano]
+                                    [--variants plain fp32 bf16 int8 q8_0 q8_0-llama-prefill llama.cpp]
                                     [--threads 1 2] [--runs 5] [--tokens 64] [--json out.json]
 
 About 3-4 minutes on a quiet 2-core CPU with the defaults. Targets for pathvlm-nano on 2 cores: int8 chat
@@ -16,6 +17,9 @@ Columns:
 - tok/s: ``--tokens`` new tokens (end-of-turn ignored) over the time to the last one, first token included (the
   README's historical figure); decode tok/s: the tokens after the first over the time after the first.
 - x fp32: tok/s over fp32 chat's, same thread count and run.
+- q8_0: the prompt through torch's float32 decoder layers, its keys and values handed to llama.cpp, which
+  decodes the new tokens (the shipped default); q8_0-llama-prefill: llama.cpp reads the prompt too
+  (``attach_llama_cpp(..., prefill="llama.cpp")``, the torch layers released).
 - ceiling: the physical limit of a decode step at that weight format: memory bandwidth (measured here, a
   256 MB read) over the bytes of language-model weights one token reads; kernel-only: tokens/s if a decode step
   were nothing but its matrix products (every weight of the language model and LM head applied to one token's
@@ -38,7 +42,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-VARIANTS = ("plain", "fp32", "bf16", "int8", "q8_0", "llama.cpp")
+VARIANTS = ("plain", "fp32", "bf16", "int8", "q8_0", "q8_0-llama-prefill", "llama.cpp")
 PAUSE_S = 0.2
 
 
@@ -236,6 +240,19 @@ def main(argv=None) -> int:
                 notes.append(f"q8_0 column skipped: {llama_cpp_status()}")
                 continue
             reasoners[v] = load_reasoner(args.model, quantize=v)
+        elif v == "q8_0-llama-prefill":  # q8_0 as before 2026-12-03: llama.cpp reads the prompt too
+            if llama_cpp_status() is not None:
+                notes.append(f"{v} column skipped: {llama_cpp_status()}")
+                continue
+            from pathvlm.chat import Reasoner
+            from pathvlm.vlm.build import load_vlm
+            from pathvlm.vlm.llamacpp_lm import attach_llama_cpp
+            from pathvlm.vlm.model_cards import default_system_prompt
+
+            model, processor = load_vlm(args.model)  # its own copy: load_reasoner shares one per name
+            attach_llama_cpp(model, processor.tokenizer, prefill="llama.cpp")
+            model.pathvlm_quantize = "q8_0"
+            reasoners[v] = Reasoner(model, processor, name=args.model, default_system=default_system_prompt(args.model, model))
     gguf = None
     if "llama.cpp" in args.variants:
         why = llama_cpp_status()
@@ -261,7 +278,7 @@ def main(argv=None) -> int:
             continue
         inp, _ = r._prepare([image], messages)
         with torch.inference_mode():
-            if v == "q8_0":
+            if v.startswith("q8_0"):
                 ref = list(decode_tokens(base.model, inp, n, eos))
             else:
                 ref = r.model.generate(**inp, max_new_tokens=n, do_sample=False)[0, inp["input_ids"].shape[1]:].tolist()
@@ -302,7 +319,7 @@ def main(argv=None) -> int:
                 torch.set_num_threads(th)
                 entry["weight_bytes_per_token"] = bytes_per_token[v]
                 entry["bandwidth_ceiling_tokens_per_s"] = bw / bytes_per_token[v]
-                if v != "q8_0":  # llama.cpp's kernels are not torch's
+                if not v.startswith("q8_0"):  # llama.cpp's kernels are not torch's
                     entry["kernel_ceiling_tokens_per_s"] = kernel_ceiling(reasoners[v].model, args.runs)
             row["variants"][v] = entry
         fp = row["variants"].get("fp32")
