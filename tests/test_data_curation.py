@@ -71,7 +71,7 @@ def test_caption_near_duplicates_minhash_lsh():
     c = "Benign colonic mucosa with regular crypts lined by goblet cells and no atypia at all"
     nd = dedup.caption_near_duplicates([a, c, b, a.upper(), c], threshold=0.8)
     # a ~ b (Jaccard 17/21 of word 3-shingles), a == a.upper() once normalised, c == c
-    assert dedup.duplicate_clusters(5, nd.edges) == [0, 1, 0, 0, 1]
+    assert dedup.duplicate_clusters(5, nd.edges).tolist() == [0, 1, 0, 0, 1]
     assert nd.pair_count == 3 + 1  # {a, b, A} three pairs, {c, c} one
     assert dedup.caption_near_duplicates([a, c], threshold=0.8).pair_count == 0
     assert dedup.minhash(a).jaccard(dedup.minhash(b)) > 0.6
@@ -217,3 +217,33 @@ def test_column_split_assignment_matches_assign_splits():
         got = assign_group_splits(counts, np.array([g.encode() for g in names]), ratios, seed=7)
         split_names = list(ratios)
         assert {g: split_names[k] for g, k in zip(names, got.tolist())} == expected
+
+
+def test_duplicate_clusters_are_connected_components_named_by_their_smallest_item():
+    """scipy's connected components against a plain union-find, on random sparse graphs with chains (a long
+    chain needs many union steps), self-pairs and repeated pairs; and bad indices are refused."""
+    import numpy as np
+    import pytest
+
+    def union_find(n, pairs):
+        parent = list(range(n))
+
+        def find(x):
+            while parent[x] != x:
+                x = parent[x]
+            return x
+
+        for i, j in pairs:
+            ri, rj = find(i), find(j)
+            parent[max(ri, rj)] = min(ri, rj)
+        return [find(i) for i in range(n)]
+
+    rng = random.Random(5)
+    for n in (1, 7, 200):
+        pairs = [(rng.randrange(n), rng.randrange(n)) for _ in range(n // 2)]
+        pairs += [(k, k + 1) for k in range(n // 3, n // 3 + n // 4)] + pairs[:3]
+        assert dedup.duplicate_clusters(n, pairs).tolist() == union_find(n, pairs)
+        assert dedup.duplicate_clusters(n, np.array(pairs, np.int64)).tolist() == union_find(n, pairs)
+    assert dedup.duplicate_clusters(4, []).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        dedup.duplicate_clusters(4, [(0, 4)])

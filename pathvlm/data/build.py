@@ -375,9 +375,9 @@ def deduplicate(cols: dict, recipe: RecipeConfig, spill: RowSpill, log: StageLog
     with_image = idx[cols["has_image"][idx]]
     img_ids, img_first, img_of = np.unique(cols["img"][with_image], return_index=True, return_inverse=True)
     near = dedup.near_duplicates(cols["dhash"][with_image[img_first]], c.image_near_duplicate_bits, workers=workers)
-    root_img = np.asarray(dedup.duplicate_clusters(len(img_ids), near.edges), np.int64)[img_of]  # per with_image row
-    # one image cluster can join several groups and one group several clusters: union-find over
-    # groups (dedup.duplicate_clusters) merges them transitively, each into its smallest name
+    root_img = dedup.duplicate_clusters(len(img_ids), near.edges)[img_of]  # per with_image row
+    # one image cluster can join several groups and one group several clusters: the connected components of the
+    # groups (dedup.duplicate_clusters) merge them transitively, each into its smallest name
     group_names, group_of = np.unique(cols["group"][idx], return_inverse=True)
     pos = np.searchsorted(idx, with_image)
     pairs = _unique_pairs(root_img, group_of[pos])  # (cluster root, group), sorted
@@ -385,8 +385,8 @@ def deduplicate(cols: dict, recipe: RecipeConfig, spill: RowSpill, log: StageLog
     starts = np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]) if len(pairs) else np.zeros(0, np.int64)
     first_group[pairs[starts, 0]] = pairs[starts, 1]
     link = pairs[pairs[:, 1] != first_group[pairs[:, 0]]] if len(pairs) else pairs
-    links = list(zip(first_group[link[:, 0]].tolist(), link[:, 1].tolist()))
-    group_root = np.asarray(dedup.duplicate_clusters(len(group_names), links), np.int64)
+    links = np.stack([first_group[link[:, 0]], link[:, 1]], 1)
+    group_root = dedup.duplicate_clusters(len(group_names), links)
     merged = int((group_root != np.arange(len(group_names))).sum())
     group = group_root[group_of]
     near_dropped = 0
@@ -485,10 +485,10 @@ def split_rows(cols: dict, cur: Curated, recipe: RecipeConfig, spill: RowSpill, 
     # the kept images are a subset of those deduplication searched: their close pairs are among its pairs
     near = dedup.near_duplicates(cols["dhash"][cur.rows[first_row]], recipe.curation.image_near_duplicate_bits,
                                  known_pairs=cur.close_hashes)
-    for i, j in near.edges:
-        a, b = first_row[i], first_row[j]
-        if split[a] != split[b]:
-            report.near_duplicate_pairs.append((spill.read(int(cur.rows[a]))["id"], spill.read(int(cur.rows[b]))["id"]))
+    a, b = first_row[near.edges[:, 0]], first_row[near.edges[:, 1]]
+    across = split[a] != split[b]
+    for i, j in zip(a[across].tolist(), b[across].tolist()):
+        report.near_duplicate_pairs.append((spill.read(int(cur.rows[i]))["id"], spill.read(int(cur.rows[j]))["id"]))
     card["leakage_audit"] = report.summary()
     card["splits"] = {"rows": dict(sorted(sizes.items())), "groups": dict(sorted(groups.items()))}
     if s.on_leak == "fail":

@@ -104,7 +104,7 @@ def caption_near_duplicates(texts: list[str], threshold: float = 0.8, num_perm: 
                     pair_count += members[distinct[a]] * members[distinct[b]]
                     i, j = first[distinct[a]], first[distinct[b]]
                     edges.add((min(i, j), max(i, j)))
-    return NearDuplicates(n, sorted(edges), pair_count)
+    return NearDuplicates(n, np.array(sorted(edges), np.int64).reshape(-1, 2), pair_count)
 
 
 def hamming(a: int, b: int) -> int:
@@ -133,36 +133,45 @@ def near_duplicate_pairs(hashes: list[int], max_distance: int, bands: int = 8, b
     return sorted(pairs)
 
 
-def duplicate_clusters(n: int, pairs: list[tuple[int, int]]) -> list[int]:
-    """Union-find: for each item, the smallest index of its duplicate cluster (itself if unique)."""
-    parent = list(range(n))
+def duplicate_clusters(n: int, pairs) -> np.ndarray:
+    """For each of ``n`` items, the smallest index of its cluster: the connected components of ``pairs`` (index
+    pairs, a list or an ``[E, 2]`` array), an unlinked item its own cluster. scipy's ``connected_components`` on a
+    sparse graph: numpy arrays throughout, where a Python union-find held two lists of ``n`` ints."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
+    p = np.asarray(pairs, np.int64).reshape(-1, 2)
+    if not len(p):
+        return np.arange(n, dtype=np.int64)
+    if p.min() < 0 or p.max() >= n:
+        raise ValueError(f"pair indices must lie in [0, {n})")
+    graph = coo_matrix((np.ones(len(p), np.int8), (p[:, 0], p[:, 1])), shape=(n, n)).tocsr()
+    _, label = connected_components(graph, directed=False)
+    _, smallest = np.unique(label, return_index=True)  # labels are 0..k-1; the first item of each is its smallest
+    return smallest.astype(np.int64)[label]
 
-    for i, j in pairs:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    return [find(i) for i in range(n)]
+
+def _sorted_pairs(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
+    """Distinct ``(min, max)`` index pairs of ``i``/``j`` below ``n``, sorted, as an ``[E, 2]`` int64 array."""
+    lo, hi = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
+    keys = np.unique(lo * max(n, 1) + hi)
+    return np.stack([keys // max(n, 1), keys % max(n, 1)], 1)
 
 
 @dataclass
 class NearDuplicates:
     """The result of :func:`near_duplicates` over ``n`` items.
 
-    ``edges`` are item pairs (i < j, sorted) that link every near-duplicate cluster: all pairs between items of
-    *different* hash values within the distance, one pair per such pair of values (their first items), and a star
-    (first item to each other) inside each group of identical hashes. Union-find over ``edges`` gives exactly the
-    clusters that all pairs would give, but their number grows with the distinct hash values, not with the square
-    of a group of identical hashes (many blank or background tiles hash alike). ``pair_count`` is the exact number
-    of item pairs within the distance, counted without listing them."""
+    ``edges`` (an ``[E, 2]`` int64 array) are item pairs (i < j, sorted) that link every near-duplicate cluster:
+    all pairs between items of *different* hash values within the distance, one pair per such pair of values
+    (their first items), and a star (first item to each other) inside each group of identical hashes. The
+    connected components of ``edges`` (:func:`duplicate_clusters`) are exactly the clusters that all pairs would
+    give, but their number grows with the distinct hash values, not with the square of a group of identical
+    hashes (many blank or background tiles hash alike). ``pair_count`` is the exact number of item pairs within
+    the distance, counted without listing them."""
 
     n: int
-    edges: list[tuple[int, int]]
+    edges: np.ndarray
     pair_count: int
     value_pairs: np.ndarray | None = None  # the close pairs of distinct hash values (``close_value_pairs``)
 
@@ -234,7 +243,7 @@ def near_duplicates(hashes: list[int] | np.ndarray, max_distance: int, bits: int
     superset of these hashes at the same distance, so the search is not run again."""
     n = len(hashes)
     if n == 0:
-        return NearDuplicates(0, [], 0, np.zeros((0, 2), np.uint64))
+        return NearDuplicates(0, np.zeros((0, 2), np.int64), 0, np.zeros((0, 2), np.uint64))
     if max_distance < 0 or max_distance >= bits:
         raise ValueError(f"max_distance must be in [0, {bits})")
     if isinstance(hashes, np.ndarray) and hashes.dtype == np.uint64 and bits == 64:
@@ -242,13 +251,11 @@ def near_duplicates(hashes: list[int] | np.ndarray, max_distance: int, bits: int
     else:
         h = np.array([int(x) & ((1 << bits) - 1) for x in hashes], dtype=np.uint64)
     uniq, first, inverse, counts = np.unique(h, return_index=True, return_inverse=True, return_counts=True)
-    edges: set[tuple[int, int]] = set()
     pair_count = int((counts * (counts - 1) // 2).sum())
     dup_items = np.flatnonzero(counts[inverse] > 1)
-    for i in dup_items.tolist():  # star inside each group of identical hashes
-        root = int(first[inverse[i]])
-        if i != root:
-            edges.add((min(root, i), max(root, i)))
+    roots = first[inverse[dup_items]]
+    star = dup_items != roots  # star inside each group of identical hashes: its first item to each other one
+    ei, ej = [roots[star]], [dup_items[star]]
     if known_pairs is None:
         value_pairs = close_value_pairs(uniq, max_distance, bits, workers)
     else:  # the pairs of a superset, kept where both values are among these hashes
@@ -259,7 +266,7 @@ def near_duplicates(hashes: list[int] | np.ndarray, max_distance: int, bits: int
     if len(value_pairs):
         allp = np.searchsorted(uniq, value_pairs)
         pair_count += int((counts[allp[:, 0]].astype(np.int64) * counts[allp[:, 1]]).sum())
-        fi, fj = first[allp[:, 0]], first[allp[:, 1]]
-        for i, j in zip(np.minimum(fi, fj).tolist(), np.maximum(fi, fj).tolist()):
-            edges.add((i, j))
-    return NearDuplicates(n, sorted(edges), pair_count, value_pairs)
+        ei.append(first[allp[:, 0]])
+        ej.append(first[allp[:, 1]])
+    edges = _sorted_pairs(np.concatenate(ei), np.concatenate(ej), n)
+    return NearDuplicates(n, edges, pair_count, value_pairs)
