@@ -595,6 +595,10 @@ def _build(recipe, out, partial, progress, workers, engine, pool, spill, log, ma
     is_class = cols["task"][cur.rows] == cols["task_codes"].get("classification", -1)
     labels = {columns.labels.names[k] for k in np.unique(cols["label"][cur.rows][is_class]).tolist()}
     kb = KnowledgeBase.load(recipe.knowledge).subset(labels)
+    # the builders need only the kept rows, their groups and splits: the columns and the audit's pairs go before
+    # the writers' libraries come in, so the two do not add up at the peak
+    cols.clear()
+    cur = Curated(cur.rows, cur.group, cur.group_names)
     # 3. the builders and writers, reading the rows back in order
     from pathvlm.data.writer import SplitWriter, checksums
 
