@@ -12,9 +12,10 @@ where torch pays Python and dispatch per operation (``benchmarks/bench_chat.py``
 llama-cpp-python (built from source: docs/benchmarks.md gives the flags); one request at a time (the
 reasoner's lock), batch 1.
 
-The prompt itself is a block of matrix-matrix products, where torch's float32 kernels beat llama.cpp's Q8_0
-ones on this CPU (about 110 vs 150 ms for 71 positions on 2 cores). By default (``prefill="torch"``) the
-prompt therefore runs through the reasoner's own float32 decoder layers, and its keys and values are written
+The prompt itself is a block of matrix-matrix products, where torch's float32 kernels can match llama.cpp's Q8_0
+ones (about 110 vs 150 ms for 71 positions on 2 cores of an Intel CPU; slower than llama.cpp on an AMD EPYC:
+docs/benchmarks.md). By default (``prefill="torch"``) the prompt runs through the reasoner's own float32
+decoder layers, and its keys and values are written
 into llama.cpp's KV cache through llama.cpp's sequence-state API (``llama_state_seq_set_data``); the decode
 steps then run in llama.cpp. The prompt is then exactly the float32 model's, and only the new tokens see Q8_0
 weights. The state layout is checked when the model is attached (a probe's state, parsed and rebuilt, must
