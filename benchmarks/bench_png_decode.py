@@ -39,9 +39,6 @@ def main(argv=None) -> int:
     ap.add_argument("--folder", default=None, help="PNG tiles (default: the demo gallery, built if missing)")
     ap.add_argument("--passes", type=int, default=3)
     args = ap.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(1)
     if args.folder:
         folder = Path(args.folder)
     else:

@@ -151,11 +151,14 @@ def duplicate_clusters(n: int, pairs) -> np.ndarray:
     return smallest.astype(np.int64)[label]
 
 
-def _sorted_pairs(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
-    """Distinct ``(min, max)`` index pairs of ``i``/``j`` below ``n``, sorted, as an ``[E, 2]`` int64 array."""
-    lo, hi = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
-    keys = np.unique(lo * max(n, 1) + hi)
-    return np.stack([keys // max(n, 1), keys % max(n, 1)], 1)
+def unique_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The distinct ``(a, b)`` pairs of two non-negative integer arrays, sorted, as an ``[k, 2]`` array: one int64 key
+    per pair (``np.unique(..., axis=0)`` would sort a structured copy, several times the memory at a million rows)."""
+    if not len(a):
+        return np.zeros((0, 2), np.int64)
+    base = int(b.max()) + 1
+    keys = np.unique(np.asarray(a, np.int64) * base + b)
+    return np.stack([keys // base, keys % base], 1)
 
 
 @dataclass
@@ -268,5 +271,6 @@ def near_duplicates(hashes: list[int] | np.ndarray, max_distance: int, bits: int
         pair_count += int((counts[allp[:, 0]].astype(np.int64) * counts[allp[:, 1]]).sum())
         ei.append(first[allp[:, 0]])
         ej.append(first[allp[:, 1]])
-    edges = _sorted_pairs(np.concatenate(ei), np.concatenate(ej), n)
+    i, j = np.concatenate(ei), np.concatenate(ej)
+    edges = unique_pairs(np.minimum(i, j), np.maximum(i, j))  # (i < j), sorted
     return NearDuplicates(n, edges, pair_count, value_pairs)
