@@ -113,6 +113,49 @@ def test_siglip_loss_runs(tmp_path, tiny_clip_dir, built_data):
     assert model.logit_bias is not None
 
 
+def test_unicl_loss_is_clips_loss_when_no_two_rows_share_a_label():
+    from open_clip.loss import ClipLoss
+
+    from train.clip.losses import UniClLoss, unicl_targets
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    scale = torch.tensor(10.0)
+    clip = ClipLoss()(img, txt, scale)
+    for labels in (torch.arange(6), torch.full((6,), -1), torch.tensor([0, 1, 2, -1, 3, -1])):
+        assert torch.allclose(UniClLoss()(img, txt, scale, labels), clip, atol=1e-6)
+    # rows sharing a label are one another's positives; unlabelled rows (-1) match only their own caption
+    t = unicl_targets(torch.tensor([0, 0, 1, -1, -1]))
+    assert torch.allclose(t.sum(1), torch.ones(5))
+    assert t[0, 1] == t[1, 0] == 0.5 and t[0, 2] == 0 and t[3, 4] == 0 and t[3, 3] == 1
+
+
+def test_unicl_loss_pulls_a_tile_towards_its_classmates_caption_where_clip_pushes_it_away():
+    from open_clip.loss import ClipLoss
+
+    from train.clip.losses import UniClLoss
+
+    g = torch.Generator().manual_seed(1)
+    img = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1).requires_grad_()
+    txt = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    scale = torch.tensor(10.0)
+
+    def towards_classmate(loss):  # d loss / d (tile 0's similarity to caption 1), through tile 0's embedding
+        (grad,) = torch.autograd.grad(loss, img)
+        return float(grad[0] @ txt[1])
+
+    assert towards_classmate(ClipLoss()(img, txt, scale)) > 0  # more alike -> higher loss: pushed apart
+    assert towards_classmate(UniClLoss()(img, txt, scale, torch.tensor([0, 0, 1, 2]))) < 0  # pulled together
+
+
+def test_unicl_loss_trains(tmp_path, tiny_clip_dir, built_data):
+    from pathvlm.clip.factory import create_clip
+
+    train_clip(config(tmp_path, tiny_clip_dir, built_data, max_steps=1, loss="unicl"))
+    create_clip(str(tmp_path / "run" / "final"))
+
+
 def test_config_errors(tmp_path):
     from pathvlm.errors import PathVLMError
 
@@ -120,7 +163,7 @@ def test_config_errors(tmp_path):
     with pytest.raises(PathVLMError, match="unknown field"):
         load_config(tmp_path / "c.yaml")
     (tmp_path / "c.yaml").write_text("loss: triplet\n")
-    with pytest.raises(PathVLMError, match="clip or siglip"):
+    with pytest.raises(PathVLMError, match="clip, siglip or unicl"):
         load_config(tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml", {"loss": "siglip"}).loss == "siglip"
     (tmp_path / "c.yaml").write_text("oversample: {normal oral mucosa: 1.5}\n")

@@ -17,7 +17,8 @@ class ClipTrainConfig:
     output_dir: str = field(default="runs/clip/pathclip-nano")
     exclude_sources: list = field(default_factory=list, metadata={"help": "sources left out of training "
                                                                   "(kept for the unseen-class evaluation)"})
-    loss: str = field(default="clip", metadata={"help": "clip (open_clip ClipLoss) or siglip"})
+    loss: str = field(default="clip", metadata={"help": "clip (open_clip ClipLoss), siglip, or unicl (same-label "
+                                                 "pairs are positives: train/clip/losses.py)"})
     lock_text: bool = field(default=True, metadata={"help": "freeze the text transformer (its projection trains)"})
     lock_text_unlocked_layers: int = 0
     lock_text_projection: bool = field(default=False, metadata={"help": "LiT: also freeze the text projection, "
@@ -64,8 +65,8 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ClipTrainCon
     unknown = set(data) - set(known)
     if unknown:
         raise PathVLMError(f"{p}: unknown field(s) {', '.join(sorted(unknown))}")
-    if data.get("loss", "clip") not in ("clip", "siglip"):
-        raise PathVLMError(f"{p}: loss must be clip or siglip")
+    if data.get("loss", "clip") not in ("clip", "siglip", "unicl"):
+        raise PathVLMError(f"{p}: loss must be clip, siglip or unicl")
     for label, factor in (data.get("oversample") or {}).items():
         if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
             raise PathVLMError(f"{p}: oversample[{label!r}] must be a whole number >= 1, got {factor!r}")

@@ -55,6 +55,9 @@ class ClipPairs(Dataset):
         self.rows, self.transform, self.seed, self.epoch = rows, transform, seed, 0
         self.captions = sorted({r["text"] for r in rows})
         self.caption_index = {c: i for i, c in enumerate(self.captions)}
+        self.label_names = sorted({r.get("label") or "" for r in rows} - {""})
+        index = {name: k for k, name in enumerate(self.label_names)}
+        self.label_ids = [index.get(r.get("label") or "", -1) for r in rows]  # -1: no label (a caption-only row)
 
     def __len__(self):
         return len(self.rows)

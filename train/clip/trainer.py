@@ -4,7 +4,7 @@
     accelerate launch --config_file train/recipes/accelerate_configs/ddp.yaml -m pathvlm train clip --config ...
 
 Every step: a seeded batch of (image view, caption) pairs -> normalised embeddings -> open_clip's
-contrastive loss (or SigLIP) gathered across processes -> AdamW step on the unlocked parameters
+contrastive loss (or SigLIP, or UniCL's label-aware targets) gathered across processes -> AdamW step on the unlocked parameters
 -> cosine schedule with warm-up. Every epoch: zero-shot on held-out groups and unseen classes,
 retrieval R@k, a complete checkpoint, curves.
 """
@@ -146,9 +146,15 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
     step_module, optimizer = accelerator.prepare(ContrastiveStep(model, texts), optimizer)
     raw = accelerator.unwrap_model(step_module).clip
     texts.model = raw
-    loss_fn = (SigLipLoss(rank=accelerator.process_index, world_size=world) if cfg.loss == "siglip" else
-               ClipLoss(local_loss=world > 1, gather_with_grad=world > 1, rank=accelerator.process_index,
-                        world_size=world))
+    if cfg.loss == "siglip":
+        loss_fn = SigLipLoss(rank=accelerator.process_index, world_size=world)
+    elif cfg.loss == "unicl":
+        from train.clip.losses import UniClLoss
+
+        loss_fn = UniClLoss(rank=accelerator.process_index, world_size=world)
+    else:
+        loss_fn = ClipLoss(local_loss=world > 1, gather_with_grad=world > 1, rank=accelerator.process_index,
+                           world_size=world)
 
     state = {"epoch": 0, "batch": 0, "step": 0, "history": [], "losses": [], "step_seconds": []}
     last = ckpt.latest_checkpoint(out / "checkpoints")
@@ -214,7 +220,13 @@ def train_clip(cfg: ClipTrainConfig, crash_at_step: int | None = None) -> dict:
             with accelerator.accumulate(step_module):
                 with accelerator.autocast():
                     img, txt, scale, bias = step_module(pixels, caption_idx)
-                    loss = loss_fn(img, txt, scale, bias) if cfg.loss == "siglip" else loss_fn(img, txt, scale)
+                    if cfg.loss == "siglip":
+                        loss = loss_fn(img, txt, scale, bias)
+                    elif cfg.loss == "unicl":
+                        loss = loss_fn(img, txt, scale, torch.tensor([dataset.label_ids[i] for i in mine[b]],
+                                                                     device=device))
+                    else:
+                        loss = loss_fn(img, txt, scale)
                 accelerator.backward(loss)
                 optimizer.step()
                 if accelerator.sync_gradients:
