@@ -345,12 +345,11 @@ def deduplicate(cols: dict, recipe: RecipeConfig, spill: RowSpill, log: StageLog
     c = recipe.curation
     n_in = len(cols["sort_id"])
     idx = np.arange(n_in)
-    is_class = cols["task"] == cols["task_codes"].get("classification", -1)
     # label conflicts: one image (identical bytes) labelled as two classes, e.g. a tile filed under both Normal and
     # OSCC: no label can be trusted, so every copy goes (counted in the card)
     conflicts = np.zeros(0, np.int64)
     if c.drop_label_conflicts:
-        labelled = idx[is_class & cols["has_image"]]
+        labelled = idx[(cols["task"] == cols["task_codes"].get("classification", -1)) & cols["has_image"]]
         images = cols["img"][labelled]
         pairs = dedup.unique_pairs(images, cols["label"][labelled])
         per_image = np.bincount(pairs[:, 0], minlength=int(images.max()) + 1 if len(images) else 0)
@@ -361,6 +360,7 @@ def deduplicate(cols: dict, recipe: RecipeConfig, spill: RowSpill, log: StageLog
     if c.drop_exact_duplicates:
         kept = idx[_first_per_value(cols["dup_key"][idx])]
         exact, idx = len(idx) - len(kept), kept
+    del cols["dup_key"]  # no later stage reads it: 16 bytes a row back before the near-duplicate search
     # near-duplicate images (dHash): one cluster -> one group, so they land in the same split
     with_image = idx[cols["has_image"][idx]]
     img_ids, img_first, img_of = np.unique(cols["img"][with_image], return_index=True, return_inverse=True)
@@ -368,7 +368,7 @@ def deduplicate(cols: dict, recipe: RecipeConfig, spill: RowSpill, log: StageLog
     root_img = dedup.duplicate_clusters(len(img_ids), near.edges)[img_of]  # per with_image row
     # one image cluster can join several groups and one group several clusters: the connected components of the
     # groups (dedup.duplicate_clusters) merge them transitively, each into its smallest name
-    group_names, group_of = np.unique(cols["group"][idx], return_inverse=True)
+    group_names, group_of = np.unique(cols.pop("group")[idx], return_inverse=True)  # the names replace the column
     pos = np.searchsorted(idx, with_image)
     pairs = dedup.unique_pairs(root_img, group_of[pos])  # (cluster root, group), sorted
     first_group = np.full(len(img_ids), -1, np.int64)
@@ -426,7 +426,10 @@ def release_freed_memory() -> bool:
 
 def _group_split_order(names: np.ndarray, seed: int) -> np.ndarray:
     """Groups in the order ``splits.assign_splits`` cuts them: by the sha256 of ``seed:name``."""
-    keys = np.array([hashlib.sha256(f"{seed}:".encode() + bytes(g)).digest() for g in names], "S32")
+    prefix = f"{seed}:".encode()
+    keys = np.empty(len(names), "S32")  # filled in place: a list of a million digests first would be 70 MB more
+    for i, g in enumerate(names):
+        keys[i] = hashlib.sha256(prefix + bytes(g)).digest()
     return np.argsort(keys, kind="stable")
 
 

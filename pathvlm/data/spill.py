@@ -107,7 +107,10 @@ class RowColumns:
     def freeze(self) -> dict[str, np.ndarray]:
         """The columns as arrays (the empty columns when no row came). The 32-byte image digests become ``img``,
         each row's image as an integer in sha256 order (-1: none), so no stage sorts the digests again."""
-        cols = {k: np.concatenate([p[k] for p in self._parts]) for k in self._parts[0]} if self._parts else self.empty()
+        if not self._parts:
+            cols = self.empty()
+        else:  # one column at a time, its chunks dropped as it is joined: never the chunks and the columns at once
+            cols = {k: np.concatenate([p.pop(k) for p in self._parts]) for k in list(self._parts[0])}
         self._parts = []
         _, img = np.unique(cols.pop("sha"), return_inverse=True)
         cols["img"] = np.where(cols["has_image"], img.reshape(-1), -1).astype(np.int64)
