@@ -237,7 +237,8 @@ def test_api_no_flag_without_a_description(tiny_clip_dir, tmp_path_factory, tmp_
 
 
 # ---------------------------------------------------------------------- the bundled description
-BUNDLED = {"pathclip-nano": ("train/recipes/clip/pathclip_nano_aug.yaml", "colon and oral mucosa", 4),
+BUNDLED = {"pathclip-nano": ("train/recipes/clip/pathclip_nano_unicl.yaml", "colon and oral mucosa", 4),
+           "pathclip-nano-v3": ("train/recipes/clip/pathclip_nano_aug.yaml", "colon and oral mucosa", 4),
            "pathclip-nano-v2": ("train/recipes/clip/pathclip_nano_v2.yaml", "colon and oral mucosa", 4),
            "pathclip-nano-v1": ("train/recipes/clip/pathclip_nano.yaml", "colon", 2)}
 

@@ -183,8 +183,10 @@ def provenance_markdown(prov: dict) -> str:
 
 # ----------------------------------------------------------------------------- shipped bundles
 SHIPPED = {  # name -> (weights folder, recipes, starting weights, datasets read, section the provenance precedes, note)
-    "pathclip-nano": ("pathvlm/clip/weights", ["train/recipes/clip/pathclip_nano_aug.yaml"], "pathclip-nano-untrained",
+    "pathclip-nano": ("pathvlm/clip/weights", ["train/recipes/clip/pathclip_nano_unicl.yaml"], "pathclip-nano-untrained",
                       ["clip"], "## Limits", ""),
+    "pathclip-nano-v3": ("pathvlm/clip/weights", ["train/recipes/clip/pathclip_nano_aug.yaml"], "pathclip-nano-untrained",
+                         ["clip"], "## Limits", "released as pathclip-nano (v3) from 2026-12-03 to 2026-12-04"),
     "pathclip-nano-v2": ("pathvlm/clip/weights", ["train/recipes/clip/pathclip_nano_v2.yaml"], "pathclip-nano-untrained",
                          ["clip"], "## Limits", "released as pathclip-nano (v2) until 2026-12-03"),
     "pathclip-nano-v1": ("pathvlm/clip/weights", ["train/recipes/clip/pathclip_nano.yaml"], "pathclip-nano-untrained",

@@ -42,7 +42,8 @@ from pathlib import Path
 
 DATA_RECIPES = {"nano": "data_recipes/nano.yaml", "nano_v2": "data_recipes/nano_v2.yaml"}
 # --only choice -> (bundled name, training recipe, data recipe key)
-CLIP_MODELS = {"clip": ("pathclip-nano", "train/recipes/clip/pathclip_nano_aug.yaml", "nano_v2"),
+CLIP_MODELS = {"clip": ("pathclip-nano", "train/recipes/clip/pathclip_nano_unicl.yaml", "nano_v2"),
+               "clip-v3": ("pathclip-nano-v3", "train/recipes/clip/pathclip_nano_aug.yaml", "nano_v2"),
                "clip-v2": ("pathclip-nano-v2", "train/recipes/clip/pathclip_nano_v2.yaml", "nano_v2"),
                "clip-v1": ("pathclip-nano-v1", "train/recipes/clip/pathclip_nano.yaml", "nano")}
 

@@ -59,12 +59,17 @@ _NANO = dict(
 )
 
 _PINNED: dict[str, NamedModel] = {
-    # pathclip-nano's files until it moves on; then they are renamed to pathclip-nano-v3.* (as v1's and v2's
+    # pathclip-nano's files until it moves on; then they are renamed to pathclip-nano-v4.* (as v1's, v2's and v3's
     # were) and this entry follows them
+    "pathclip-nano-v4": NamedModel(
+        name="pathclip-nano-v4", **_NANO, trained_weights="pathclip-nano.safetensors", baseline="pathclip-nano-untrained",
+        description="pathclip-nano's fourth release (colon and oral mucosa, histology augmentations, UniCL's "
+                    "label-aware targets), pinned (model card: pathvlm/clip/weights/pathclip-nano.md)",
+    ),
     "pathclip-nano-v3": NamedModel(
-        name="pathclip-nano-v3", **_NANO, trained_weights="pathclip-nano.safetensors", baseline="pathclip-nano-untrained",
+        name="pathclip-nano-v3", **_NANO, trained_weights="pathclip-nano-v3.safetensors", baseline="pathclip-nano-untrained",
         description="pathclip-nano's third release (colon and oral mucosa, histology augmentations), pinned "
-                    "(model card: pathvlm/clip/weights/pathclip-nano.md)",
+                    "(model card: pathvlm/clip/weights/pathclip-nano-v3.md)",
     ),
     "pathclip-nano-v2": NamedModel(
         name="pathclip-nano-v2", **_NANO, trained_weights="pathclip-nano-v2.safetensors", baseline="pathclip-nano-untrained",
@@ -84,10 +89,11 @@ _PINNED: dict[str, NamedModel] = {
 
 # A name users type that moves to each new release -> the pinned name of the release it loads now. A model
 # trained on a tower (a reasoner, a baseline) names the pinned one, so its tower never changes under it.
-RELEASES = {"pathclip-nano": "pathclip-nano-v3"}
+RELEASES = {"pathclip-nano": "pathclip-nano-v4"}
 _MOVING_DESCRIPTIONS = {
     "pathclip-nano": "EfficientNet-Lite0 + all-MiniLM-L6-v2 (locked), trained on colon and oral mucosa tiles with "
-                     "histology augmentations (v3; model card: pathvlm/clip/weights/pathclip-nano.md)",
+                     "histology augmentations and UniCL's label-aware targets (v4; model card: "
+                     "pathvlm/clip/weights/pathclip-nano.md)",
 }
 
 # a moving name is its pinned release under another name: the same weights file, never a second copy of the entry

@@ -61,7 +61,11 @@ NAMED_REASONERS = {
     "pathvlm-nano-v2-untrained": NamedReasoner("pathvlm-nano-v2-untrained", "pathclip-nano-v2", "default", None,
                                                description="pathclip-nano-v2 + SmolLM2-135M-Instruct with an untrained "
                                                            "(seeded) projector: pathvlm-nano v2's starting point"),
-    # a candidate third release starts here: pathclip-nano-v3's tower (pinned, like v2's)
+    # a candidate fourth release starts here: pathclip-nano-v4's tower (pinned, like v2's and v3's)
+    "pathvlm-nano-v4-untrained": NamedReasoner("pathvlm-nano-v4-untrained", "pathclip-nano-v4", "default", None,
+                                               description="pathclip-nano-v4 + SmolLM2-135M-Instruct with an untrained "
+                                                           "(seeded) projector: pathvlm-nano v4's starting point"),
+    # a candidate third release started here: pathclip-nano-v3's tower (pinned, like v2's)
     "pathvlm-nano-v3-untrained": NamedReasoner("pathvlm-nano-v3-untrained", "pathclip-nano-v3", "default", None,
                                                description="pathclip-nano-v3 + SmolLM2-135M-Instruct with an untrained "
                                                            "(seeded) projector: pathvlm-nano v3's starting point"),

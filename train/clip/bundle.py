@@ -164,10 +164,10 @@ tool. Use real pathology CLIPs (QuiltNet, PLIP, CONCH) through the same factory 
 
 # The two-organ releases: name -> (what the release is, where the others are).
 RELEASES = {
-    "pathclip-nano": ("v3: colon and oral mucosa, histology augmentations",
-                      "The earlier releases stay bundled: `pathclip-nano-v2` (the same data and recipe without the "
-                      "augmentations; pathvlm-nano v2 was trained on its image tower) and `pathclip-nano-v1` (colon "
-                      "alone; pathvlm-nano-v1's tower)."),
+    "pathclip-nano": ("v4: colon and oral mucosa, histology augmentations, UniCL's label-aware targets",
+                      "The earlier releases stay bundled: `pathclip-nano-v3` (the same recipe with open_clip's "
+                      "ClipLoss), `pathclip-nano-v2` (no augmentations; pathvlm-nano v2 was trained on its image "
+                      "tower) and `pathclip-nano-v1` (colon alone; pathvlm-nano-v1's tower)."),
 }
 
 
