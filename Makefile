@@ -1,10 +1,10 @@
 # The two set-up commands of the README:
 #   make serve   install into .venv and run the main job: the web chat and API (offline, bundled models)
 #   make test    install into .venv and run the test suite
-#   make reproduce  rebuild pathclip-nano, pathclip-nano-v2, pathclip-nano-v1, pathvlm-nano and pathvlm-nano-v1 from
-#                   their untrained baselines into runs/reproduce and compare every figure with the model cards (needs
-#                   ../shared/data; ~30 + ~30 + ~15 + ~90 + ~80 min on 2 CPU cores;
-#                   REPRODUCE_ARGS="--only clip|clip-v2|clip-v1|vlm|vlm-v1" for one; docs/reproduce.md)
+#   make reproduce  rebuild pathclip-nano, pathclip-nano-v3, pathclip-nano-v2, pathclip-nano-v1, pathvlm-nano and
+#                   pathvlm-nano-v1 from their untrained baselines into runs/reproduce and compare every figure with the
+#                   model cards (needs ../shared/data; ~30 + ~30 + ~30 + ~15 + ~90 + ~80 min on 2 CPU cores;
+#                   REPRODUCE_ARGS="--only clip|clip-v3|clip-v2|clip-v1|vlm|vlm-v1" for one; docs/reproduce.md)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

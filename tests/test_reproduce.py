@@ -2,8 +2,8 @@
 
 The fast tests check the comparison, the report, the provenance and that a rebuilt bundle in a scratch folder is
 what gets evaluated. The full rebuild is marked slow and runs only with PATHVLM_REPRODUCE=1 (15 min of CPU for
-pathclip-nano-v1; PATHVLM_REPRODUCE=clip for pathclip-nano v3, about 30 min; =clip-v2 for pathclip-nano-v2, about 30 min;
-=vlm for pathvlm-nano v2, about 90 min; =vlm-v1, about 80 min; =all for the five)."""
+pathclip-nano-v1; PATHVLM_REPRODUCE=clip for pathclip-nano v4, about 30-40 min; =clip-v3 for pathclip-nano-v3, about 30 min; =clip-v2 for pathclip-nano-v2, about 30 min;
+=vlm for pathvlm-nano v2, about 90 min; =vlm-v1, about 80 min; =all for the six)."""
 from __future__ import annotations
 
 import json
@@ -173,7 +173,8 @@ def test_bundle_loads_also_sources_as_shipped_and_only_the_rebuilt_name_from_out
 @pytest.mark.slow
 @pytest.mark.shared
 @pytest.mark.skipif(not os.environ.get("PATHVLM_REPRODUCE"), reason="the full rebuild: set PATHVLM_REPRODUCE=1 "
-                    "(pathclip-nano-v1, ~15 min of CPU), =clip (pathclip-nano, ~30 min), =clip-v2 (~30 min), "
+                    "(pathclip-nano-v1, ~15 min of CPU), =clip (pathclip-nano, ~30-40 min), =clip-v3 (~30 min), "
+                    "=clip-v2 (~30 min), "
                     "=vlm (pathvlm-nano, ~90 min), =vlm-v1 (~80 min) or =all")
 def test_rebuild_matches_the_model_cards(tmp_path):
     data, data_v2 = os.environ.get("PATHVLM_REPRODUCE_DATA"), os.environ.get("PATHVLM_REPRODUCE_DATA_V2")

@@ -2,9 +2,10 @@
 into a scratch folder, evaluate them as their model cards were evaluated, and print each card figure beside the
 rebuilt one.
 
-    make reproduce                                       # all five (2 CPU cores: CLIP v3 and v2 ~30 min each, v1
+    make reproduce                                       # all six (2 CPU cores: CLIP v4, v3 and v2 ~30 min each, v1
                                                          # ~15 min, reasoner v2 ~90 min, v1 ~80 min)
-    python -m train.reproduce --only clip --data-v2 runs/data/nano_v2     # pathclip-nano (v3, two organs, augmented)
+    python -m train.reproduce --only clip --data-v2 runs/data/nano_v2     # pathclip-nano (v4, two organs, UniCL)
+    python -m train.reproduce --only clip-v3 --data-v2 runs/data/nano_v2  # pathclip-nano-v3 (two organs, augmented)
     python -m train.reproduce --only clip-v2 --data-v2 runs/data/nano_v2  # pathclip-nano-v2 (two organs)
     python -m train.reproduce --only clip-v1 --data runs/data/nano        # pathclip-nano-v1 (colon)
     python -m train.reproduce --only vlm --data-v2 runs/data/nano_v2      # pathvlm-nano (v2, files pathvlm-nano-v2.*)
@@ -14,8 +15,8 @@ Steps, all under ``--out`` (default ``runs/reproduce``; the shipped bundles are 
 
 1. data: ``--data`` / ``--data-v2`` when they are built folders, else ``pathvlm data build data_recipes/nano.yaml``
    (``nano_v2.yaml``) into ``OUT/data/nano`` (``OUT/data/nano_v2``) (needs ``../shared/data``);
-2. clip, clip-v2, clip-v1: ``pathvlm train clip --config train/recipes/clip/pathclip_nano_aug.yaml``
-   (``pathclip_nano_v2.yaml`` for v2, ``pathclip_nano.yaml`` for v1), all from ``pathclip-nano-untrained``, into ``OUT/clip/<name>``, then ``python -m train.clip.bundle
+2. clip, clip-v3, clip-v2, clip-v1: ``pathvlm train clip --config train/recipes/clip/pathclip_nano_unicl.yaml``
+   (``pathclip_nano_aug.yaml`` for v3, ``pathclip_nano_v2.yaml`` for v2, ``pathclip_nano.yaml`` for v1), all from ``pathclip-nano-untrained``, into ``OUT/clip/<name>``, then ``python -m train.clip.bundle
    ... --name <name> --out OUT/weights``, which evaluates the rebuilt fp16 weights with the card's code;
 3. vlm, vlm-v1: the reasoner's stage recipes (v2: ``nano_v2_align`` -> ``nano_v2_sft`` from
    ``pathvlm-nano-v2-untrained``, as ``train/recipes/vlm/train_nano_v2.sh``; v1: ``nano_align`` -> ``nano_sft`` ->
@@ -296,7 +297,7 @@ def main(argv=None) -> int:
     from pathvlm.vlm.build import WEIGHTS_DIR as VLM_WEIGHTS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=[*CLIP_MODELS, *VLM_MODELS], help="rebuild one model (default: all five)")
+    ap.add_argument("--only", choices=[*CLIP_MODELS, *VLM_MODELS], help="rebuild one model (default: all six)")
     ap.add_argument("--out", default="runs/reproduce", help="scratch folder for data, runs, bundles and the report")
     ap.add_argument("--data", default=None, help="a built data_recipes/nano.yaml folder, for the v1 models "
                     "(default: build one in OUT)")
